@@ -1,0 +1,1 @@
+"""wwts command line: typer commands and the rich progress display."""

@@ -1,0 +1,166 @@
+"""Run configuration: one frozen, validated ``RunConfig`` built by the CLI and read by the engine.
+
+Validation happens once, in ``__post_init__``, and raises ``UsageError`` with a message that names
+the valid values. Nothing here touches torch or the file system (label files are read by
+``read_labels_file``, which the CLI calls before building the config).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from wwts.core.errors import UsageError
+
+TASKS = ("classify", "caption")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+QUANTIZE = (None, "int8")
+#: Default zero-shot prompt template; Chinese-CLIP's own zero-shot templates are of this form
+#: (OFA-Sys/Chinese-CLIP, cn_clip/eval/data.py, "一张{}的照片。").
+DEFAULT_PROMPT_TEMPLATE = "一张{}的照片。"
+_DEVICE_RE = re.compile(r"^(auto|cpu|mps|xpu(:\d+)?|cuda(:\d+)?)$")
+_LABEL_SPLIT_RE = re.compile(r"[,，]")
+
+
+def parse_labels(text: str) -> tuple[str, ...]:
+    """Split ``"人,车，动物"`` on ASCII or full-width commas; strips blanks around each label.
+
+    Raises:
+        UsageError: an empty label (``"人,,车"``) or a duplicate label.
+    """
+    return validate_labels(_LABEL_SPLIT_RE.split(text), source="--labels")
+
+
+def read_labels_file(path: Path) -> tuple[str, ...]:
+    """Read one label per line (UTF-8, BOM allowed); ``#`` starts a comment; blank lines skipped.
+
+    Raises:
+        UsageError: unreadable file, no labels, or a duplicate label.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read labels file {path}: {exc}") from None
+    labels = []
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            labels.append(line)
+    return validate_labels(labels, source=str(path), allow_blank=False)
+
+
+def validate_labels(labels, *, source: str, allow_blank: bool = True) -> tuple[str, ...]:
+    """Strip labels and reject empty or duplicate ones (``source`` names where they came from).
+
+    Raises:
+        UsageError: no labels, an empty label, or a duplicate label.
+    """
+    out: list[str] = []
+    for raw in labels:
+        label = raw.strip()
+        if not label:
+            raise UsageError(f"empty label in {source}: {'，'.join(labels)!r}")
+        if label in out:
+            raise UsageError(f"duplicate label {label!r} in {source}")
+        out.append(label)
+    if not out:
+        raise UsageError(f"no labels in {source}")
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one run needs. Built once by the CLI, validated here, never mutated.
+
+    Attributes:
+        task: ``"classify"`` or ``"caption"``.
+        inputs: files and/or folders to process.
+        model: hub id or local folder; ``None`` picks the task's default (see ``core.models``).
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``xpu``.
+        dtype: ``auto``, ``float32``, ``float16`` or ``bfloat16``.
+        batch_size: images per forward pass; ``None`` lets the device choose.
+        threads: torch intra-op threads; ``None`` means physical cores (or ``OMP_NUM_THREADS``).
+        decode_workers: image decode threads; ``None`` chooses from the core count.
+        recursive: walk folders recursively.
+        follow_symlinks: follow directory symlinks (loops are detected).
+        labels: classify only, the candidate labels.
+        prompt: classify: template with ``{}`` (``""`` = bare label, ``None`` = default);
+            caption: the text prompt (``None`` = the model family's default).
+        top_k: classify only, labels per record (capped at ``len(labels)``).
+        lang: caption only, ``"en"`` or ``"zh"``; picks the default model and prompt.
+        max_new_tokens, min_new_tokens, num_beams, repetition_penalty: caption generation.
+        quantize: ``None`` or ``"int8"`` (dynamic int8 Linear layers, CPU only).
+        trust_remote_code: passed to ``from_pretrained``; off by default.
+    """
+
+    task: str
+    inputs: tuple[Path, ...]
+    model: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    batch_size: int | None = None
+    threads: int | None = None
+    decode_workers: int | None = None
+    recursive: bool = True
+    follow_symlinks: bool = False
+    labels: tuple[str, ...] = ()
+    prompt: str | None = None
+    top_k: int = 3
+    lang: str = "en"
+    max_new_tokens: int = 30
+    min_new_tokens: int | None = None
+    num_beams: int = 1
+    repetition_penalty: float | None = None
+    quantize: str | None = None
+    trust_remote_code: bool = False
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise UsageError(f"unknown task {self.task!r}; valid: {', '.join(TASKS)}")
+        if not self.inputs:
+            raise UsageError("no input paths given")
+        object.__setattr__(self, "inputs", tuple(Path(p) for p in self.inputs))
+        for p in self.inputs:
+            if not p.exists() and not p.is_symlink():
+                raise UsageError(f"input path does not exist: {p}")
+        if not _DEVICE_RE.match(self.device):
+            raise UsageError(f"unknown device {self.device!r}; valid: auto, cpu, cuda, cuda:N, mps, xpu")
+        if self.dtype not in DTYPES:
+            raise UsageError(f"unknown dtype {self.dtype!r}; valid: {', '.join(DTYPES)}")
+        for name in ("batch_size", "threads", "decode_workers"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        if self.quantize not in QUANTIZE:
+            raise UsageError(f"unknown quantization {self.quantize!r}; valid: int8")
+        if self.task == "classify":
+            if not self.labels:
+                raise UsageError("no labels: give --labels 人,车,动物 or --labels-file FILE")
+            validate_labels(self.labels, source="labels")
+            if self.top_k < 1:
+                raise UsageError(f"--top-k must be at least 1, got {self.top_k}")
+            if self.prompt and "{}" not in self.prompt:
+                raise UsageError(f"--prompt must contain {{}} where the label goes, got {self.prompt!r}")
+        else:
+            if self.lang not in ("en", "zh"):
+                raise UsageError(f"unknown --lang {self.lang!r}; valid: en, zh")
+            if self.max_new_tokens < 1:
+                raise UsageError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
+            if self.num_beams < 1:
+                raise UsageError(f"--num-beams must be at least 1, got {self.num_beams}")
+            if self.min_new_tokens is not None and not 0 <= self.min_new_tokens <= self.max_new_tokens:
+                raise UsageError("--min-new-tokens must be between 0 and --max-new-tokens")
+
+    @property
+    def prompt_template(self) -> str:
+        """Classify: the template actually used (``"{}"`` when the user passed ``--prompt ""``)."""
+        if self.prompt is None:
+            return DEFAULT_PROMPT_TEMPLATE
+        return self.prompt or "{}"
+
+    @property
+    def effective_top_k(self) -> int:
+        """``top_k`` capped at the number of labels."""
+        return min(self.top_k, len(self.labels)) if self.labels else self.top_k

@@ -1,0 +1,58 @@
+"""Exceptions raised by wwts. The CLI maps each to one red line on stderr and an exit code."""
+
+from __future__ import annotations
+
+
+class WwtsError(Exception):
+    """Base class for errors that end a run with a clear message instead of a traceback.
+
+    Attributes:
+        exit_code: process exit status the CLI uses for this error (1 unless a subclass says).
+    """
+
+    exit_code = 1
+
+
+class UsageError(WwtsError):
+    """The command line or the configuration is invalid (bad labels, missing input path...)."""
+
+    exit_code = 2
+
+
+class ModelLoadError(WwtsError):
+    """A model or its processor could not be loaded (not cached and hub unreachable, bad folder...)."""
+
+    exit_code = 2
+
+
+class DeviceError(WwtsError):
+    """An explicitly requested device (``cuda``, ``cuda:N``, ``mps``...) cannot be used."""
+
+    exit_code = 2
+
+
+class DeviceFault(WwtsError):
+    """The device failed in a way that poisons the process (CUDA device-side assert...).
+
+    Results produced before the fault have been yielded; the run cannot go on in this process.
+    """
+
+    exit_code = 4
+
+
+class ImageError(WwtsError):
+    """One image could not be read. Never ends a run: it becomes that image's ``error`` field.
+
+    Attributes:
+        category: short machine-readable kind of failure, e.g. ``"not_found"``, ``"unidentified"``,
+            ``"truncated"``, ``"too_large"``, ``"decode"``.
+    """
+
+    exit_code = 3
+
+    def __init__(self, category: str, message: str) -> None:
+        super().__init__(message)
+        self.category = category
+
+    def __str__(self) -> str:
+        return f"{self.category}: {self.args[0]}"

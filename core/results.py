@@ -1,0 +1,84 @@
+"""Per-image result records: plain dataclasses, shared by the engine, the writers and the CLI.
+
+Every record has ``path`` (as the user would type it), ``width`` / ``height`` (pixels of the image
+after EXIF orientation, ``None`` when it could not be read) and ``error`` (``None`` on success, else
+one line ``"category: message"``). Task records add their own fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+
+@dataclass
+class LabelScore:
+    """One label with its probability in [0, 1] (softmax over all labels of the run)."""
+
+    label: str
+    score: float
+
+
+@dataclass
+class ImageRecord:
+    """Fields common to all tasks. ``csv_fields`` is the column order of the CSV writer."""
+
+    path: str
+    width: int | None = None
+    height: int | None = None
+    error: str | None = None
+
+    csv_fields: ClassVar[tuple[str, ...]] = ("path", "width", "height", "error")
+
+    @property
+    def ok(self) -> bool:
+        """True when the image was processed without error."""
+        return self.error is None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict of the record (nested dataclasses become dicts)."""
+        out: dict[str, Any] = {}
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            if isinstance(value, list):
+                value = [v.__dict__.copy() if isinstance(v, LabelScore) else v for v in value]
+            out[name] = value
+        return out
+
+    def csv_row(self) -> dict[str, str]:
+        """One CSV row, keyed by ``csv_fields``; ``None`` becomes an empty cell."""
+        d = self.to_dict()
+        return {k: "" if d.get(k) is None else str(d[k]) for k in self.csv_fields}
+
+
+@dataclass
+class ClassifyResult(ImageRecord):
+    """Zero-shot classification of one image.
+
+    Attributes:
+        label: best label (``None`` on error).
+        score: its probability in [0, 1].
+        top_k: the ``k`` best labels, best first.
+    """
+
+    label: str | None = None
+    score: float | None = None
+    top_k: list[LabelScore] = field(default_factory=list)
+
+    csv_fields: ClassVar[tuple[str, ...]] = ("path", "label", "score", "top_k", "width", "height", "error")
+
+    def csv_row(self) -> dict[str, str]:
+        """CSV row with ``score`` to 4 decimals and ``top_k`` as ``人:0.9120;车:0.0510``."""
+        row = super().csv_row()
+        row["score"] = "" if self.score is None else f"{self.score:.4f}"
+        row["top_k"] = ";".join(f"{ls.label}:{ls.score:.4f}" for ls in self.top_k)
+        return row
+
+
+@dataclass
+class CaptionResult(ImageRecord):
+    """Caption of one image (``None`` on error); the prompt and special tokens are not included."""
+
+    caption: str | None = None
+
+    csv_fields: ClassVar[tuple[str, ...]] = ("path", "caption", "width", "height", "error")

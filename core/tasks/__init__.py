@@ -1,0 +1,1 @@
+"""Task adapters: each task is preprocess → forward → postprocess over one mini-batch."""
