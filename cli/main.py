@@ -1,0 +1,312 @@
+"""The ``wwts`` command line: ``classify``, ``caption`` and ``doctor``.
+
+Parses options, builds a ``RunConfig``, shows progress and writes results; all logic lives in
+``wwts.core``. torch is imported inside the commands, never at module import, so ``wwts --help``
+is instant. Every ``WwtsError`` becomes one red line on stderr and its exit code, in one place
+(``_fail``).
+
+Exit codes: 0 success · 1 unexpected error · 2 usage, model or device error · 3 finished but
+some images failed · 4 the device failed mid-run (results so far are saved) · 130 / 143
+interrupted by Ctrl-C / SIGTERM.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from wwts.core.errors import WwtsError
+
+app = typer.Typer(
+    name="wwts",
+    help="万物识别 wwts: zero-shot classification (Chinese labels) and captioning of photo folders, "
+         "fast on CPU, Apple MPS or NVIDIA CUDA.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_IMAGES_FAILED, EXIT_DEVICE_FAULT = 0, 1, 2, 3, 4
+EXIT_SIGINT, EXIT_SIGTERM = 130, 143
+
+
+class DType(str, Enum):
+    auto = "auto"
+    float32 = "float32"
+    float16 = "float16"
+    bfloat16 = "bfloat16"
+
+
+class Lang(str, Enum):
+    en = "en"
+    zh = "zh"
+
+
+def _stderr() -> Console:
+    return Console(stderr=True, highlight=False)
+
+
+def _fail(exc: WwtsError, console: Console) -> typer.Exit:
+    """One red line on stderr, then exit with the error's code."""
+    console.print(f"[bold red]error:[/] {exc}", soft_wrap=True, markup=True, highlight=False)
+    return typer.Exit(exc.exit_code)
+
+
+class _ConsoleLogHandler(logging.Handler):
+    """Engine warnings (OOM back-off, device fallback...) as yellow lines on the console."""
+
+    def __init__(self, console: Console) -> None:
+        super().__init__(logging.WARNING)
+        self.console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.console.print(f"[yellow]warning:[/] {record.getMessage()}", soft_wrap=True, highlight=False)
+
+
+def _setup_logging(console: Console) -> None:
+    logger = logging.getLogger("wwts")
+    logger.handlers[:] = [_ConsoleLogHandler(console)]
+    logger.propagate = False
+    logging.getLogger("wwts.core.device").handlers[:] = []
+
+
+# -- shared options ------------------------------------------------------------------------------
+
+InputsArg = Annotated[list[Path], typer.Argument(help="Image files and/or folders.", show_default=False)]
+ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="Hub id or local model folder.")]
+DeviceOpt = Annotated[str, typer.Option("--device", "-d", help="auto, cpu, cuda, cuda:N, mps or xpu.")]
+DTypeOpt = Annotated[DType, typer.Option("--dtype", case_sensitive=False,
+                                         help="Compute dtype; auto picks per device.")]
+BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1,
+                                                 help="Images per forward pass [default: per device].")]
+ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", min=1,
+                                                   help="CPU threads for torch [default: physical cores].")]
+WorkersOpt = Annotated[Optional[int], typer.Option("--workers", min=1,
+                                                   help="Image decode threads [default: from the cores].")]
+OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o",
+                                                help="Write results to .csv, .json or .jsonl (else a table).")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out file.")]
+RecursiveOpt = Annotated[bool, typer.Option("--recursive/--no-recursive", help="Walk folders recursively.")]
+SymlinksOpt = Annotated[bool, typer.Option("--follow-symlinks", help="Follow directory symlinks (loops are detected).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress and no start line.")]
+TrustOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Allow a model's own Python code (off by default).")]
+
+
+@app.command()
+def classify(
+    inputs: InputsArg,
+    labels: Annotated[Optional[str], typer.Option("--labels", "-l", help="Comma-separated labels, e.g. 人,车,动物 (，also works).")] = None,
+    labels_file: Annotated[Optional[Path], typer.Option("--labels-file", help="One label per line; # comments.")] = None,
+    prompt: Annotated[Optional[str], typer.Option("--prompt", help="Prompt template with {} for the label; \"\" = bare label. [default: 一张{}的照片。]")] = None,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Labels per image (capped at the number of labels).")] = 3,
+    model: ModelOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DTypeOpt = DType.auto,
+    batch_size: BatchOpt = None,
+    threads: ThreadsOpt = None,
+    workers: WorkersOpt = None,
+    out: OutOpt = None,
+    overwrite: OverwriteOpt = False,
+    recursive: RecursiveOpt = True,
+    follow_symlinks: SymlinksOpt = False,
+    quiet: QuietOpt = False,
+    trust_remote_code: TrustOpt = False,
+) -> None:
+    """Zero-shot classification of images against Chinese (or any) labels with Chinese-CLIP."""
+    from wwts.core.config import RunConfig, parse_labels, read_labels_file
+
+    err = _stderr()
+    try:
+        if labels and labels_file:
+            raise _usage("give --labels or --labels-file, not both")
+        label_list = parse_labels(labels) if labels else read_labels_file(labels_file) if labels_file else ()
+        config = RunConfig(task="classify", inputs=tuple(inputs), labels=label_list, prompt=prompt,
+                           top_k=top_k, model=model, device=device, dtype=dtype.value,
+                           batch_size=batch_size, threads=threads, decode_workers=workers,
+                           recursive=recursive, follow_symlinks=follow_symlinks,
+                           trust_remote_code=trust_remote_code)
+    except WwtsError as exc:
+        raise _fail(exc, err)
+    _execute(config, out=out, overwrite=overwrite, quiet=quiet, console=err)
+
+
+@app.command()
+def caption(
+    inputs: InputsArg,
+    lang: Annotated[Lang, typer.Option("--lang", case_sensitive=False, help="Caption language: en (BLIP) or zh (a Qwen-VL chat model).")] = Lang.en,
+    prompt: Annotated[Optional[str], typer.Option("--prompt", help="Prompt (BLIP: caption prefix; chat models: the instruction).")] = None,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Longest caption, in tokens.")] = 30,
+    min_new_tokens: Annotated[Optional[int], typer.Option("--min-new-tokens", min=0, help="Shortest caption, in tokens.")] = None,
+    num_beams: Annotated[int, typer.Option("--num-beams", min=1, help="Beam search width (1 = greedy).")] = 1,
+    repetition_penalty: Annotated[Optional[float], typer.Option("--repetition-penalty", help="Penalty > 1 discourages repeats.")] = None,
+    model: ModelOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DTypeOpt = DType.auto,
+    batch_size: BatchOpt = None,
+    threads: ThreadsOpt = None,
+    workers: WorkersOpt = None,
+    out: OutOpt = None,
+    overwrite: OverwriteOpt = False,
+    recursive: RecursiveOpt = True,
+    follow_symlinks: SymlinksOpt = False,
+    quiet: QuietOpt = False,
+    trust_remote_code: TrustOpt = False,
+) -> None:
+    """Caption images (English with BLIP by default; --lang zh for Chinese)."""
+    from wwts.core.config import RunConfig
+
+    err = _stderr()
+    try:
+        config = RunConfig(task="caption", inputs=tuple(inputs), lang=lang.value, prompt=prompt,
+                           max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+                           num_beams=num_beams, repetition_penalty=repetition_penalty, model=model,
+                           device=device, dtype=dtype.value, batch_size=batch_size, threads=threads,
+                           decode_workers=workers, recursive=recursive,
+                           follow_symlinks=follow_symlinks, trust_remote_code=trust_remote_code)
+    except WwtsError as exc:
+        raise _fail(exc, err)
+    _execute(config, out=out, overwrite=overwrite, quiet=quiet, console=err)
+
+
+@app.command()
+def doctor(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the facts as one JSON object.")] = False,
+) -> None:
+    """Show the hardware, libraries and model cache, and what wwts would do on this machine."""
+    from wwts.cli.doctor import doctor_command
+    from wwts.core.env import prepare_environment
+
+    prepare_environment()
+    doctor_command(as_json, Console(highlight=False))
+
+
+def _usage(message: str) -> WwtsError:
+    from wwts.core.errors import UsageError
+
+    return UsageError(message)
+
+
+def _start_line(run) -> str:
+    info = run.info()
+    return (f"wwts {info['task']}: {run.total} images · model {info['model']} · device {info['device']} · "
+            f"dtype {info['dtype']} · threads {info['threads']} · batch size {info['batch_size']}")
+
+
+def _cpu_note(run) -> str | None:
+    if run.device.type != "cpu":
+        return None
+    from wwts.core import device as devices
+
+    estimate = devices.cpu_speed_estimate(run.config.task)
+    speed = f" (expect about {estimate:.0f} images/s here)" if estimate else ""
+    return (f"CPU mode is slower than a GPU{speed}. With an NVIDIA GPU install a CUDA build of torch "
+            "(https://pytorch.org/get-started/locally/); on an Apple-silicon Mac use --device mps.")
+
+
+def _execute(config, *, out: Path | None, overwrite: bool, quiet: bool, console: Console) -> None:
+    """Run the engine, draw progress, write records; map errors to exit codes."""
+    from wwts.core.env import prepare_environment
+
+    prepare_environment()  # before torch is imported
+    _setup_logging(console)
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        from wwts.core import engine
+        from wwts.core.writers import open_writer, output_format
+
+        if out is not None:
+            output_format(out)  # reject a bad extension before loading the model
+            resolved = out.resolve()
+            if any(resolved == Path(p).resolve() for p in config.inputs if Path(p).is_file()):
+                raise _usage(f"--out {out} is one of the input images")
+        run = engine.start(config)
+    except WwtsError as exc:
+        raise _fail(exc, console)
+
+    if not quiet:
+        console.print(_start_line(run), soft_wrap=True)
+        note = _cpu_note(run)
+        if note:
+            console.print(f"[dim]{note}[/]", soft_wrap=True)
+
+    from wwts.cli.progress import RunProgress
+
+    writer = None
+    table_records = []
+    exit_code = EXIT_OK
+    try:
+        if out is not None:
+            writer = open_writer(out, run.task.record_type, run.info(), overwrite=overwrite)
+        with RunProgress(console, run.total, config.task, quiet=quiet) as progress:
+            for batch in run.batches():
+                if writer is not None:
+                    writer.write(batch)
+                else:
+                    table_records.extend(batch)
+                progress.advance(len(batch), sum(1 for r in batch if r.error))
+    except KeyboardInterrupt:
+        exit_code = EXIT_SIGINT
+        console.print("[yellow]interrupted:[/] results so far are saved", soft_wrap=True)
+    except WwtsError as exc:
+        console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        exit_code = exc.exit_code
+    finally:
+        if writer is not None:
+            writer.close(run.info())
+
+    if table_records:
+        _print_table(table_records, config.task)
+    stats = run.stats
+    if not quiet or stats.errors:
+        console.print(
+            f"done: {stats.images} images, {stats.errors} errors, {stats.seconds:.1f} s "
+            f"({stats.images_per_s:.2f} images/s; model load {stats.load_s:.1f} s) on {stats.device} "
+            f"{str(run.dtype).replace('torch.', '')}, final batch size {stats.batch_size}"
+            + (f" → {out}" if out is not None else ""), soft_wrap=True)
+    if exit_code == EXIT_OK and stats.errors:
+        exit_code = EXIT_IMAGES_FAILED
+    if exit_code != EXIT_OK:
+        raise typer.Exit(exit_code)
+
+
+def _print_table(records, task: str) -> None:
+    console = Console(highlight=False)
+    table = Table(show_lines=False)
+    table.add_column("path", overflow="fold")
+    if task == "classify":
+        table.add_column("label")
+        table.add_column("score", justify="right")
+        table.add_column("top-k")
+    else:
+        table.add_column("caption", overflow="fold")
+    table.add_column("size", justify="right")
+    table.add_column("error", style="red", overflow="fold")
+    for r in records:
+        size = f"{r.width}x{r.height}" if r.width else ""
+        if task == "classify":
+            top = ", ".join(f"{ls.label} {ls.score:.3f}" for ls in r.top_k)
+            score = "" if r.score is None else f"{r.score:.3f}"
+            table.add_row(r.path, r.label or "", score, top, size, r.error or "")
+        else:
+            table.add_row(r.path, r.caption or "", size, r.error or "")
+    console.print(table)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

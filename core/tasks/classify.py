@@ -1,0 +1,147 @@
+"""Zero-shot image classification with CLIP-style models (Chinese-CLIP, CLIP, SigLIP).
+
+Scoring follows Chinese-CLIP's zero-shot recipe (Yang et al. 2022, arXiv:2211.01335; code
+OFA-Sys/Chinese-CLIP, cn_clip/eval/zeroshot_evaluation.py): every label is put into a prompt
+template, the text features are computed ONCE per run and L2-normalised, and each image's
+L2-normalised features are scored against them as ``logit_scale.exp() * image @ text.T`` followed
+by a softmax over the labels. Building the classifier once and reusing it for every batch is
+open_clip's ``build_zero_shot_classifier`` pattern (src/open_clip/zero_shot_classifier.py).
+
+SigLIP is trained with a sigmoid loss; wwts still reports a softmax over the labels (its
+``logit_bias`` is the same for every label, so the ranking is the one SigLIP gives), which keeps
+the scores of all models comparable and summing to 1.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from wwts.core import models
+from wwts.core.config import RunConfig
+from wwts.core.results import ClassifyResult, LabelScore
+from wwts.core.tasks.base import Task
+
+
+def _as_features(output: Any) -> torch.Tensor:
+    """The projected embedding from ``get_image_features`` / ``get_text_features``.
+
+    transformers 4.x returns a ``(B, D)`` tensor; 5.x returns a ``BaseModelOutputWithPooling``
+    whose ``pooler_output`` is the projected ``(B, D)`` embedding.
+    """
+    if isinstance(output, torch.Tensor):
+        return output
+    pooled = getattr(output, "pooler_output", None)
+    if isinstance(pooled, torch.Tensor):
+        return pooled
+    raise TypeError(f"cannot find the embedding in a {type(output).__name__}")
+
+
+class ClassifyTask(Task):
+    """Zero-shot classification of a mini-batch against the run's labels.
+
+    ``preprocess``: B images → ``{"pixel_values": (B, 3, S, S) float32}``.
+    ``forward``: → ``(B, L)`` float32 probabilities over the L labels (softmax of the logits).
+    ``postprocess``: → B dicts with ``label``, ``score`` and ``top_k`` (K best, best first).
+    """
+
+    name = "classify"
+    record_type = ClassifyResult
+
+    def __init__(self, config: RunConfig, model: torch.nn.Module, processor: Any,
+                 device: torch.device, dtype: torch.dtype) -> None:
+        super().__init__(config, model, processor, device, dtype)
+        self.labels = list(config.labels)
+        self.prompts = [config.prompt_template.format(label) for label in self.labels]
+        self.top_k = config.effective_top_k
+        self.text_features: torch.Tensor | None = None  # (L, D), L2-normalised, float32
+        self.text_encodes = 0  # how many times the label text was encoded (once per device)
+        self._cpu_text_features: torch.Tensor | None = None
+
+    @property
+    def image_processor(self) -> Any:
+        return getattr(self.processor, "image_processor", self.processor)
+
+    @property
+    def input_size(self) -> int | None:
+        ip = self.image_processor
+        for attr in ("crop_size", "size"):
+            size = getattr(ip, attr, None)
+            if isinstance(size, dict):
+                for key in ("height", "shortest_edge"):
+                    if size.get(key):
+                        return int(size[key])
+            elif isinstance(size, int):
+                return size
+        vision = getattr(self.model.config, "vision_config", None)
+        return getattr(vision, "image_size", None)
+
+    def _text_inputs(self) -> dict[str, torch.Tensor]:
+        tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        kwargs: dict[str, Any] = {"padding": True, "truncation": True, "return_tensors": "pt"}
+        if "siglip" in getattr(self.model.config, "model_type", ""):
+            # SigLIP was trained on text padded to 64 tokens (model card, google/siglip-*).
+            kwargs.update(padding="max_length", max_length=64)
+        return dict(tokenizer(self.prompts, **kwargs))
+
+    def setup(self) -> None:
+        """Encode the label prompts once: ``text_features`` ``(L, D)``, float32, L2-normalised.
+
+        After a move to another device the cached features are moved, not recomputed.
+        """
+        if self._cpu_text_features is not None:
+            self.text_features = self._cpu_text_features.to(self.device)
+            return
+        inputs = {k: v.to(self.device) for k, v in self._text_inputs().items()}
+        with torch.inference_mode():
+            feats = _as_features(self.model.get_text_features(**inputs)).float()
+        self.text_encodes += 1
+        feats = feats / feats.norm(dim=-1, keepdim=True)
+        self._cpu_text_features = feats.cpu()
+        self.text_features = feats
+
+    def preprocess(self, images: list) -> dict[str, torch.Tensor]:
+        """B RGB images → ``{"pixel_values": (B, 3, S, S)}`` through the model's image processor."""
+        out = self.image_processor(images=images, return_tensors="pt")
+        return {"pixel_values": out["pixel_values"]}
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``pixel_values (B, 3, S, S)`` → probabilities ``(B, L)`` float32 (rows sum to 1)."""
+        feats = _as_features(self.model.get_image_features(pixel_values=inputs["pixel_values"])).float()
+        feats = feats / feats.norm(dim=-1, keepdim=True)
+        scale = self.model.logit_scale.float().exp()
+        logits = scale * feats @ self.text_features.T  # (B, L)
+        return logits.softmax(dim=-1)
+
+    def postprocess(self, outputs: torch.Tensor) -> list[dict[str, Any]]:
+        """``(B, L)`` probabilities → B dicts of ``label``, ``score``, ``top_k``."""
+        probs = outputs.float().cpu()
+        values, indices = probs.topk(self.top_k, dim=-1)
+        fields = []
+        for vals, idxs in zip(values.tolist(), indices.tolist()):
+            top = [LabelScore(self.labels[i], float(v)) for v, i in zip(vals, idxs)]
+            fields.append({"label": top[0].label, "score": top[0].score, "top_k": top})
+        return fields
+
+    def run_info(self) -> dict[str, Any]:
+        return {"labels": self.labels, "prompt": self.config.prompt_template, "top_k": self.top_k}
+
+
+def load_task(config: RunConfig, device: torch.device, dtype: torch.dtype) -> ClassifyTask:
+    """Load the model and processor named by ``config.model`` (or the default) for classify.
+
+    Raises:
+        ModelLoadError: the model cannot be loaded, or it has no ``get_image_features`` /
+            ``get_text_features`` (not a CLIP-style dual encoder).
+    """
+    name = config.model or models.default_model("classify")
+    model, processor = models.load(name, trust_remote_code=config.trust_remote_code)
+    for method in ("get_image_features", "get_text_features"):
+        if not hasattr(model, method):
+            from wwts.core.errors import ModelLoadError
+
+            raise ModelLoadError(
+                f"model {name!r} ({type(model).__name__}) has no {method}: zero-shot classification "
+                "needs a CLIP-style model (Chinese-CLIP, CLIP, SigLIP)")
+    return ClassifyTask(config, model, processor, device, dtype)

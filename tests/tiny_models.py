@@ -1,0 +1,65 @@
+"""Tiny random-weight models built from real transformers configs, for offline tests.
+
+Sizes follow transformers' own Chinese-CLIP tests (tests/models/chinese_clip/
+test_modeling_chinese_clip.py: hidden size 32, 2 layers). Two traps noted in DESIGN.md are
+handled: the image processor's crop size equals the vision config's ``image_size``, and the
+vocabulary holds every character the tests use so token ids stay inside it.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+#: Characters of the default prompt and of every label the tests and the demo use.
+CHARS = "一张的照片。人车动物猫狗花咖啡火箭建筑鸟天空山水树草食品视网膜星宇航员机男女孩风景城市夜海"
+IMAGE_SIZE = 30
+
+
+def _bert_tokenizer(vocab: list[str]):
+    from transformers import BertTokenizer
+
+    params = inspect.signature(BertTokenizer.__init__).parameters
+    if "vocab" in params:  # transformers 5: tokenizers-backed, takes the vocabulary itself
+        return BertTokenizer(vocab={tok: i for i, tok in enumerate(vocab)})
+    import tempfile
+
+    path = Path(tempfile.mkdtemp()) / "vocab.txt"  # transformers 4: a vocab.txt file
+    path.write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    return BertTokenizer(vocab_file=str(path))
+
+
+def build_tiny_chinese_clip(path: Path, seed: int = 0) -> Path:
+    """Save a tiny random ``ChineseCLIPModel`` + ``ChineseCLIPProcessor`` to ``path``.
+
+    Vision: 30 px input, patch 6, hidden 32, 2 layers. Text: BERT, hidden 32, 2 layers, a
+    vocabulary of the special tokens plus ``CHARS``. Returns ``path``.
+    """
+    import torch
+    from transformers import ChineseCLIPConfig, ChineseCLIPModel, ChineseCLIPProcessor
+
+    try:
+        from transformers import ChineseCLIPImageProcessorPil as ImageProcessor
+    except ImportError:  # transformers 4.x
+        from transformers import ChineseCLIPImageProcessor as ImageProcessor
+
+    vocab = SPECIAL + list(dict.fromkeys(CHARS))
+    config = ChineseCLIPConfig(
+        text_config=dict(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
+                         num_attention_heads=4, intermediate_size=37, max_position_embeddings=64),
+        vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                           num_attention_heads=4, image_size=IMAGE_SIZE, patch_size=6),
+        projection_dim=16,
+    )
+    torch.manual_seed(seed)
+    model = ChineseCLIPModel(config).eval()
+    processor = ChineseCLIPProcessor(
+        image_processor=ImageProcessor(size={"shortest_edge": IMAGE_SIZE},
+                                       crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}),
+        tokenizer=_bert_tokenizer(vocab),
+    )
+    path = Path(path)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
