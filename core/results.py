@@ -7,7 +7,7 @@ one line ``"category: message"``). Task records add their own fields.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 
@@ -38,7 +38,8 @@ class ImageRecord:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of the record (nested dataclasses become dicts)."""
         out: dict[str, Any] = {}
-        for name in self.__dataclass_fields__:
+        for f in fields(self):  # dataclass fields only; ClassVars such as csv_fields are not
+            name = f.name
             value = getattr(self, name)
             if isinstance(value, list):
                 value = [v.__dict__.copy() if isinstance(v, LabelScore) else v for v in value]

@@ -1,0 +1,61 @@
+"""The README's commands exist, and ``wwts --help`` lists exactly the commands that exist."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+from typer.testing import CliRunner
+
+from tests.conftest import ROOT
+from wwts.cli.main import app
+
+runner = CliRunner()
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+MAKEFILE = (ROOT / "Makefile").read_text(encoding="utf-8")
+
+
+def registered_commands() -> set[str]:
+    return {c.name or c.callback.__name__ for c in app.registered_commands}
+
+
+def test_help_lists_every_command():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for name in registered_commands():
+        assert name in result.output
+    assert registered_commands() == {"classify", "caption", "doctor"}
+
+
+def test_readme_wwts_commands_exist():
+    used = set(re.findall(r"^\s*wwts (\w+)", README, flags=re.M))
+    assert used, "the README shows no wwts command"
+    assert used <= registered_commands(), used - registered_commands()
+
+
+def test_readme_options_exist():
+    for command in registered_commands():
+        help_text = runner.invoke(app, [command, "--help"], terminal_width=200).output
+        for option in re.findall(rf"wwts {command}[^\n`]*", README):
+            for flag in re.findall(r"(--[a-z][a-z0-9-]+)", option):
+                assert flag in help_text, f"{flag} (README, wwts {command}) is not an option"
+
+
+def test_readme_make_targets_exist():
+    targets = set(re.findall(r"^([a-z][\w-]*):", MAKEFILE, flags=re.M))
+    used = set(re.findall(r"make ([a-z][\w-]*)", README))
+    assert {"test", "demo"} <= used
+    assert used <= targets, used - targets
+
+
+def test_ci_runs_the_readme_test_command():
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert "make test" in ci and "make test" in README
+
+
+def test_help_does_not_import_torch():
+    code = ("import sys; from wwts.cli.main import app; "
+            "assert 'torch' not in sys.modules, 'torch imported'; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr
