@@ -13,9 +13,6 @@ interrupted by Ctrl-C / SIGTERM.
 from __future__ import annotations
 
 import logging
-import os
-import shlex
-import sys
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -222,6 +219,7 @@ def _execute(config, *, out: Path | None, overwrite: bool, quiet: bool, console:
         import transformers
 
         transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()  # "Loading weights" bars; hub downloads keep theirs
         from wwts.core import engine
         from wwts.core.writers import open_writer, output_format
 

@@ -351,12 +351,11 @@ def start(config: RunConfig, *, paths: list[Path] | None = None) -> Run:
         if not paths:
             raise UsageError("no images found in " + ", ".join(str(p) for p in config.inputs)
                              + " (extensions: jpg jpeg png webp bmp gif tif tiff heic heif)")
-    choice = devices.select_device(config.device)
-    for dev, reason in choice.tried:
-        log.warning("device %s was skipped: %s", dev, reason)
+    choice = devices.select_device(config.device)  # logs each candidate whose probe failed
     dtype = devices.select_dtype(choice.device, config.dtype)
     threads = devices.configure_threads(config.threads)
-    workers = devices.decode_workers(threads, config.decode_workers)
+    workers = devices.decode_workers(threads, config.decode_workers,
+                                     accelerator=choice.device.type != "cpu")
     batch_size = config.batch_size or devices.default_batch_size(choice.device, config.task)
     t0 = time.perf_counter()
     task = load_task(config, choice.device, dtype)

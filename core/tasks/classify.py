@@ -108,11 +108,15 @@ class ClassifyTask(Task):
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """``pixel_values (B, 3, S, S)`` → probabilities ``(B, L)`` float32 (rows sum to 1)."""
-        feats = _as_features(self.model.get_image_features(pixel_values=inputs["pixel_values"])).float()
-        feats = feats / feats.norm(dim=-1, keepdim=True)
-        scale = self.model.logit_scale.float().exp()
-        logits = scale * feats @ self.text_features.T  # (B, L)
-        return logits.softmax(dim=-1)
+        feats = _as_features(self.model.get_image_features(pixel_values=inputs["pixel_values"]))
+        # Scoring in float32 outside autocast: CPU autocast would run this matmul and the
+        # softmax in bf16 (scores summing to 0.999, and top-1 flips between close labels).
+        with torch.autocast(device_type=self.device.type, enabled=False):
+            feats = feats.float()
+            feats = feats / feats.norm(dim=-1, keepdim=True)
+            scale = self.model.logit_scale.float().exp()
+            logits = scale * feats @ self.text_features.T  # (B, L)
+            return logits.softmax(dim=-1)
 
     def postprocess(self, outputs: torch.Tensor) -> list[dict[str, Any]]:
         """``(B, L)`` probabilities → B dicts of ``label``, ``score``, ``top_k``."""

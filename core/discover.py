@@ -1,0 +1,200 @@
+"""Find the image files under the user's inputs, as a stream of paths in a stable order.
+
+``discover`` walks each input with ``os.scandir`` (one folder's listing in memory at a time),
+depth-first: the matching files of a folder sorted by name, then its subfolders in sorted order.
+It never opens a file, so a FIFO or socket named ``x.jpg`` cannot hang it; decoding is
+``core.images``' job.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from wwts.core.errors import UsageError
+from wwts.core.images import AVIF_SUPPORTED, HEIF_SUPPORTED
+
+logger = logging.getLogger(__name__)
+
+#: File extensions (lower case, with the dot) that folder walks pick up. HEIF/HEIC and AVIF are
+#: included only when ``core.images`` can decode them (pillow-heif / Pillow built with libavif).
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+    | ({".heic", ".heif"} if HEIF_SUPPORTED else set())
+    | ({".avif"} if AVIF_SUPPORTED else set())
+)
+
+
+def is_image_name(name: str) -> bool:
+    """True when ``name`` ends with one of ``IMAGE_EXTENSIONS``, compared case-insensitively."""
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def discover(
+    inputs: Sequence[Path],
+    *,
+    recursive: bool = True,
+    follow_symlinks: bool = False,
+) -> Iterator[Path]:
+    """Yield the image files named by or found under ``inputs``, each once, in a stable order.
+
+    Args:
+        inputs: files and folders, processed in the order given. A file named explicitly is
+            yielded whatever its extension or type (the user asked for it; ``load_image`` reports
+            what is wrong with it). A folder is walked and only files whose extension is in
+            ``IMAGE_EXTENSIONS`` (any letter case) are yielded.
+        recursive: descend into subfolders; ``False`` takes only a folder's own files.
+        follow_symlinks: descend into symlinked folders. A link whose target lies outside the
+            input folder it was found under (after ``os.path.realpath``) is skipped, and a folder
+            already walked (same ``st_dev``/``st_ino``) is not walked again, so link loops end.
+            Symlinks to files are always yielded; symlinked folders are skipped when ``False``.
+
+    Yields:
+        ``Path(input) / relative_path``: paths as the user would type them, relative when the
+        input was relative. Within a folder: its matching regular files sorted by name (code-point
+        order), then each subfolder in sorted order, depth-first. A file reached twice (overlapping
+        inputs, hard links, file symlinks) is yielded the first time only.
+
+    Raises:
+        UsageError: an input does not exist or cannot be examined; checked for all inputs before
+            the first path is yielded. Unreadable folders met during the walk are skipped with a
+            logged warning instead.
+    """
+    roots: list[tuple[Path, os.stat_result | None]] = []
+    for raw in inputs:
+        path = Path(raw)
+        try:
+            roots.append((path, os.stat(path)))
+        except FileNotFoundError:
+            if not os.path.islink(path):
+                raise UsageError(f"input path does not exist: {path}") from None
+            roots.append((path, None))  # dangling symlink named explicitly: let decoding say so
+        except OSError as exc:
+            raise UsageError(f"cannot access input path {path}: {exc.strerror or exc}") from None
+
+    seen_files: set[tuple] = set()
+    seen_dirs: set[tuple] = set()
+    named: set[str] = set()  # explicit inputs that cannot be stat'ed, by spelling
+    for path, st in roots:
+        if st is None:
+            if str(path) not in named:
+                named.add(str(path))
+                yield path
+        elif stat.S_ISDIR(st.st_mode):
+            yield from _walk(path, st, recursive, follow_symlinks, seen_files, seen_dirs)
+        elif _first_time(seen_files, _key(st, path)):
+            yield path
+
+
+def _walk(
+    root: Path,
+    root_stat: os.stat_result,
+    recursive: bool,
+    follow_symlinks: bool,
+    seen_files: set[tuple],
+    seen_dirs: set[tuple],
+) -> Iterator[Path]:
+    """Depth-first pre-order walk of one input folder with an explicit stack (no recursion limit)."""
+    root_real = os.path.realpath(root) if follow_symlinks else ""
+    if not _first_time(seen_dirs, _key(root_stat, root)):
+        return
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        files, subdirs = _list_folder(folder, recursive, follow_symlinks, root_real)
+        for entry in files:
+            try:
+                key = _identity(entry)  # follows a file symlink; dedupe by what it points to
+            except OSError as exc:
+                logger.warning("skipping %s: %s", folder / entry.name, exc.strerror or exc)
+                continue
+            if _first_time(seen_files, key):
+                yield folder / entry.name
+        children = []
+        for entry in subdirs:
+            try:
+                key = _identity(entry)
+            except OSError as exc:
+                logger.warning("skipping folder %s: %s", folder / entry.name, exc.strerror or exc)
+                continue
+            if _first_time(seen_dirs, key):
+                children.append(folder / entry.name)
+            else:
+                logger.debug("not walking %s again (already walked, or a link loop)", folder / entry.name)
+        stack.extend(reversed(children))
+
+
+def _list_folder(
+    folder: Path, recursive: bool, follow_symlinks: bool, root_real: str
+) -> tuple[list[os.DirEntry], list[os.DirEntry]]:
+    """One folder's matching files and the subfolders to descend into, both sorted by name.
+
+    Files are regular files (or links to them) only: ``DirEntry.is_file`` is false for FIFOs,
+    sockets and devices, which are therefore never opened.
+    """
+    files: list[os.DirEntry] = []
+    subdirs: list[os.DirEntry] = []
+    try:
+        with os.scandir(folder) as it:
+            for entry in it:
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        if recursive:
+                            subdirs.append(entry)
+                    elif entry.is_symlink() and entry.is_dir():
+                        if recursive and follow_symlinks and _inside(entry.path, root_real):
+                            subdirs.append(entry)
+                        else:
+                            logger.debug("not following folder link %s", folder / entry.name)
+                    elif entry.is_file() and is_image_name(entry.name):
+                        files.append(entry)
+                except OSError as exc:  # an entry that vanished or cannot be examined
+                    logger.warning("skipping %s: %s", folder / entry.name, exc.strerror or exc)
+    except OSError as exc:  # PermissionError, or the folder vanished during the walk
+        logger.warning("skipping folder %s: %s", folder, exc.strerror or exc)
+        return [], []
+    files.sort(key=lambda e: e.name)
+    subdirs.sort(key=lambda e: e.name)
+    return files, subdirs
+
+
+def _inside(link: str, root_real: str) -> bool:
+    """True when the link's resolved target is ``root_real`` or below it."""
+    target = os.path.realpath(link)
+    try:
+        if os.path.commonpath([target, root_real]) == root_real:
+            return True
+    except ValueError:  # Windows: different drives
+        pass
+    logger.info("not following %s: it points outside the input folder (%s)", link, target)
+    return False
+
+
+def _identity(entry: os.DirEntry) -> tuple:
+    """Identity of what ``entry`` names (links followed), see ``_key``.
+
+    Raises:
+        OSError: the entry vanished or cannot be examined.
+    """
+    st = entry.stat()
+    if st.st_ino == 0 and st.st_dev == 0:  # Windows: DirEntry.stat() leaves both zero
+        st = os.stat(entry.path)
+    return _key(st, entry.path)
+
+
+def _key(st: os.stat_result, path: str | Path) -> tuple:
+    """``(st_dev, st_ino)``; the resolved path on file systems that report no inode numbers."""
+    if st.st_ino == 0:
+        return ("path", os.path.normcase(os.path.realpath(path)))
+    return (st.st_dev, st.st_ino)
+
+
+def _first_time(seen: set[tuple], key: tuple) -> bool:
+    """Record ``key``; True when it was not recorded before."""
+    if key in seen:
+        return False
+    seen.add(key)
+    return True

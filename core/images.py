@@ -1,0 +1,340 @@
+"""Decode one image file into an RGB ``PIL.Image.Image`` ready for a model's image processor.
+
+``load_image`` is the only entry point. It opens the file itself (a FIFO, socket or directory is
+refused from ``fstat`` before any read, so it can never hang), identifies it against an explicit
+list of formats, refuses decompression bombs from the header, optionally DCT-scales JPEGs while
+decoding (``Image.draft``), applies the EXIF orientation, and converts every mode to 8-bit RGB.
+Every failure becomes an ``ImageError(category, message)``; no other exception leaves it.
+
+Thread safety: the engine calls ``load_image`` from a thread pool (Pillow releases the GIL while
+decoding). Nothing here mutates module-level state of Pillow on the normal path; the one exception
+is the opt-in ``allow_truncated=True`` retry, see ``load_image``. Plugins are registered once, at
+import time, so no lazy plugin import races between threads.
+
+This module must not import torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError, features
+
+from wwts.core.errors import ImageError
+
+logger = logging.getLogger(__name__)
+
+try:  # HEIF/HEIC (iPhone photos) through libheif; a declared dependency, but keep working without it
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+except Exception as _exc:  # ImportError, or a broken libheif build
+    logger.debug("HEIF decoding unavailable: %s", _exc)
+
+Image.init()  # import every Pillow plugin now, once, instead of lazily from decode threads
+
+#: Formats ``load_image`` tries, in order (names as in Pillow's registry). WEBP and AVIF are listed
+#: only when Pillow was built with libwebp / libavif, HEIF only when pillow-heif registered itself.
+#: MPO (multi-picture JPEG from some cameras) has no opener of its own: Pillow's JPEG opener
+#: returns an ``MpoImageFile`` for it.
+SUPPORTED_FORMATS: tuple[str, ...] = tuple(
+    name
+    for name in ("JPEG", "PNG", "WEBP", "HEIF", "AVIF", "BMP", "GIF", "TIFF")
+    if name in Image.OPEN and (name not in ("WEBP", "AVIF") or features.check(name.lower()))
+)
+#: True when HEIF/HEIC files can be decoded (pillow-heif importable and registered).
+HEIF_SUPPORTED: bool = "HEIF" in SUPPORTED_FORMATS
+#: True when AVIF files can be decoded (Pillow >= 11.2 built with libavif).
+AVIF_SUPPORTED: bool = "AVIF" in SUPPORTED_FORMATS
+
+#: Formats whose ``draft()`` makes decoding cheaper: JPEG/MPO scale the DCT by 1/2, 1/4 or 1/8;
+#: pillow-heif's picks an embedded thumbnail that is a scaled copy of the image, if one is big enough.
+_DRAFT_FORMATS = frozenset({"JPEG", "MPO", "HEIF"})
+#: EXIF/TIFF tag 274 (Orientation) values 2-8 and the transposition that undoes each (TIFF 6.0
+#: section 8 "Orientation"; CIPA DC-008 Exif 2.32, 4.6.4 A). 1 is upright.
+_EXIF_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+#: Orientations that swap width and height (transpose, rotate 90/270, transverse).
+_SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
+_WHITE = (255, 255, 255)
+
+#: Serialises the opt-in truncated-image retry, the only place that sets the process-wide
+#: ``ImageFile.LOAD_TRUNCATED_IMAGES`` (Pillow has no per-image switch for it).
+_TRUNCATED_LOCK = threading.Lock()
+
+
+@dataclass
+class DecodedImage:
+    """One decoded image.
+
+    Attributes:
+        image: the pixels, mode ``"RGB"``, EXIF orientation applied. When ``load_image`` was given
+            ``draft_size`` it may be smaller than ``width`` x ``height`` (short side still at least
+            ``2 * draft_size`` unless the original is smaller).
+        width: width in pixels of the original, full-resolution image after EXIF orientation.
+        height: height in pixels, likewise.
+        frames: number of frames (animated GIF/WebP/PNG) or images (multi-page TIFF, MPO, HEIF
+            sequences) in the file; only the first (for HEIF: the primary) one is decoded.
+        note: a non-fatal remark, e.g. ``"EXIF orientation unreadable; used unrotated"``.
+    """
+
+    image: Image.Image
+    width: int
+    height: int
+    frames: int = 1
+    note: str | None = None
+
+
+def load_image(
+    path: Path,
+    *,
+    draft_size: int | None = None,
+    max_pixels: int | None = None,
+    allow_truncated: bool = False,
+) -> DecodedImage:
+    """Decode ``path`` into an 8-bit RGB image with its EXIF orientation applied.
+
+    Args:
+        path: the file. Its extension is ignored: the content decides the format, tried in the
+            order of ``SUPPORTED_FORMATS``.
+        draft_size: the model's input size in pixels (e.g. 224). For JPEG/MPO the decoder then
+            DCT-scales by 1/2, 1/4 or 1/8 while decoding (``Image.draft``), choosing the largest
+            reduction that keeps the short side at least ``2 * draft_size``: Pillow's JPEG draft
+            picks ``scale = min(w // rw, h // rh)`` rounded down to 8, 4, 2 or 1 for a request of
+            ``(rw, rh)``, so requesting ``(2 * draft_size, 2 * draft_size)`` bounds the short side
+            (Pillow docs, ``Image.draft``: "returns a version of the image that as closely as
+            possible matches the given mode and size"; src/PIL/JpegImagePlugin.py ``draft``).
+            For HEIF, pillow-heif's ``draft`` decodes an embedded thumbnail instead when one is a
+            scaled copy at least that big. ``None`` decodes at full resolution.
+        max_pixels: refuse images with more than this many pixels (width x height), checked from
+            the header before any pixel is decoded. ``None`` uses ``PIL.Image.MAX_IMAGE_PIXELS``
+            (about 89.5 MP). A value above ``2 * Image.MAX_IMAGE_PIXELS`` cannot lift Pillow's own
+            hard limit, which ``Image.open`` enforces; only changing that process-wide setting can.
+        allow_truncated: decode what is there of a truncated file (the rest is filled by the
+            decoder, grey for JPEG) and say so in ``note``, instead of raising. The retry sets
+            Pillow's process-wide ``ImageFile.LOAD_TRUNCATED_IMAGES`` under a lock for the length
+            of one decode, so a normal-path decode running at that moment in another thread would
+            also accept a truncated file; use one value for a whole run.
+
+    Returns:
+        A ``DecodedImage``; ``image.mode == "RGB"``.
+
+    Raises:
+        ImageError: with ``category`` one of
+            ``"not_found"`` (no such file, or a dangling symlink),
+            ``"not_a_file"`` (a directory, FIFO, socket or device),
+            ``"permission"`` (not readable),
+            ``"empty"`` (zero bytes),
+            ``"unidentified"`` (not an image in a supported format, e.g. HTML saved as ``.jpg``),
+            ``"truncated"`` (the file ends before the image data does),
+            ``"too_large"`` (more pixels than allowed, or out of memory while decoding),
+            ``"decode"`` (anything else: corrupt data, unsupported mode, I/O error).
+            Never any other exception.
+    """
+    path = Path(path)
+    try:
+        return _load(path, draft_size, max_pixels, allow_truncated)
+    except ImageError:
+        raise
+    except MemoryError:
+        raise ImageError("too_large", "out of memory while decoding") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageError("too_large", str(exc)) from None
+    except Exception as exc:  # the contract: every failure becomes an ImageError
+        if _is_truncation(exc):
+            raise ImageError("truncated", _describe(exc)) from None
+        raise ImageError("decode", _describe(exc)) from None
+
+
+def _load(path: Path, draft_size: int | None, max_pixels: int | None, allow_truncated: bool) -> DecodedImage:
+    notes: list[str] = []
+    with _open_regular_file(path) as fp:
+        im = _identify(fp)
+        width, height = im.size
+        limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+        if limit is not None and width * height > limit:
+            raise ImageError(
+                "too_large", f"{width}x{height} = {width * height} pixels exceeds the limit of {limit}"
+            )
+        try:
+            frames = int(getattr(im, "n_frames", 1))
+        except Exception:  # counting frames walks the file; a broken later frame is not fatal
+            frames = 1
+        if draft_size and im.format in _DRAFT_FORMATS:
+            im.draft("RGB", (2 * draft_size, 2 * draft_size))
+        try:
+            im.load()  # force the full decode here, so a truncated file fails here and not later
+        except Exception as exc:
+            if not (allow_truncated and _is_truncation(exc)):
+                raise
+            im = _load_truncated(fp, draft_size)
+            notes.append("file is truncated; decoded the part that is there")
+
+    orientation, note = _orientation(im)
+    if note:
+        notes.append(note)
+    elif orientation != 1:
+        try:
+            im = ImageOps.exif_transpose(im)
+        except Exception as exc:
+            # exif_transpose transposes first, then rewrites the EXIF block without the tag; a
+            # malformed unrelated tag can make that rewrite fail. The pixels only need the tag.
+            im = im.transpose(_EXIF_TRANSPOSE[orientation])
+            notes.append(f"EXIF data malformed ({_describe(exc)}); orientation {orientation} applied")
+        if orientation in _SWAPPING_ORIENTATIONS:
+            width, height = height, width
+    return DecodedImage(_to_rgb(im), width, height, frames, "; ".join(notes) or None)
+
+
+@contextmanager
+def _open_regular_file(path: Path) -> Iterator[BinaryIO]:
+    """Open ``path`` read-only without blocking and yield a binary file object; close it after.
+
+    ``O_NONBLOCK`` keeps ``open()`` of a FIFO from waiting for a writer; the type check uses
+    ``fstat`` of the descriptor actually opened, so nothing can be swapped in between a ``stat``
+    and the ``open``. For regular files ``O_NONBLOCK`` has no effect on reads.
+
+    Raises:
+        ImageError: ``not_found``, ``permission``, ``not_a_file``, ``empty``, or ``decode`` for
+            other ``open`` failures (``ELOOP``, ``ENAMETOOLONG``...).
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags)
+    except (FileNotFoundError, NotADirectoryError):
+        raise ImageError("not_found", "no such file") from None
+    except IsADirectoryError:
+        raise ImageError("not_a_file", "is a directory") from None
+    except PermissionError:
+        if os.path.isdir(path):  # Windows refuses to open folders with EACCES
+            raise ImageError("not_a_file", "is a directory") from None
+        raise ImageError("permission", "permission denied") from None
+    except OSError as exc:
+        raise ImageError("decode", f"cannot open: {exc.strerror or exc}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+            raise ImageError("not_a_file", f"is {kind}")
+        if st.st_size == 0:
+            raise ImageError("empty", "file is empty (0 bytes)")
+        fp = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with fp:
+        yield fp
+
+
+def _identify(fp) -> ImageFile.ImageFile:
+    """``Image.open`` restricted to ``SUPPORTED_FORMATS``; reads the header only."""
+    try:
+        return Image.open(fp, formats=SUPPORTED_FORMATS)
+    except UnidentifiedImageError:
+        raise ImageError(
+            "unidentified", f"not a supported image (tried {', '.join(SUPPORTED_FORMATS)})"
+        ) from None
+
+
+def _load_truncated(fp, draft_size: int | None) -> ImageFile.ImageFile:
+    """Re-open and decode a truncated file with Pillow's ``LOAD_TRUNCATED_IMAGES`` set."""
+    fp.seek(0)
+    im = _identify(fp)
+    if draft_size and im.format in _DRAFT_FORMATS:
+        im.draft("RGB", (2 * draft_size, 2 * draft_size))
+    with _TRUNCATED_LOCK:
+        previous = ImageFile.LOAD_TRUNCATED_IMAGES
+        ImageFile.LOAD_TRUNCATED_IMAGES = True
+        try:
+            im.load()
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = previous
+    return im
+
+
+def _orientation(im: Image.Image) -> tuple[int, str | None]:
+    """EXIF orientation tag (1-8, 1 when absent) and a note when it cannot be read or is invalid.
+
+    pillow-heif applies the HEIF rotation/mirroring (``irot``/``imir``) while decoding and resets
+    the EXIF/XMP orientation to 1 (pillow_heif.misc.set_orientation), so HEIC files are not
+    rotated twice here.
+    """
+    try:
+        value = im.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception as exc:
+        return 1, f"EXIF orientation unreadable ({_describe(exc)}); used unrotated"
+    if value == 0:  # written by some cameras for "unknown"; not in the spec, treated as upright
+        return 1, None
+    if isinstance(value, int) and (value == 1 or value in _EXIF_TRANSPOSE):
+        return value, None
+    return 1, f"EXIF orientation {value!r} is not 1-8; used unrotated"
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit ``RGB``.
+
+    Transparency (``RGBA``, ``LA``, ``PA``, ``P`` with a ``transparency`` entry, premultiplied
+    ``RGBa``/``La``) is composited onto white. 16-bit ``I;16*`` is divided by 256; 32-bit ``I`` and
+    float ``F`` are scaled linearly by their actual range (``_rescale``), never clamped to white.
+    ``CMYK``, ``YCbCr``, ``1``, ``L``, plain ``P`` go through ``Image.convert`` (no colour
+    management: ICC profiles are ignored).
+    """
+    mode = im.mode
+    if mode == "RGB":
+        return im
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        background = Image.new("RGB", rgba.size, _WHITE)
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    if mode.startswith("I;16"):
+        return im.convert("I").point(lambda x: x * (1 / 256)).convert("L").convert("RGB")
+    if mode in ("I", "F"):
+        return _rescale(im).convert("RGB")
+    return im.convert("RGB")
+
+
+def _rescale(im: Image.Image) -> Image.Image:
+    """Map a 32-bit ``I`` or ``F`` image linearly to ``L``.
+
+    The source range is ``[min(lo, 0), top]`` where ``top`` is 255 for ``I`` data already within
+    0-255, 1.0 for ``F`` data within 0-1 (normalised floats), else the actual maximum ``hi``.
+    """
+    lo, hi = im.getextrema()
+    low = min(lo, 0)
+    if im.mode == "F" and hi <= 1.0:
+        top = 1.0
+    elif hi <= 255:
+        top = 255
+    else:
+        top = hi
+    if top <= low:  # constant image
+        return Image.new("L", im.size, 0)
+    scale = 255.0 / (top - low)
+    offset = -low * scale
+    return im.point(lambda x: x * scale + offset).convert("L")
+
+
+def _is_truncation(exc: BaseException) -> bool:
+    """True for Pillow's "image file is truncated" family of errors (JPEG, PNG, GIF, TIFF)."""
+    return isinstance(exc, (OSError, SyntaxError, EOFError)) and "truncated" in str(exc).lower()
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

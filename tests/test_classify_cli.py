@@ -1,0 +1,193 @@
+"""End-to-end ``wwts classify`` on a tiny random Chinese-CLIP saved to disk (offline)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from wwts.cli.main import app
+
+runner = CliRunner()
+LABELS = "人,车,动物,猫,花"
+
+
+def classify(*args: str):
+    return runner.invoke(app, ["classify", *map(str, args)])
+
+
+def sample_count(folder: Path) -> int:
+    return sum(1 for p in folder.iterdir() if p.suffix.lower() in {".jpg", ".png"})
+
+
+@pytest.mark.parametrize("ext", ["csv", "json", "jsonl"])
+def test_every_sample_image_gets_one_record(tiny_clip, sample_images, tmp_path, ext):
+    out = tmp_path / f"r.{ext}"
+    result = classify(sample_images, "--labels", LABELS, "--model", tiny_clip, "--out", out, "--top-k", "5")
+    assert result.exit_code == 0, result.output
+    if ext == "csv":
+        raw = out.read_bytes()
+        assert raw.startswith(b"\xef\xbb\xbf")  # BOM so Excel reads UTF-8
+        rows = list(csv.DictReader(raw.decode("utf-8-sig").splitlines()))
+        assert list(rows[0]) == ["path", "label", "score", "top_k", "width", "height", "error"]
+        records = rows
+        for row in rows:
+            pairs = [item.rsplit(":", 1) for item in row["top_k"].split(";")]
+            assert [p[0] for p in pairs][0] == row["label"]
+            assert abs(sum(float(p[1]) for p in pairs) - 1.0) < 2e-3
+    else:
+        if ext == "json":
+            doc = json.loads(out.read_text(encoding="utf-8"))
+            run = doc["run"]
+            for key in ("model", "device", "dtype", "batch_size", "images_per_s", "started", "finished"):
+                assert key in run, key
+            assert run["device"] == "cpu"
+            records = doc["results"]
+        else:
+            records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+        for rec in records:
+            assert rec["error"] is None
+            scores = [t["score"] for t in rec["top_k"]]
+            assert all(0.0 <= s <= 1.0 for s in scores)
+            assert abs(sum(scores) - 1.0) < 1e-4  # top-5 of 5 labels: the whole softmax
+            assert scores == sorted(scores, reverse=True)
+            assert rec["label"] == rec["top_k"][0]["label"] and rec["score"] == scores[0]
+            assert rec["width"] > 0 and rec["height"] > 0
+    assert len(records) == sample_count(sample_images)
+    paths = [r["path"] for r in records]
+    assert paths == sorted(paths) and len(set(paths)) == len(paths)
+
+
+def test_paths_are_as_typed_and_top_k_capped(tiny_clip, sample_images, tmp_path, monkeypatch):
+    monkeypatch.chdir(sample_images.parent)
+    out = tmp_path / "r.jsonl"
+    result = classify("sample_images", "--labels", "猫，狗", "--model", tiny_clip, "--out", out, "--top-k", "9")
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert all(r["path"].startswith("sample_images/") for r in records)
+    assert all(len(r["top_k"]) == 2 for r in records)
+    assert {t["label"] for t in records[0]["top_k"]} == {"猫", "狗"}
+
+
+def test_table_on_stdout_without_out(tiny_clip, sample_images):
+    result = classify(sample_images / "chelsea.png", "--labels", LABELS, "--model", tiny_clip)
+    assert result.exit_code == 0, result.output
+    assert "chelsea.png" in result.stdout
+    assert "device cpu" in result.stderr and "batch size" in result.stderr
+    assert "CPU mode" in result.stderr
+
+
+def test_labels_file(tiny_clip, sample_images, tmp_path):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\ufeff# 我的标签\n人\n\n车  # 汽车\n动物\n", encoding="utf-8")
+    out = tmp_path / "r.json"
+    result = classify(sample_images / "coffee.jpg", "--labels-file", labels, "--model", tiny_clip, "--out", out)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(out.read_text(encoding="utf-8"))
+    assert doc["run"]["labels"] == ["人", "车", "动物"]
+    assert {t["label"] for t in doc["results"][0]["top_k"]} == {"人", "车", "动物"}
+
+
+@pytest.mark.parametrize("args, message", [
+    ((), "no labels"),
+    (("--labels", "人,车,人"), "duplicate label"),
+    (("--labels", "人,,车"), "empty label"),
+    (("--labels", "人,车", "--out", "r.txt"), ".csv"),
+    (("--labels", "人,车", "--prompt", "没有占位符"), "{}"),
+])
+def test_usage_errors_exit_2(tiny_clip, sample_images, args, message):
+    result = classify(sample_images, "--model", tiny_clip, *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_missing_path_exits_2(tiny_clip, tmp_path):
+    result = classify(tmp_path / "nope", "--labels", LABELS, "--model", tiny_clip)
+    assert result.exit_code == 2
+    assert "does not exist" in result.stderr
+
+
+def test_model_not_cached_and_offline_is_one_clear_line(sample_images):
+    result = classify(sample_images, "--labels", LABELS, "--model", "OFA-Sys/chinese-clip-vit-base-patch16")
+    assert result.exit_code == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "--model" in lines[0] and "HF_ENDPOINT" in lines[0] and "not in the local cache" in lines[0]
+    assert "Traceback" not in result.output
+
+
+def test_explicit_cuda_on_cpu_machine_exits_2(tiny_clip, sample_images):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = classify(sample_images, "--labels", LABELS, "--model", tiny_clip, "--device", "cuda:3")
+    assert result.exit_code == 2
+    assert "cuda:3" in result.stderr and "Traceback" not in result.output
+
+
+def test_broken_file_gives_one_error_record_and_exit_3(tiny_clip, sample_images, tmp_path):
+    folder = tmp_path / "photos"
+    shutil.copytree(sample_images, folder)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    out = tmp_path / "r.jsonl"
+    result = classify(folder, "--labels", LABELS, "--model", tiny_clip, "--out", out, "-b", "3")
+    assert result.exit_code == 3, result.output
+    records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert len(records) == sample_count(sample_images) + 1
+    bad = [r for r in records if r["error"]]
+    assert [Path(r["path"]).name for r in bad] == ["broken.jpg"]
+    assert bad[0]["label"] is None and bad[0]["top_k"] == []
+    assert all(r["label"] for r in records if not r["error"])
+
+
+def _orientation_pair(tmp_path: Path) -> tuple[Path, Path]:
+    """An upright PNG, and the same scene stored rotated with EXIF orientation 6."""
+    upright = Image.new("RGB", (60, 30))
+    upright.putdata([(x * 4, y * 8, (x * y) % 256) for y in range(30) for x in range(60)])
+    a = tmp_path / "upright.png"
+    upright.save(a)
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # what a camera held sideways stores
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90° clockwise to display
+    b = tmp_path / "rotated6.png"
+    stored.save(b, exif=exif)
+    return a, b
+
+
+def test_exif_orientation_6_is_scored_after_rotation(tiny_clip, tmp_path):
+    a, b = _orientation_pair(tmp_path)
+    out = tmp_path / "r.jsonl"
+    result = classify(a, b, "--labels", LABELS, "--model", tiny_clip, "--out", out, "--top-k", "5")
+    assert result.exit_code == 0, result.output
+    ra, rb = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert (rb["width"], rb["height"]) == (ra["width"], ra["height"]) == (60, 30)
+    assert {t["label"]: t["score"] for t in rb["top_k"]} == pytest.approx(
+        {t["label"]: t["score"] for t in ra["top_k"]}, abs=1e-5)
+
+
+def test_real_exif_orientation_6(tiny_clip, exif_samples, tmp_path):
+    folder = exif_samples / "jpg" / "orientation"
+    out = tmp_path / "r.jsonl"
+    result = classify(folder / "landscape_1.jpg", folder / "landscape_6.jpg", "--labels", LABELS,
+                      "--model", tiny_clip, "--out", out)
+    assert result.exit_code == 0, result.output
+    r1, r6 = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert (r6["width"], r6["height"]) == (r1["width"], r1["height"])
+    assert r1["width"] > r1["height"]  # a landscape after orientation
+
+
+def test_existing_output_is_not_overwritten(tiny_clip, sample_images, tmp_path):
+    out = tmp_path / "r.csv"
+    out.write_text("keep me", encoding="utf-8")
+    result = classify(sample_images, "--labels", LABELS, "--model", tiny_clip, "--out", out)
+    assert result.exit_code == 2
+    assert out.read_text(encoding="utf-8") == "keep me"
+    result = classify(sample_images, "--labels", LABELS, "--model", tiny_clip, "--out", out, "--overwrite")
+    assert result.exit_code == 0, result.output

@@ -1,0 +1,290 @@
+"""``wwts doctor``: core.doctor.collect() facts and cli.doctor rendering, offline, no GPU needed."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import time
+import types
+from types import SimpleNamespace
+
+import pytest
+import torch
+from rich.console import Console
+
+from wwts.cli.doctor import doctor_command, render
+from wwts.core import device as dv
+from wwts.core import doctor
+
+GiB = 1024**3
+TOP_KEYS = {"schema", "system", "cpu", "accelerators", "runtimes", "plan", "models", "warnings"}
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+TORCH_ARCHS = ("sm_50", "sm_60", "sm_70", "sm_75", "sm_80", "sm_86", "sm_90")
+
+
+def fake_gpus(monkeypatch, gpus, arch_list=TORCH_ARCHS):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: len(gpus))
+
+    def props(i):
+        g = gpus[i]
+        return SimpleNamespace(name=g["name"], major=g["cap"][0], minor=g["cap"][1], total_memory=g["total"],
+                               multi_processor_count=132, uuid=f"uuid-{i}")
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", props)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: props(i).name)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i=0: (gpus[i]["free"], gpus[i]["total"]))
+    monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: list(arch_list))
+    monkeypatch.setattr(torch.version, "cuda", "12.4")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    monkeypatch.setattr(torch.xpu, "is_available", lambda: False)
+    monkeypatch.setattr(dv, "nvml_facts", lambda: None)
+    monkeypatch.setattr(dv, "nvidia_smi_facts", lambda timeout=3.0: None)
+    monkeypatch.setattr(dv, "probe", lambda device: None)
+
+
+def fake_pynvml(monkeypatch, name="NVIDIA GeForce RTX 4090"):
+    fake = types.ModuleType("pynvml")
+    fake.nvmlInit = fake.nvmlShutdown = lambda: None
+    fake.nvmlSystemGetDriverVersion = lambda: "550.54"
+    fake.nvmlSystemGetCudaDriverVersion = lambda: 12040
+    fake.nvmlDeviceGetCount = lambda: 1
+    fake.nvmlDeviceGetHandleByIndex = lambda i: object()
+    fake.nvmlDeviceGetName = lambda h: name
+    fake.nvmlDeviceGetUUID = lambda h: "GPU-0000"
+    fake.nvmlDeviceGetMemoryInfo = lambda h: SimpleNamespace(total=24 * GiB, free=23 * GiB)
+    fake.nvmlDeviceGetCudaComputeCapability = lambda h: (8, 9)
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+
+
+def render_text(facts) -> str:
+    console = Console(file=io.StringIO(), width=140, force_terminal=False)
+    render(facts, console)
+    return console.file.getvalue()
+
+
+def test_collect_on_this_machine():
+    start = time.monotonic()
+    facts = doctor.collect()
+    assert time.monotonic() - start < 15
+    assert TOP_KEYS <= set(facts)
+    json.loads(json.dumps(facts, ensure_ascii=False))  # JSON-serialisable as is
+    assert facts["system"]["torch"]["version"] == torch.__version__
+    assert facts["system"]["python"].endswith(sys.version.split()[0])
+    cpu = facts["cpu"]
+    assert cpu["logical_cores"] >= cpu["physical_cores"] >= 1 and 1 <= cpu["usable_cpus"] <= cpu["logical_cores"]
+    assert cpu["ram_total"] >= cpu["ram_available"] > 0
+    assert isinstance(cpu["features"], dict) and cpu["features"]
+    for section in ("system", "cpu", "accelerators", "runtimes", "plan", "models"):
+        assert "error" not in facts[section] or facts[section]["error"] is None, facts[section]
+    plan = facts["plan"]
+    assert plan["device"] in ("cpu", "cuda:0", "mps", "xpu")
+    for task in ("classify", "caption"):
+        assert plan[task]["batch_size"] >= 1 and plan[task]["decode_workers"] >= 1
+        assert plan[task]["summary"].startswith(f"{task} on ")
+    hub = facts["models"]["hub"]
+    assert hub["offline"] is True and hub["checked"] is False and hub["seconds"] == 0.0
+    assert {d["key"] for d in facts["models"]["defaults"]} >= {"classify", "caption"}
+    assert all(isinstance(w, str) for w in facts["warnings"])
+
+
+def test_cpu_mode_warning_gives_an_estimate(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    monkeypatch.setattr(torch.xpu, "is_available", lambda: False)
+    facts = doctor.collect()
+    assert facts["plan"]["device"] == "cpu"
+    rate = facts["plan"]["classify"]["images_per_s_estimate"]
+    assert rate and rate > 0
+    assert any(w.startswith("CPU mode: expect about") and f"{rate:.3g} images/s for classify" in w
+               for w in facts["warnings"])
+
+
+def test_simulated_gpus_appear_as_rows_and_in_the_plan(monkeypatch):
+    fake_gpus(monkeypatch, [
+        {"name": "NVIDIA A100-SXM4-80GB", "cap": (8, 0), "total": 80 * GiB, "free": 10 * GiB},
+        {"name": "Tesla T4", "cap": (7, 5), "total": 16 * GiB, "free": 15 * GiB},
+    ])
+    facts = doctor.collect()
+    rows = facts["accelerators"]["gpus"]
+    assert [r["name"] for r in rows] == ["NVIDIA A100-SXM4-80GB", "Tesla T4"]
+    assert rows[0]["capability"] == "8.0" and rows[0]["memory_total"] == 80 * GiB
+    assert rows[0]["memory_free"] == 10 * GiB and rows[0]["bf16"] is True
+    assert rows[1]["capability"] == "7.5" and rows[1]["bf16"] is False
+    assert all(r["torch_visible"] and r["arch_supported"] for r in rows)
+    assert facts["accelerators"]["cuda"] == {"available": True, "build": "CUDA 12.4", "device_count": 2,
+                                             "error": None}
+    plan = facts["plan"]
+    assert plan["device"] == "cuda:1"  # the most free memory
+    assert plan["dtype"] == "float16"  # T4: no native bf16
+    assert plan["classify"]["images_per_s_estimate"] is None
+    assert not any(w.startswith("CPU mode") for w in facts["warnings"])
+    json.dumps(facts)
+    text = render_text(facts)
+    assert "NVIDIA A100-SXM4-80GB" in text and "Tesla T4" in text
+    assert "10.0 GiB / 80.0 GiB" in text and "7.5" in text
+
+
+def test_gpu_arch_missing_from_the_torch_build_is_warned(monkeypatch):
+    fake_gpus(monkeypatch, [{"name": "NVIDIA RTX PRO 6000", "cap": (12, 0), "total": 96 * GiB,
+                             "free": 90 * GiB}], arch_list=("sm_80", "sm_90"))
+    facts = doctor.collect()
+    assert facts["accelerators"]["gpus"][0]["arch_supported"] is False
+    assert any("not supported by this torch build" in w and "sm_90" in w for w in facts["warnings"])
+
+
+def test_cpu_only_build_with_an_nvidia_gpu_present_warns(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", None)
+    fake_pynvml(monkeypatch)
+    facts = doctor.collect()
+    assert facts["accelerators"]["nvidia_driver"]["source"] == "nvml"
+    row = facts["accelerators"]["gpus"][0]
+    assert row["name"] == "NVIDIA GeForce RTX 4090" and row["torch_visible"] is False
+    assert row["capability"] == "8.9" and row["memory_total"] == 24 * GiB
+    warning = [w for w in facts["warnings"] if "CPU-only build" in w]
+    assert warning and "NVIDIA GeForce RTX 4090" in warning[0] and "12.4" in warning[0]
+    assert "pip install" in warning[0]
+    assert "NVIDIA GeForce RTX 4090" in render_text(facts)
+
+
+def test_cuda_build_that_sees_no_gpu_the_driver_lists(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+    fake_pynvml(monkeypatch)
+    facts = doctor.collect()
+    assert any("torch (CUDA 12.8) sees none" in w for w in facts["warnings"])
+    # CUDA minor-version compatibility: a 12.8 runtime runs on a 12.4 driver
+    assert not any("needs CUDA" in w for w in facts["warnings"])
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    facts = doctor.collect()
+    assert any("needs CUDA 13.0 but the driver supports up to 12.4" in w for w in facts["warnings"])
+
+
+def test_broken_cuda_still_gives_facts(monkeypatch):
+    def broken(*a, **k):
+        raise RuntimeError("CUDA driver initialization failed, you might not have a CUDA gpu.")
+
+    monkeypatch.setattr(torch.cuda, "is_available", broken)
+    monkeypatch.setattr(torch.cuda, "device_count", broken)
+    facts = doctor.collect()
+    assert TOP_KEYS <= set(facts)
+    assert facts["accelerators"]["cuda"]["error"].startswith("RuntimeError: CUDA driver initialization failed")
+    assert facts["plan"]["device"] == "cpu"
+    assert facts["plan"]["tried"] == [["cuda", facts["accelerators"]["cuda"]["error"]]]
+    assert any(w.startswith("CUDA fails here") for w in facts["warnings"])
+    json.dumps(facts)
+    assert "CUDA error" in render_text(facts)
+
+
+def test_a_failing_section_is_reported_not_raised(monkeypatch):
+    def boom():
+        raise OSError("psutil exploded")
+
+    monkeypatch.setattr(doctor, "cpu_facts", boom)
+    facts = doctor.collect()
+    assert facts["cpu"] == {"error": "OSError: psutil exploded"}
+    assert "could not collect cpu facts: OSError: psutil exploded" in facts["warnings"]
+    assert "psutil exploded" in render_text(facts)
+
+
+def test_hub_check_is_skipped_when_offline(monkeypatch):
+    def must_not_run(*a, **k):
+        raise AssertionError("the hub was contacted in offline mode")
+
+    monkeypatch.setattr(doctor, "_head", must_not_run)
+    start = time.monotonic()
+    status = doctor.hub_status()
+    assert time.monotonic() - start < 0.1
+    assert status["offline"] is True and status["checked"] is False and status["reachable"] is None
+
+
+def test_hub_check_gives_up_after_its_timeout(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "https://hf-mirror.example/")
+    seen = {}
+
+    def hang(url, timeout):
+        seen["url"], seen["timeout"] = url, timeout
+        time.sleep(5)
+        return True, "HTTP 200"
+
+    monkeypatch.setattr(doctor, "_head", hang)
+    start = time.monotonic()
+    status = doctor.hub_status(timeout=0.2)
+    assert time.monotonic() - start < 1.5
+    assert status["reachable"] is False and status["checked"] is True and "0.2 s" in status["detail"]
+    assert seen == {"url": "https://hf-mirror.example", "timeout": 0.2}
+    assert doctor.HUB_TIMEOUT_S <= 2.5
+
+
+def test_hub_check_reports_an_answer(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(doctor, "_head", lambda url, timeout: (True, "HTTP 200"))
+    status = doctor.hub_status()
+    assert status["reachable"] is True and status["detail"] == "HTTP 200" and status["offline"] is False
+
+
+def test_unreachable_hub_with_uncached_models_suggests_a_mirror(monkeypatch, tmp_path):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(doctor, "_head", lambda url, timeout: (False, "Name or service not known"))
+    facts = doctor.collect(cache_dir=str(tmp_path))
+    assert any("cannot be reached" in w and "HF_ENDPOINT=https://hf-mirror.com" in w for w in facts["warnings"])
+
+
+def _fake_cached_model(root, repo_id, files):
+    repo = root / f"models--{repo_id.replace('/', '--')}"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snap = repo / "snapshots" / commit
+    snap.mkdir(parents=True)
+    for name, size in files.items():
+        (snap / name).write_bytes(b"x" * size)
+
+
+def test_model_cache_detection(tmp_path):
+    from wwts.core.models import DEFAULT_MODELS
+
+    classify, caption = DEFAULT_MODELS["classify"].name, DEFAULT_MODELS["caption"].name
+    _fake_cached_model(tmp_path, classify, {"config.json": 10, "model.safetensors": 1000})
+    _fake_cached_model(tmp_path, caption, {"config.json": 10})  # interrupted download: no weights
+    facts = doctor.model_facts(str(tmp_path), check_hub=False)
+    rows = {d["key"]: d for d in facts["defaults"]}
+    assert rows["classify"]["cached"] is True and rows["classify"]["size_bytes"] == 1010
+    assert rows["caption"]["cached"] is False
+    assert rows["caption-zh"]["cached"] is False and rows["caption-zh"]["path"] is None
+    assert facts["cache_dir"] == str(tmp_path)
+
+
+def test_doctor_command_json_is_one_parseable_object():
+    console = Console(file=io.StringIO(), force_terminal=False, width=80)
+    doctor_command(True, console)
+    facts = json.loads(console.file.getvalue())
+    assert TOP_KEYS <= set(facts)
+
+
+def test_doctor_command_tables():
+    console = Console(file=io.StringIO(), force_terminal=False, width=120)
+    doctor_command(False, console)
+    text = console.file.getvalue()
+    for heading in ("System", "CPU", "CUDA GPUs", "Apple MPS", "What wwts would do here", "Model cache",
+                    "Warnings", "classify", "caption", torch.__version__):
+        assert heading in text
+
+
+def test_cli_doctor_does_not_import_torch_at_import_time():
+    code = "import sys, wwts.cli.doctor, wwts.core.doctor; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

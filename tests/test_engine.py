@@ -1,0 +1,59 @@
+"""The engine on a real tiny model: label text encoded once, batching does not change results."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from wwts.core import engine
+from wwts.core.config import RunConfig
+
+
+def _config(inputs, model, **kw) -> RunConfig:
+    return RunConfig(task="classify", inputs=(inputs,), labels=("人", "车", "猫", "花"),
+                     model=str(model), device="cpu", **kw)
+
+
+def test_label_text_is_encoded_once_per_run(tiny_clip, sample_images, monkeypatch):
+    from transformers import ChineseCLIPModel
+
+    calls = []
+    real = ChineseCLIPModel.get_text_features
+
+    def counting(self, *args, **kwargs):
+        calls.append(kwargs.get("input_ids", args[0] if args else None).shape)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(ChineseCLIPModel, "get_text_features", counting)
+    run = engine.start(_config(sample_images, tiny_clip, batch_size=2))
+    records = list(run)
+    assert len(records) == run.total >= 8  # several batches...
+    assert len(calls) == 1  # ...one text encoding
+    assert calls[0][0] == 4  # all four label prompts in one call
+
+
+def test_batch_size_does_not_change_scores(tiny_clip, sample_images):
+    one = list(engine.start(_config(sample_images, tiny_clip, batch_size=1, dtype="float32")))
+    many = list(engine.start(_config(sample_images, tiny_clip, batch_size=4, dtype="float32")))
+    assert [r.path for r in one] == [r.path for r in many]
+    for a, b in zip(one, many):
+        assert a.label == b.label
+        assert a.score == pytest.approx(b.score, abs=1e-5)
+
+
+def test_records_follow_input_order_with_small_decode_window(tiny_clip, sample_images):
+    run = engine.start(_config(sample_images, tiny_clip, batch_size=3, decode_workers=4))
+    paths = [r.path for r in run]
+    assert paths == [str(p) for p in run.paths]
+    assert run.stats.images == len(paths) and run.stats.errors == 0
+    info = run.info()
+    assert info["images_per_s"] > 0 and info["dtype"] in ("float32", "bfloat16")
+
+
+def test_prompt_template_is_applied(tiny_clip, sample_images):
+    run = engine.start(RunConfig(task="classify", inputs=(sample_images / "coffee.jpg",), labels=("猫", "狗"),
+                                 model=str(tiny_clip), device="cpu", prompt=""))
+    assert run.task.prompts == ["猫", "狗"]
+    run = engine.start(_config(sample_images / "coffee.jpg", tiny_clip))
+    assert run.task.prompts[0] == "一张人的照片。"
+    assert torch.allclose(run.task.text_features.norm(dim=-1), torch.ones(4), atol=1e-5)
