@@ -13,6 +13,11 @@ interrupted by Ctrl-C / SIGTERM.
 from __future__ import annotations
 
 import logging
+import os
+import shlex
+import signal
+import sys
+import warnings
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -96,6 +101,10 @@ RecursiveOpt = Annotated[bool, typer.Option("--recursive/--no-recursive", help="
 SymlinksOpt = Annotated[bool, typer.Option("--follow-symlinks", help="Follow directory symlinks (loops are detected).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress and no start line.")]
 TrustOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Allow a model's own Python code (off by default).")]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run: skip images already in --out.")]
+RetryOpt = Annotated[bool, typer.Option("--retry-failed", help="Process again the images whose record in --out has an error.")]
+TruncOpt = Annotated[bool, typer.Option("--allow-truncated", help="Decode truncated files as far as they go (else an error record).")]
+MaxPixelsOpt = Annotated[Optional[int], typer.Option("--max-pixels", min=1, help="Refuse larger images from their header [default: Pillow's limit, 89478485].")]
 
 
 @app.command()
@@ -117,6 +126,10 @@ def classify(
     follow_symlinks: SymlinksOpt = False,
     quiet: QuietOpt = False,
     trust_remote_code: TrustOpt = False,
+    resume: ResumeOpt = False,
+    retry_failed: RetryOpt = False,
+    allow_truncated: TruncOpt = False,
+    max_pixels: MaxPixelsOpt = None,
 ) -> None:
     """Zero-shot classification of images against Chinese (or any) labels with Chinese-CLIP."""
     from wwts.core.config import RunConfig, parse_labels, read_labels_file
@@ -130,10 +143,12 @@ def classify(
                            top_k=top_k, model=model, device=device, dtype=dtype.value,
                            batch_size=batch_size, threads=threads, decode_workers=workers,
                            recursive=recursive, follow_symlinks=follow_symlinks,
-                           trust_remote_code=trust_remote_code)
+                           trust_remote_code=trust_remote_code, allow_truncated=allow_truncated,
+                           max_pixels=max_pixels)
     except WwtsError as exc:
         raise _fail(exc, err)
-    _execute(config, out=out, overwrite=overwrite, quiet=quiet, console=err)
+    _execute(config, out=out, overwrite=overwrite, quiet=quiet, console=err, resume=resume,
+             retry_failed=retry_failed)
 
 
 @app.command()
@@ -157,6 +172,10 @@ def caption(
     follow_symlinks: SymlinksOpt = False,
     quiet: QuietOpt = False,
     trust_remote_code: TrustOpt = False,
+    resume: ResumeOpt = False,
+    retry_failed: RetryOpt = False,
+    allow_truncated: TruncOpt = False,
+    max_pixels: MaxPixelsOpt = None,
 ) -> None:
     """Caption images (English with BLIP by default; --lang zh for Chinese)."""
     from wwts.core.config import RunConfig
@@ -168,10 +187,12 @@ def caption(
                            num_beams=num_beams, repetition_penalty=repetition_penalty, model=model,
                            device=device, dtype=dtype.value, batch_size=batch_size, threads=threads,
                            decode_workers=workers, recursive=recursive,
-                           follow_symlinks=follow_symlinks, trust_remote_code=trust_remote_code)
+                           follow_symlinks=follow_symlinks, trust_remote_code=trust_remote_code,
+                           allow_truncated=allow_truncated, max_pixels=max_pixels)
     except WwtsError as exc:
         raise _fail(exc, err)
-    _execute(config, out=out, overwrite=overwrite, quiet=quiet, console=err)
+    _execute(config, out=out, overwrite=overwrite, quiet=quiet, console=err, resume=resume,
+             retry_failed=retry_failed)
 
 
 @app.command()
@@ -209,26 +230,118 @@ def _cpu_note(run) -> str | None:
             "(https://pytorch.org/get-started/locally/); on an Apple-silicon Mac use --device mps.")
 
 
-def _execute(config, *, out: Path | None, overwrite: bool, quiet: bool, console: Console) -> None:
+#: Run settings that must match for --resume to append to an existing output.
+RESUME_KEYS = ("task", "model", "dtype", "labels", "prompt", "top_k", "lang", "max_new_tokens",
+               "min_new_tokens", "num_beams", "repetition_penalty")
+
+
+def resume_command(argv: list[str]) -> str:
+    """The command line that resumes this run: the same arguments, ``--resume`` instead of ``--overwrite``."""
+    args = [a for a in argv if a != "--overwrite"]
+    if "--resume" not in args:
+        args.append("--resume")
+    return shlex.join(["wwts", *args])
+
+
+def _settings_mismatch(old: dict | None, new: dict) -> list[str]:
+    if old is None:
+        return []
+    return [f"{k}: {old.get(k)!r} in the file, {new.get(k)!r} now"
+            for k in RESUME_KEYS if (k in old or k in new) and old.get(k) != new.get(k)]
+
+
+class _Interrupts:
+    """SIGINT / SIGTERM: the first asks the run to stop after the batch in flight; a second exits at once."""
+
+    def __init__(self, run) -> None:
+        self.run = run
+        self.signum: int | None = None
+        self._old: dict[int, object] = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:
+            os._exit(128 + signum)
+        self.signum = signum
+        self.run.stop()
+
+    def __enter__(self) -> "_Interrupts":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (embedded use): keep the default handlers
+                pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _execute(config, *, out: Path | None, overwrite: bool, quiet: bool, console: Console,
+             resume: bool = False, retry_failed: bool = False) -> None:
     """Run the engine, draw progress, write records; map errors to exit codes."""
     from wwts.core.env import prepare_environment
 
     prepare_environment()  # before torch is imported
     _setup_logging(console)
+    warnings.filterwarnings("ignore", module="PIL")  # bad EXIF etc. become per-image notes/errors
     try:
+        _execute_inner(config, out=out, overwrite=overwrite, quiet=quiet, console=console,
+                       resume=resume, retry_failed=retry_failed)
+    except KeyboardInterrupt:  # before the run started (model loading): nothing to save yet
+        console.print("[yellow]interrupted[/] before any image was processed", soft_wrap=True)
+        raise typer.Exit(EXIT_SIGINT)
+
+
+def _execute_inner(config, *, out, overwrite, quiet, console, resume, retry_failed) -> None:
+    from wwts.core.results import CaptionResult, ClassifyResult
+
+    record_type = ClassifyResult if config.task == "classify" else CaptionResult
+    try:
+        if (resume or retry_failed) and out is None:
+            raise _usage("--resume and --retry-failed need --out FILE")
+        if (resume or retry_failed) and overwrite:
+            raise _usage("--overwrite starts over; --resume / --retry-failed continue: choose one")
+        import huggingface_hub
         import transformers
 
         transformers.logging.set_verbosity_error()
         transformers.logging.disable_progress_bar()  # "Loading weights" bars; hub downloads keep theirs
+        huggingface_hub.utils.logging.set_verbosity_error()
         from wwts.core import engine
-        from wwts.core.writers import open_writer, output_format
+        from wwts.core.writers import drop_records, open_writer, output_format, read_existing
 
+        if config.max_pixels:
+            from PIL import Image
+
+            # Pillow refuses images over twice this limit before wwts' own header check runs.
+            Image.MAX_IMAGE_PIXELS = config.max_pixels
+        paths = None
+        old_run, failed = None, set()
         if out is not None:
             output_format(out)  # reject a bad extension before loading the model
             resolved = out.resolve()
             if any(resolved == Path(p).resolve() for p in config.inputs if Path(p).is_file()):
                 raise _usage(f"--out {out} is one of the input images")
-        run = engine.start(config)
+            if resume or retry_failed:
+                old_run, old_records = read_existing(out, record_type)
+                failed = {r["path"] for r in old_records if r.get("error")}
+                done = {r["path"] for r in old_records} - (failed if retry_failed else set())
+                found = engine.find_images(config)
+                paths = [p for p in found if str(p) not in done]
+                if not paths:
+                    console.print(f"nothing to do: all {len(found)} images are already in {out}", soft_wrap=True)
+                    return
+        run = engine.start(config, paths=paths)
+        if old_run is not None or failed:
+            diff = _settings_mismatch(old_run, run.info())
+            if diff:
+                raise _usage(f"{out} was made with other settings ({'; '.join(diff)}): "
+                             "use another --out, or --overwrite to start over")
+            if retry_failed and failed:
+                drop_records(out, record_type, failed)
+        writer = open_writer(out, record_type, run.info(), overwrite=overwrite,
+                             resume=resume or retry_failed) if out is not None else None
     except WwtsError as exc:
         raise _fail(exc, console)
 
@@ -240,38 +353,48 @@ def _execute(config, *, out: Path | None, overwrite: bool, quiet: bool, console:
 
     from wwts.cli.progress import RunProgress
 
-    writer = None
     table_records = []
     exit_code = EXIT_OK
-    try:
-        if out is not None:
-            writer = open_writer(out, run.task.record_type, run.info(), overwrite=overwrite)
-        with RunProgress(console, run.total, config.task, quiet=quiet) as progress:
-            for batch in run.batches():
-                if writer is not None:
-                    writer.write(batch)
-                else:
-                    table_records.extend(batch)
-                progress.advance(len(batch), sum(1 for r in batch if r.error))
-    except KeyboardInterrupt:
-        exit_code = EXIT_SIGINT
-        console.print("[yellow]interrupted:[/] results so far are saved", soft_wrap=True)
-    except WwtsError as exc:
-        console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
-        exit_code = exc.exit_code
-    finally:
-        if writer is not None:
-            writer.close(run.info())
+    fault: WwtsError | None = None
+    with _Interrupts(run) as interrupts:
+        try:
+            with RunProgress(console, run.total, config.task, quiet=quiet) as progress:
+                for batch in run.batches():
+                    if writer is not None:
+                        writer.write(batch)
+                    else:
+                        table_records.extend(batch)
+                    progress.advance(len(batch), sum(1 for r in batch if r.error))
+        except WwtsError as exc:
+            fault = exc
+        finally:
+            if writer is not None:
+                try:
+                    writer.close(run.info())
+                except WwtsError as exc:
+                    fault = fault or exc
 
     if table_records:
         _print_table(table_records, config.task)
     stats = run.stats
-    if not quiet or stats.errors:
+    if interrupts.signum is not None:
+        exit_code = EXIT_SIGINT if interrupts.signum == signal.SIGINT else EXIT_SIGTERM
+        console.print(f"[yellow]interrupted:[/] {stats.images} of {run.total} images done", soft_wrap=True)
+    if fault is not None:
+        console.print(f"[bold red]error:[/] {fault}", soft_wrap=True)
+        exit_code = fault.exit_code
+    if not quiet or stats.errors or exit_code:
         console.print(
             f"done: {stats.images} images, {stats.errors} errors, {stats.seconds:.1f} s "
             f"({stats.images_per_s:.2f} images/s; model load {stats.load_s:.1f} s) on {stats.device} "
             f"{str(run.dtype).replace('torch.', '')}, final batch size {stats.batch_size}"
             + (f" → {out}" if out is not None else ""), soft_wrap=True)
+    if exit_code != EXIT_OK and stats.images < run.total:
+        if out is not None:
+            console.print(f"results so far are saved in {out}; to finish the run: "
+                          f"{resume_command(sys.argv[1:])}", soft_wrap=True, markup=False)
+        else:
+            console.print("nothing was saved (no --out)", soft_wrap=True)
     if exit_code == EXIT_OK and stats.errors:
         exit_code = EXIT_IMAGES_FAILED
     if exit_code != EXIT_OK:

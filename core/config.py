@@ -92,6 +92,8 @@ class RunConfig:
         max_new_tokens, min_new_tokens, num_beams, repetition_penalty: caption generation.
         quantize: ``None`` or ``"int8"`` (dynamic int8 Linear layers, CPU only).
         trust_remote_code: passed to ``from_pretrained``; off by default.
+        allow_truncated: decode truncated files as far as they go instead of an error record.
+        max_pixels: refuse larger images from their header (``None``: Pillow's limit, ~89 MP).
     """
 
     task: str
@@ -114,6 +116,8 @@ class RunConfig:
     repetition_penalty: float | None = None
     quantize: str | None = None
     trust_remote_code: bool = False
+    allow_truncated: bool = False
+    max_pixels: int | None = None
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -129,7 +133,7 @@ class RunConfig:
             raise UsageError(f"unknown device {self.device!r}; valid: auto, cpu, cuda, cuda:N, mps, xpu")
         if self.dtype not in DTYPES:
             raise UsageError(f"unknown dtype {self.dtype!r}; valid: {', '.join(DTYPES)}")
-        for name in ("batch_size", "threads", "decode_workers"):
+        for name in ("batch_size", "threads", "decode_workers", "max_pixels"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,9 +30,10 @@ import torch
 
 from wwts.core import device as devices
 from wwts.core.config import RunConfig
+from wwts.core.decode import DecodePool
 from wwts.core.discover import discover
 from wwts.core.errors import DeviceFault, ImageError, UsageError
-from wwts.core.images import DecodedImage, load_image
+from wwts.core.images import DecodedImage
 from wwts.core.results import ImageRecord
 from wwts.core.tasks.base import Task
 
@@ -125,11 +126,12 @@ class Run:
         """The ``run`` section: model, device, dtype, threads, batch size, task settings, times."""
         from wwts.core import __version__
 
-        model = self.config.model or getattr(self.task.model, "name_or_path", "")
+        from wwts.core.models import default_model
+
         info: dict[str, Any] = {
             "wwts": __version__,
             "task": self.config.task,
-            "model": getattr(self.task.model, "name_or_path", None) or model,
+            "model": self.config.model or default_model(self.config.task, self.config.lang),
             "device": str(self.task.device),
             "dtype": str(self.task.dtype).replace("torch.", ""),
             "threads": self.threads,
@@ -167,8 +169,8 @@ class Run:
                 finished before the fault has been yielded.
         """
         t0 = time.perf_counter()
-        draft = self.task.input_size
-        pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="wwts-decode")
+        pool = DecodePool(self.workers, draft_size=self.task.input_size, max_pixels=self.config.max_pixels,
+                          allow_truncated=self.config.allow_truncated)
         pending: deque[tuple[Path, Future]] = deque()
         path_iter = iter(self.paths)
 
@@ -178,7 +180,7 @@ class Run:
                 path = next(path_iter, None)
                 if path is None:
                     return
-                pending.append((path, pool.submit(load_image, path, draft_size=draft)))
+                pending.append((path, pool.submit(path)))
 
         try:
             submit_more()
@@ -190,8 +192,6 @@ class Run:
                         chunk.append((path, fut.result()))
                     except ImageError as exc:
                         chunk.append((path, exc))
-                    except Exception as exc:  # load_image promises ImageError; be safe anyway
-                        chunk.append((path, ImageError("decode", f"{type(exc).__name__}: {exc}")))
                     submit_more()
                 records = self._process(chunk)
                 self.stats.images += len(records)
@@ -201,7 +201,7 @@ class Run:
         finally:
             for _, fut in pending:
                 fut.cancel()
-            pool.shutdown(wait=True, cancel_futures=True)
+            pool.shutdown()
             self.stats.seconds = time.perf_counter() - t0
             self.stats.batch_size = self.batch_size
 

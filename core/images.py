@@ -35,7 +35,9 @@ logger = logging.getLogger(__name__)
 try:  # HEIF/HEIC (iPhone photos) through libheif; a declared dependency, but keep working without it
     import pillow_heif
 
-    pillow_heif.register_heif_opener()
+    # One libheif thread per decode: wwts already decodes several files in parallel, and the
+    # default (4 threads each) oversubscribes small machines.
+    pillow_heif.register_heif_opener(decode_threads=1)
 except Exception as _exc:  # ImportError, or a broken libheif build
     logger.debug("HEIF decoding unavailable: %s", _exc)
 

@@ -1,0 +1,85 @@
+"""The decode pool: order of results, shutdown, and surviving a decoder that kills its process."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from wwts.core.decode import DecodePool
+from wwts.core.errors import ImageError
+from wwts.core.images import load_image
+
+
+def crashing_load(path, **kwargs):
+    """Runs in the worker process: dies like a segfaulting native decoder on 'crash*' files."""
+    if Path(path).name.startswith("crash"):
+        os._exit(139)
+    return load_image(path, **kwargs)
+
+
+def _heif_like(tmp_path: Path, name: str, color=(200, 30, 30)) -> Path:
+    """A real image file with a .heic name (PNG inside: Pillow identifies it by content)."""
+    p = tmp_path / name
+    Image.new("RGB", (40, 20), color).save(p, format="PNG")
+    return p
+
+
+def test_results_in_submission_order(sample_images):
+    paths = sorted(sample_images.glob("*.jpg")) + sorted(sample_images.glob("*.png"))
+    with DecodePool(3, draft_size=64) as pool:
+        futures = [pool.submit(p) for p in paths]
+        decoded = [f.result() for f in futures]
+    for p, d in zip(paths, decoded):
+        assert (d.width, d.height) == Image.open(p).size
+        assert d.image.mode == "RGB"
+
+
+def test_shutdown_stops_threads_and_cancels_pending(sample_images):
+    before = {t.name for t in threading.enumerate()}
+    pool = DecodePool(1)
+    futures = [pool.submit(p) for p in sorted(sample_images.iterdir())[:9] * 20]
+    pool.shutdown()
+    pool.shutdown()  # twice is harmless
+    assert any(f.cancelled() for f in futures)
+    assert all(f.done() for f in futures)
+    alive = {t.name for t in threading.enumerate() if t.name.startswith("wwts-decode")}
+    assert not (alive - before)
+
+
+def test_errors_come_back_as_image_error(tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"<html>not an image</html>")
+    with DecodePool(2) as pool:
+        with pytest.raises(ImageError) as info:
+            pool.submit(bad).result()
+    assert info.value.category == "unidentified"
+
+
+def test_a_crashing_decoder_costs_one_record(tmp_path):
+    good1 = _heif_like(tmp_path, "a.heic")
+    crash = _heif_like(tmp_path, "crash.heic")
+    good2 = _heif_like(tmp_path, "z.heic", (10, 200, 10))
+    with DecodePool(3, isolated_load=crashing_load) as pool:
+        futures = [pool.submit(p) for p in (good1, crash, good2)]
+        first = futures[0].result()
+        with pytest.raises(ImageError) as info:
+            futures[1].result()
+        last = futures[2].result()
+        after = pool.submit(good1).result()  # the pool works again after the crash
+    assert info.value.category == "crashed"
+    assert first.image.getpixel((0, 0)) == (200, 30, 30)
+    assert last.image.getpixel((0, 0)) == (10, 200, 10)
+    assert after.width == 40
+
+
+def test_real_heic_decodes_in_the_worker_process(exif_samples):
+    heic = exif_samples / "heic" / "mobile" / "iphone_13_pro_max.HEIC"
+    if not heic.exists():
+        pytest.skip("no sample HEIC")
+    with DecodePool(1, draft_size=224) as pool:
+        d = pool.submit(heic).result()
+    assert d.image.mode == "RGB" and d.height > d.width  # portrait after orientation
