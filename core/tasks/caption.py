@@ -1,0 +1,506 @@
+"""Image captioning: one caption per image, a whole mini-batch per ``generate`` call.
+
+The model family is read from the model's config (``model_type`` / ``architectures``), never from
+its name, and decides how the prompt is fed and how it is taken back off the output:
+
+=========================  ============================  =============================================
+family                     prompt                        prompt removal
+=========================  ============================  =============================================
+``blip``                   optional text prefix (model   output repeats ``[DEC] prefix``: sliced off
+                           card: ``a photography of``)
+``blip-2``                 optional text prefix          decoder-only LM: input ids sliced off;
+                                                         T5 LM: decoder start token sliced off
+``git``                    optional text prefix          output repeats ``[CLS] prefix``: sliced off
+``vision-encoder-decoder`` none (``--prompt`` refused)   decoder start token sliced off
+``florence2``              task token, ``<CAPTION>``     decoder start token sliced off
+``chat``                   user message (image + text)   input ids (left padded) sliced off
+                           via the chat template,
+                           ``add_generation_prompt``
+=========================  ============================  =============================================
+
+Every family loads with ``AutoModelForImageTextToText`` (transformers 5 maps ``blip``, ``blip-2``,
+``git``, ``florence2`` and ``vision-encoder-decoder`` to their captioning classes there); any other
+``model_type`` of that auto mapping is taken for a chat vision-language model (Qwen2-VL,
+Qwen2.5-VL, Qwen3-VL, SmolVLM / Idefics3, LLaVA...) and must come with a chat template. What is
+left after slicing is decoded with ``skip_special_tokens=True``, whitespace runs (newlines
+included) become one space, and the result is stripped.
+
+Generation is deterministic (``do_sample=False``): greedy with ``num_beams=1``, beam search above.
+
+Chat models on the CPU would otherwise see photos at full resolution (Qwen2-VL allows ~1 MP,
+i.e. 1280 visual tokens), so their image side is bounded: pixel-budget processors (Qwen2-VL,
+Qwen2.5-VL, Qwen3-VL: ``size={"shortest_edge": min_pixels, "longest_edge": max_pixels}``) get
+``max_pixels = CHAT_MAX_PIXELS`` (448 x 448: 256 visual tokens at Qwen2-VL's 28 px per token, 196 at
+Qwen3-VL's 32 px; the Qwen2-VL model card shows this ``min_pixels`` / ``max_pixels`` knob for
+trading speed against detail), and tiling processors (SmolVLM / Idefics3) get
+``do_image_splitting=False`` (one tile of ``max_image_size`` instead of up to 17).
+``RunConfig.extra["max_pixels"]`` overrides the pixel budget.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from wwts.core import models
+from wwts.core.config import RunConfig
+from wwts.core.errors import ModelLoadError, UsageError
+from wwts.core.results import CaptionResult
+from wwts.core.tasks.base import Task
+
+log = logging.getLogger(__name__)
+
+#: Default pixel budget of chat models' images: 448 x 448 (see the module docstring).
+CHAT_MAX_PIXELS = 448 * 448
+#: Default chat prompts by ``--lang``.
+CHAT_PROMPTS = {"en": "Describe this image in one sentence.", "zh": "用一句话描述这张图片。"}
+#: Florence-2's short-caption task token (model card: ``<CAPTION>``, ``<DETAILED_CAPTION>``,
+#: ``<MORE_DETAILED_CAPTION>``); the short one fits the default 30 new tokens.
+FLORENCE2_DEFAULT_PROMPT = "<CAPTION>"
+
+
+@dataclass(frozen=True)
+class CaptionFamily:
+    """How one family of captioning models is prompted and its output cleaned.
+
+    Attributes:
+        name: family name, as reported in ``run_info()["family"]``.
+        prompt_style: ``"prefix"`` (text the caption continues), ``"task"`` (Florence-2 task token),
+            ``"chat"`` (user message through the chat template) or ``"none"`` (no prompt).
+        decoder_only: the generated sequences repeat the input ids, which are sliced off (and the
+            tokenizer pads on the left so a batch's prompts end at the same column).
+    """
+
+    name: str
+    prompt_style: str
+    decoder_only: bool
+
+
+FAMILIES: dict[str, CaptionFamily] = {
+    "blip": CaptionFamily("blip", "prefix", True),
+    "blip-2": CaptionFamily("blip-2", "prefix", True),  # decoder_only re-checked on the loaded LM
+    "git": CaptionFamily("git", "prefix", True),
+    "vision-encoder-decoder": CaptionFamily("vision-encoder-decoder", "none", False),
+    "florence2": CaptionFamily("florence2", "task", False),
+    "chat": CaptionFamily("chat", "chat", True),
+}
+
+#: ``config.model_type`` → family, for the non-chat families (everything else in transformers'
+#: image-text-to-text mapping is ``chat``).
+MODEL_TYPE_FAMILIES = {
+    "blip": "blip",
+    "blip-2": "blip-2",
+    "git": "git",
+    "vision-encoder-decoder": "vision-encoder-decoder",
+    "florence2": "florence2",
+}
+
+
+def _image_text_to_text_classes() -> dict[str, str]:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    return dict(MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES)
+
+
+def detect_family(model_config: Any) -> str:
+    """Name of the captioning family of a model, from its ``PretrainedConfig`` (no weights needed).
+
+    ``model_type`` picks the family (see ``MODEL_TYPE_FAMILIES``; other types of transformers'
+    image-text-to-text mapping are ``"chat"``). When ``config.architectures`` is set and names
+    none of that mapping's classes (e.g. ``BlipForQuestionAnswering`` of a VQA checkpoint, which
+    shares ``model_type="blip"`` with the captioning one), the checkpoint is refused.
+
+    Raises:
+        ModelLoadError: not an image-captioning model (the message names the supported families).
+    """
+    model_type = getattr(model_config, "model_type", None)
+    classes = _image_text_to_text_classes()
+    supported = "BLIP, BLIP-2, GIT, VisionEncoderDecoder (ViT-GPT2), Florence-2, chat models (Qwen-VL, SmolVLM...)"
+    if model_type not in classes:
+        raise ModelLoadError(f"model type {model_type!r} is not an image-captioning model that transformers "
+                             f"can generate text with; supported: {supported}")
+    architectures = list(getattr(model_config, "architectures", None) or [])
+    if architectures and not set(architectures) & set(classes.values()):
+        raise ModelLoadError(f"checkpoint architecture {', '.join(architectures)} (model type {model_type!r}) "
+                             f"is not a captioning head; expected {classes[model_type]}")
+    return MODEL_TYPE_FAMILIES.get(model_type, "chat")
+
+
+def resolve_prompt(family: str, config: RunConfig) -> str | None:
+    """The prompt actually used: ``config.prompt`` if given, else the family's default.
+
+    Defaults: ``blip``, ``blip-2``, ``git``: no prefix (``None``); ``florence2``: ``"<CAPTION>"``;
+    ``chat``: ``CHAT_PROMPTS[config.lang]``; ``vision-encoder-decoder``: ``None``. An empty
+    ``--prompt ""`` means no prefix (prefix families) or an image-only message (chat).
+
+    Raises:
+        UsageError: ``--prompt`` given to a ``vision-encoder-decoder`` model (it takes none), or an
+            empty prompt for Florence-2 (it needs a task token).
+    """
+    style = FAMILIES[family].prompt_style
+    prompt = config.prompt
+    if style == "none":
+        if prompt:
+            raise UsageError(f"--prompt is not supported by {family} models (they caption without a prompt)")
+        return None
+    if prompt is None:
+        if style == "chat":
+            return CHAT_PROMPTS[config.lang]
+        if style == "task":
+            return FLORENCE2_DEFAULT_PROMPT
+        return None
+    if style == "task" and not prompt.strip():
+        raise UsageError("Florence-2 needs a task token as --prompt, e.g. <CAPTION> or <MORE_DETAILED_CAPTION>")
+    if style == "prefix" and not prompt.strip():
+        return None
+    return prompt
+
+
+# --- processor loading -----------------------------------------------------------------------
+
+
+class ImageTextProcessor:
+    """Image processor + tokenizer of a checkpoint that has no processor class of its own.
+
+    ``VisionEncoderDecoderModel`` checkpoints (e.g. ViT-GPT2) ship ``preprocessor_config.json`` and
+    tokenizer files but no processor, and ``AutoProcessor`` then returns the tokenizer alone. Passed
+    to ``core.models.load`` as ``processor_class``.
+
+    Attributes:
+        image_processor: the ``AutoImageProcessor`` of the checkpoint.
+        tokenizer: its ``AutoTokenizer``.
+    """
+
+    def __init__(self, image_processor: Any, tokenizer: Any) -> None:
+        self.image_processor = image_processor
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def from_pretrained(cls, source: str, **kwargs: Any) -> ImageTextProcessor:
+        """Load both parts with the same ``from_pretrained`` arguments (``local_files_only``...)."""
+        from transformers import AutoImageProcessor, AutoTokenizer
+
+        return cls(AutoImageProcessor.from_pretrained(source, **kwargs), AutoTokenizer.from_pretrained(source, **kwargs))
+
+    def __call__(self, images: list, return_tensors: str = "pt", **kwargs: Any) -> Any:
+        """``images`` → ``{"pixel_values": (B, 3, H, W)}``."""
+        return self.image_processor(images, return_tensors=return_tensors, **kwargs)
+
+    def batch_decode(self, sequences: Any, **kwargs: Any) -> list[str]:
+        """The tokenizer's ``batch_decode``."""
+        return self.tokenizer.batch_decode(sequences, **kwargs)
+
+
+def image_only_processor_class(processor_class: type) -> type:
+    """Subclass of a multimodal ``ProcessorMixin`` class that loads and runs without its video processor.
+
+    transformers 5 instantiates every sub-processor named in a processor's ``__init__``, and video
+    processors require torchvision, so ``AutoProcessor.from_pretrained`` of Qwen2-VL, Qwen2.5-VL,
+    Qwen3-VL or SmolVLM raises ``ImportError`` without torchvision even for images only
+    (huggingface/transformers issue #48558). The processors' own ``__call__`` only touches
+    ``video_processor`` when videos are passed (``hasattr(self, "video_processor")``), so this
+    subclass leaves the video attributes out of ``get_attributes`` (nothing is loaded for them) and
+    passes ``None`` in their place to the parent ``__init__``. Everything else (image token
+    expansion, chat template, padding) is the parent class's.
+    """
+    full = list(processor_class.get_attributes())
+    kept = [a for a in full if "video" not in a]
+
+    def get_attributes(cls) -> list[str]:
+        return list(kept)
+
+    def from_args_and_dict(cls, args, processor_dict, **kwargs):
+        loaded = iter(args)
+        args = [next(loaded) if a in kept else None for a in full]
+        return super(subclass, cls).from_args_and_dict(args, processor_dict, **kwargs)
+
+    subclass = type(processor_class.__name__, (processor_class,), {
+        "__doc__": f"{processor_class.__name__} without its video processor (images only).",
+        "__module__": __name__,
+        "get_attributes": classmethod(get_attributes),
+        "from_args_and_dict": classmethod(from_args_and_dict),
+    })
+    return subclass
+
+
+def _processor_class(family: str, model_config: Any) -> Any:
+    """The ``processor_class`` to hand to ``models.load`` (``None`` = ``AutoProcessor``)."""
+    if family == "vision-encoder-decoder":
+        return ImageTextProcessor
+    if family == "chat":
+        from transformers.utils import is_torchvision_available
+
+        if not is_torchvision_available():
+            from transformers.models.auto.processing_auto import PROCESSOR_MAPPING
+
+            try:
+                base = PROCESSOR_MAPPING[type(model_config)]
+            except (KeyError, ValueError):
+                return None
+            if any("video" in a for a in base.get_attributes()):
+                return image_only_processor_class(base)
+    return None
+
+
+def _size_dict(value: Any) -> dict[str, int]:
+    """An image processor's ``size`` / ``crop_size`` (int, dict or ``SizeDict``) as a dict of its set keys."""
+    if value is None:
+        return {}
+    if isinstance(value, int):
+        return {"height": value, "width": value}
+    return {k: v for k, v in dict(value).items() if v is not None}
+
+
+def _is_encoder_decoder(model_config: Any) -> bool:
+    if getattr(model_config, "is_encoder_decoder", False):
+        return True
+    text_config = model_config.get_text_config() if hasattr(model_config, "get_text_config") else None
+    return bool(text_config is not None and getattr(text_config, "is_encoder_decoder", False))
+
+
+def _load_dtype(family: str, device: torch.device, dtype: torch.dtype) -> torch.dtype:
+    """Weights dtype at load time: float32 (the engine autocasts), except chat models in half precision.
+
+    Chat models are billions of parameters stored in bfloat16: loading them in the run's
+    bfloat16 / float16 halves their memory (8.8 -> 4.4 GB for 2B parameters) and spares autocast
+    a cast of every weight per batch. float16 is kept off the CPU.
+    """
+    if family == "chat" and (dtype == torch.bfloat16 or (dtype == torch.float16 and device.type != "cpu")):
+        return dtype
+    return torch.float32
+
+
+def load_task(config: RunConfig, device: torch.device, dtype: torch.dtype) -> CaptionTask:
+    """Load the captioning model named by ``config.model`` (or the default for ``config.lang``).
+
+    The config is read first to pick the family (no weights are read for a model that cannot
+    caption, and a bad ``--prompt`` fails before loading). The model is loaded on the CPU, in
+    float32 except for chat models run in bfloat16 / float16 (see ``_load_dtype``); the engine then
+    calls ``task.to(device, dtype)``.
+
+    Returns:
+        a ``CaptionTask``.
+
+    Raises:
+        ModelLoadError: the model cannot be loaded or is not a captioning model (see ``detect_family``).
+        UsageError: a prompt the family does not take (see ``resolve_prompt``).
+    """
+    from transformers import AutoModelForImageTextToText
+
+    name = config.model or models.default_model("caption", config.lang)
+    model_config = models.load_config(name, trust_remote_code=config.trust_remote_code)
+    family = detect_family(model_config)
+    prompt = resolve_prompt(family, config)
+    if config.lang == "zh" and family != "chat":
+        log.warning("--lang zh only changes the default model and chat prompt; %s models caption in the "
+                    "language they were trained on", family)
+    model, processor = models.load(
+        name,
+        model_class=AutoModelForImageTextToText,
+        processor_class=_processor_class(family, model_config),
+        trust_remote_code=config.trust_remote_code,
+        model_kwargs={"dtype": _load_dtype(family, device, dtype)},
+    )
+    return CaptionTask(config, model, processor, device, dtype, family=family, prompt=prompt)
+
+
+# --- the task --------------------------------------------------------------------------------
+
+
+@dataclass
+class CaptionBatch:
+    """Output of ``CaptionTask.forward``.
+
+    Attributes:
+        sequences: ``(B, prompt_length + new tokens)`` token ids from ``generate`` (padded with the
+            pad id after each row's end-of-sequence token).
+        prompt_length: leading columns that repeat the prompt (or the decoder start token).
+    """
+
+    sequences: torch.Tensor
+    prompt_length: int
+
+
+class CaptionTask(Task):
+    """Caption images with any supported family (see the module docstring).
+
+    Attributes:
+        family: family name (``blip``, ``blip-2``, ``git``, ``vision-encoder-decoder``,
+            ``florence2``, ``chat``).
+        prompt: the prompt in use (``None`` for none).
+        generate_kwargs: the arguments of every ``generate`` call.
+    """
+
+    name = "caption"
+    record_type = CaptionResult
+
+    def __init__(self, config: RunConfig, model: torch.nn.Module, processor: Any, device: torch.device,
+                 dtype: torch.dtype, *, family: str, prompt: str | None) -> None:
+        super().__init__(config, model, processor, device, dtype)
+        if family not in FAMILIES:
+            raise ValueError(f"unknown caption family {family!r}")
+        self.family = family
+        self.prompt = prompt
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+        self.image_processor = getattr(processor, "image_processor", None)
+        self.decoder_only = FAMILIES[family].decoder_only and not _is_encoder_decoder(model.config)
+        if self.decoder_only and family != "blip":
+            self.tokenizer.padding_side = "left"
+        self._image_kwargs = self._chat_image_kwargs() if family == "chat" else {}
+        self._chat_text = self._build_chat_text() if family == "chat" else None
+        self._prefix_ids = self._build_git_prefix() if family == "git" else None
+        self.generate_kwargs = self._build_generate_kwargs()
+
+    # -- set-up helpers
+
+    def _chat_image_kwargs(self) -> dict[str, Any]:
+        ip = self.image_processor
+        if ip is None:
+            return {}
+        size = _size_dict(getattr(ip, "size", None))
+        if {"shortest_edge", "longest_edge"} <= size.keys() and hasattr(ip, "merge_size") and hasattr(ip, "patch_size"):
+            max_pixels = int(self.config.extra.get("max_pixels", CHAT_MAX_PIXELS))
+            longest = min(int(size["longest_edge"]), max_pixels)
+            return {"size": {"shortest_edge": min(int(size["shortest_edge"]), longest), "longest_edge": longest}}
+        if getattr(ip, "do_image_splitting", False):
+            return {"do_image_splitting": False}
+        return {}
+
+    def _build_chat_text(self) -> str:
+        if not getattr(self.processor, "chat_template", None):
+            raise ModelLoadError(f"model type {self.model.config.model_type!r} has no chat template, so wwts "
+                                 "cannot caption with it (supported: BLIP, BLIP-2, GIT, VisionEncoderDecoder, "
+                                 "Florence-2 and chat vision-language models)")
+        content: list[dict[str, str]] = [{"type": "image"}]
+        if self.prompt:
+            content.append({"type": "text", "text": self.prompt})
+        messages = [{"role": "user", "content": content}]
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def _build_git_prefix(self) -> list[int]:
+        # transformers' GIT docs: generation continues [CLS] + the prompt's tokens (no [SEP]).
+        ids = [self.tokenizer.cls_token_id]
+        if self.prompt:
+            ids += self.tokenizer(self.prompt, add_special_tokens=False)["input_ids"]
+        return ids
+
+    def _build_generate_kwargs(self) -> dict[str, Any]:
+        c = self.config
+        kwargs: dict[str, Any] = {"max_new_tokens": c.max_new_tokens, "num_beams": c.num_beams, "do_sample": False}
+        if c.min_new_tokens is not None:
+            kwargs["min_new_tokens"] = c.min_new_tokens
+        if c.repetition_penalty is not None:
+            kwargs["repetition_penalty"] = c.repetition_penalty
+        # BLIP's generate passes pad/eos to its decoder itself (a second pad_token_id would be a
+        # duplicate keyword); other models without a pad id would warn on every batch.
+        if self.family != "blip" and getattr(self.model.generation_config, "pad_token_id", None) is None:
+            pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+            if pad is not None:
+                kwargs["pad_token_id"] = pad
+        return kwargs
+
+    # -- Task interface
+
+    @property
+    def input_size(self) -> int | None:
+        """Nominal input side in pixels (BLIP 384, ViT 224, Florence-2 768, Qwen-VL sqrt(max_pixels)).
+
+        ``None`` when the image processor does not say.
+        """
+        size = self._image_kwargs.get("size")
+        if size:  # pixel budget of a Qwen-VL style processor
+            return math.isqrt(int(size["longest_edge"]))
+        ip = self.image_processor
+        if ip is None:
+            return None
+        if self._image_kwargs.get("do_image_splitting") is False and getattr(ip, "max_image_size", None):
+            return int(_size_dict(ip.max_image_size)["longest_edge"])
+        candidates = [getattr(ip, "crop_size", None)] if getattr(ip, "do_center_crop", False) else []
+        candidates.append(getattr(ip, "size", None))
+        for value in candidates:
+            value = _size_dict(value)
+            for key in ("height", "shortest_edge", "longest_edge"):
+                if value.get(key):
+                    return int(value[key])
+        return None
+
+    def to(self, device: torch.device, dtype: torch.dtype) -> None:
+        """Move the model; float16 weights become float32 on the CPU (half matmuls are slow there)."""
+        if device.type == "cpu" and next(self.model.parameters()).dtype == torch.float16:
+            self.model.to(torch.float32)
+        super().to(device, dtype)
+
+    def preprocess(self, images: list) -> dict[str, torch.Tensor]:
+        """B RGB PIL images → CPU tensors for ``generate``.
+
+        Returns:
+            ``pixel_values`` (``(B, 3, H, W)``, or Qwen-VL's ``(patches, C*T*P*P)`` with
+            ``image_grid_thw (B, 3)``) plus, for prompted families, ``input_ids`` and
+            ``attention_mask`` ``(B, L)`` (chat prompts left padded to the longest row).
+        """
+        if not images:
+            raise ValueError("preprocess needs at least one image")
+        n = len(images)
+        if self.family == "chat":
+            # One image per sample, nested so that processors which group images by sample
+            # (SmolVLM / Idefics3) see n samples of one image, not one sample of n.
+            inputs = self.processor(text=[self._chat_text] * n, images=[[im] for im in images], padding=True,
+                                    return_tensors="pt", **self._image_kwargs)
+        elif self.family == "git":
+            inputs = self.processor(images=images, return_tensors="pt")
+            ids = torch.tensor([self._prefix_ids] * n, dtype=torch.long)
+            inputs = {"pixel_values": inputs["pixel_values"], "input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        elif self.family == "vision-encoder-decoder":
+            inputs = self.processor(images, return_tensors="pt")
+        elif self.family == "blip" and not self.prompt:
+            inputs = self.processor(images=images, return_tensors="pt")
+        else:  # blip with a prefix, blip-2, florence2: the same text for every image
+            inputs = self.processor(images=images, text=[self.prompt or ""] * n, padding=True, return_tensors="pt")
+        return {k: v for k, v in dict(inputs).items() if isinstance(v, torch.Tensor)}
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> CaptionBatch:
+        """One ``generate`` call for the whole batch.
+
+        Floating inputs are cast to the weights' dtype when the model was loaded in half precision.
+
+        Returns:
+            ``CaptionBatch`` with the sequences still on the model's device.
+        """
+        inputs = dict(inputs)
+        weight_dtype = next(self.model.parameters()).dtype
+        for key, value in inputs.items():
+            if value.is_floating_point() and value.dtype != weight_dtype:
+                inputs[key] = value.to(weight_dtype)
+        input_ids = inputs.get("input_ids")
+        if self.family == "blip":
+            # BLIP's generate overwrites input_ids[:, 0] with [DEC] and drops the final [SEP]: its
+            # output repeats [DEC] + prefix, i.e. input length - 1 tokens (1 without a prefix).
+            if input_ids is not None:
+                inputs["input_ids"] = input_ids = input_ids.clone()
+            prompt_length = input_ids.shape[1] - 1 if input_ids is not None else 1
+        elif self.decoder_only:
+            prompt_length = input_ids.shape[1] if input_ids is not None else 0
+        else:
+            prompt_length = 1  # encoder-decoder: the decoder start token
+        sequences = self.model.generate(**inputs, **self.generate_kwargs)
+        if not isinstance(sequences, torch.Tensor):  # a generation_config with return_dict_in_generate
+            sequences = sequences.sequences
+        return CaptionBatch(sequences=sequences, prompt_length=prompt_length)
+
+    def postprocess(self, outputs: CaptionBatch) -> list[dict[str, Any]]:
+        """Decode the new tokens: ``[{"caption": str}]`` per image, in input order.
+
+        The prompt and special tokens are left out; whitespace runs become one space; stripped.
+        """
+        new_tokens = outputs.sequences[:, outputs.prompt_length:].cpu()
+        texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        return [{"caption": " ".join(text.split())} for text in texts]
+
+    def run_info(self) -> dict[str, Any]:
+        """``{"prompt", "max_new_tokens", "num_beams", "family"}`` of this run."""
+        return {"prompt": self.prompt, "max_new_tokens": self.config.max_new_tokens,
+                "num_beams": self.config.num_beams, "family": self.family}
