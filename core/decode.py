@@ -20,7 +20,7 @@ from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from wwts.core.errors import ImageError
 from wwts.core.images import DecodedImage, load_image
@@ -46,6 +46,9 @@ class DecodePool:
         allow_truncated: decode truncated files as far as they go instead of failing.
         isolated_load: the function run in the worker process (tests replace it with one that
             crashes); must be importable by name.
+        prepare: optional ``DecodedImage -> model inputs`` run on the decode thread right after
+            decoding (the task's per-image preprocessing); its result is stored in ``.inputs``.
+            An exception there becomes ``ImageError("preprocess", ...)``.
 
     ``submit(path)`` returns a ``Future`` whose result is a ``DecodedImage`` or raises
     ``ImageError``; it never raises anything else. ``shutdown()`` cancels what has not started
@@ -53,7 +56,9 @@ class DecodePool:
     """
 
     def __init__(self, workers: int, *, draft_size: int | None = None, max_pixels: int | None = None,
-                 allow_truncated: bool = False, isolated_load: Callable[..., DecodedImage] = load_image) -> None:
+                 allow_truncated: bool = False, isolated_load: Callable[..., DecodedImage] = load_image,
+                 prepare: Callable[[DecodedImage], Any] | None = None) -> None:
+        self._prepare = prepare
         self._load = partial(load_image, draft_size=draft_size, max_pixels=max_pixels,
                              allow_truncated=allow_truncated)
         self._isolated = partial(isolated_load, draft_size=draft_size, max_pixels=max_pixels,
@@ -67,8 +72,17 @@ class DecodePool:
     def submit(self, path: Path) -> Future:
         """Start decoding ``path``; returns a ``Future[DecodedImage]``."""
         if Path(path).suffix.lower() in ISOLATED_EXTENSIONS:
-            return self._threads.submit(self._decode_isolated, path)
-        return self._threads.submit(self._decode, path)
+            return self._threads.submit(self._prepared, self._decode_isolated, path)
+        return self._threads.submit(self._prepared, self._decode, path)
+
+    def _prepared(self, decode: Callable[[Path], DecodedImage], path: Path) -> DecodedImage:
+        decoded = decode(path)
+        if self._prepare is not None:
+            try:
+                decoded.inputs = self._prepare(decoded)
+            except Exception as exc:
+                raise ImageError("preprocess", f"{type(exc).__name__}: {exc}") from None
+        return decoded
 
     def _decode(self, path: Path) -> DecodedImage:
         try:

@@ -169,8 +169,10 @@ class Run:
                 finished before the fault has been yielded.
         """
         t0 = time.perf_counter()
-        pool = DecodePool(self.workers, draft_size=self.task.input_size, max_pixels=self.config.max_pixels,
-                          allow_truncated=self.config.allow_truncated)
+        task = self.task
+        prepare = (lambda d: task.preprocess([d.image])) if task.per_image_preprocess else None
+        pool = DecodePool(self.workers, draft_size=task.input_size, max_pixels=self.config.max_pixels,
+                          allow_truncated=self.config.allow_truncated, prepare=prepare)
         pending: deque[tuple[Path, Future]] = deque()
         path_iter = iter(self.paths)
 
@@ -215,11 +217,12 @@ class Run:
             if isinstance(item, ImageError):
                 records.append(rtype(path=_display(path), error=str(item)))
             else:
-                rec = rtype(path=_display(path), width=item.width, height=item.height)
+                rec = rtype(path=_display(path), width=item.width, height=item.height,
+                            frames=item.frames if item.frames > 1 else None, note=item.note)
                 records.append(rec)
                 good.append((rec, item))
         if good:
-            fields = self._infer([d.image for _, d in good])
+            fields = self._infer([d for _, d in good])
             for (rec, _), f in zip(good, fields):
                 if "error" in f:
                     rec.error = f["error"]
@@ -228,9 +231,12 @@ class Run:
                         setattr(rec, key, value)
         return records
 
-    def _forward(self, images: list) -> list[dict[str, Any]]:
+    def _forward(self, images: list[DecodedImage]) -> list[dict[str, Any]]:
         task = self.task
-        inputs = task.preprocess(images)
+        if all(d.inputs is not None for d in images):
+            inputs = task.collate([d.inputs for d in images])
+        else:
+            inputs = task.preprocess([d.image for d in images])
         non_blocking = task.device.type == "cuda"
         inputs = {k: (v.to(task.device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v)
                   for k, v in inputs.items()}
@@ -238,7 +244,7 @@ class Run:
             outputs = task.forward(inputs)
         return task.postprocess(outputs)
 
-    def _infer(self, images: list) -> list[dict[str, Any]]:
+    def _infer(self, images: list[DecodedImage]) -> list[dict[str, Any]]:
         """Run the task on ``images`` with OOM back-off and CPU fallback; one dict per image."""
         out: list[dict[str, Any]] = []
         i = 0

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError, features
 
@@ -93,6 +93,8 @@ class DecodedImage:
         frames: number of frames (animated GIF/WebP/PNG) or images (multi-page TIFF, MPO, HEIF
             sequences) in the file; only the first (for HEIF: the primary) one is decoded.
         note: a non-fatal remark, e.g. ``"EXIF orientation unreadable; used unrotated"``.
+        inputs: model inputs prepared from ``image`` on the decode thread (set by the engine's
+            decode pool when the task preprocesses image by image), else ``None``.
     """
 
     image: Image.Image
@@ -100,6 +102,7 @@ class DecodedImage:
     height: int
     frames: int = 1
     note: str | None = None
+    inputs: Any = None
 
 
 def load_image(

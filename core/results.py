@@ -2,7 +2,10 @@
 
 Every record has ``path`` (as the user would type it), ``width`` / ``height`` (pixels of the image
 after EXIF orientation, ``None`` when it could not be read) and ``error`` (``None`` on success, else
-one line ``"category: message"``). Task records add their own fields.
+one line ``"category: message"``), ``frames`` (frame count of an animated or multi-image file,
+``None`` for a single image: only the first frame is used) and ``note`` (a non-fatal remark such
+as unreadable EXIF orientation). CSV keeps the columns of ``csv_fields``; JSON/JSONL carry every
+field. Task records add their own fields.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ class ImageRecord:
     width: int | None = None
     height: int | None = None
     error: str | None = None
+    frames: int | None = None
+    note: str | None = None
 
     csv_fields: ClassVar[tuple[str, ...]] = ("path", "width", "height", "error")
 

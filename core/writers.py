@@ -50,6 +50,7 @@ This module does not import torch.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -421,6 +422,11 @@ def read_existing(
         _csv_record(dict(zip(fields, (_unescape_cell(c) for c in cells))), kinds, f"{path}")
         for cells, _, _ in csv_rows
     ]
+    # Fields the CSV has no column for (frames, note) read back as None, keeping the to_dict() shape.
+    missing = [f.name for f in dataclasses.fields(record_type) if f.name not in fields]
+    for record in records:
+        for name in missing:
+            record.setdefault(name, None)
     return _read_run_sidecar(path), records
 
 

@@ -191,3 +191,17 @@ def test_existing_output_is_not_overwritten(tiny_clip, sample_images, tmp_path):
     assert out.read_text(encoding="utf-8") == "keep me"
     result = classify(sample_images, "--labels", LABELS, "--model", tiny_clip, "--out", out, "--overwrite")
     assert result.exit_code == 0, result.output
+
+
+def test_animated_gif_records_its_frame_count(tiny_clip, tmp_path):
+    frames = [Image.new("RGB", (32, 32), (i * 60, 0, 0)) for i in range(3)]
+    gif = tmp_path / "anim.gif"
+    frames[0].save(gif, save_all=True, append_images=frames[1:], duration=50)
+    still = tmp_path / "still.png"
+    frames[0].save(still)
+    out = tmp_path / "r.jsonl"
+    result = classify(gif, still, "--labels", LABELS, "--model", tiny_clip, "--out", out)
+    assert result.exit_code == 0, result.output
+    anim, single = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert anim["frames"] == 3 and anim["label"]
+    assert single["frames"] is None

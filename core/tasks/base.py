@@ -71,6 +71,14 @@ class Task(ABC):
     def preprocess(self, images: list) -> dict[str, torch.Tensor]:
         """``images``: B RGB ``PIL.Image`` objects → CPU tensors, e.g. ``pixel_values (B, 3, H, W)``."""
 
+    #: True when ``preprocess`` may run on one image at a time: the engine then calls it on the
+    #: decode threads, in parallel with the model, and joins the results with ``collate``.
+    per_image_preprocess: ClassVar[bool] = False
+
+    def collate(self, items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """Join per-image ``preprocess`` outputs (each with batch dimension 1) into one batch."""
+        return {key: torch.cat([item[key] for item in items]) for key in items[0]}
+
     @abstractmethod
     def forward(self, inputs: dict[str, torch.Tensor]) -> Any:
         """Run the model on ``inputs`` (already on ``self.device``). Called under inference mode."""

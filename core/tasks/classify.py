@@ -48,6 +48,7 @@ class ClassifyTask(Task):
 
     name = "classify"
     record_type = ClassifyResult
+    per_image_preprocess = True
 
     def __init__(self, config: RunConfig, model: torch.nn.Module, processor: Any,
                  device: torch.device, dtype: torch.dtype) -> None:
@@ -140,7 +141,10 @@ def load_task(config: RunConfig, device: torch.device, dtype: torch.dtype) -> Cl
             ``get_text_features`` (not a CLIP-style dual encoder).
     """
     name = config.model or models.default_model("classify")
-    model, processor = models.load(name, trust_remote_code=config.trust_remote_code)
+    # float32 weights whatever the checkpoint stores (transformers 5 keeps the checkpoint's dtype
+    # by default); bf16/fp16 come from autocast, so norms and softmax stay float32.
+    model, processor = models.load(name, trust_remote_code=config.trust_remote_code,
+                                   model_kwargs={"dtype": torch.float32})
     for method in ("get_image_features", "get_text_features"):
         if not hasattr(model, method):
             from wwts.core.errors import ModelLoadError
