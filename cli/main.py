@@ -104,6 +104,11 @@ TrustOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Allow a mod
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run: skip images already in --out.")]
 RetryOpt = Annotated[bool, typer.Option("--retry-failed", help="Process again the images whose record in --out has an error.")]
 TruncOpt = Annotated[bool, typer.Option("--allow-truncated", help="Decode truncated files as far as they go (else an error record).")]
+class Quantize(str, Enum):
+    int8 = "int8"
+
+
+QuantizeOpt = Annotated[Optional[Quantize], typer.Option("--quantize", case_sensitive=False, help="int8: dynamic int8 Linear layers (CPU only; faster, check agreement with make bench).")]
 MaxPixelsOpt = Annotated[Optional[int], typer.Option("--max-pixels", min=1, help="Refuse larger images from their header [default: Pillow's limit, 89478485].")]
 
 
@@ -130,6 +135,7 @@ def classify(
     retry_failed: RetryOpt = False,
     allow_truncated: TruncOpt = False,
     max_pixels: MaxPixelsOpt = None,
+    quantize: QuantizeOpt = None,
 ) -> None:
     """Zero-shot classification of images against Chinese (or any) labels with Chinese-CLIP."""
     from wwts.core.config import RunConfig, parse_labels, read_labels_file
@@ -144,7 +150,8 @@ def classify(
                            batch_size=batch_size, threads=threads, decode_workers=workers,
                            recursive=recursive, follow_symlinks=follow_symlinks,
                            trust_remote_code=trust_remote_code, allow_truncated=allow_truncated,
-                           max_pixels=max_pixels)
+                           max_pixels=max_pixels,
+                           quantize=quantize.value if quantize else None)
     except WwtsError as exc:
         raise _fail(exc, err)
     _execute(config, out=out, overwrite=overwrite, quiet=quiet, console=err, resume=resume,
@@ -176,6 +183,7 @@ def caption(
     retry_failed: RetryOpt = False,
     allow_truncated: TruncOpt = False,
     max_pixels: MaxPixelsOpt = None,
+    quantize: QuantizeOpt = None,
 ) -> None:
     """Caption images (English with BLIP by default; --lang zh for Chinese)."""
     from wwts.core.config import RunConfig
@@ -188,7 +196,8 @@ def caption(
                            device=device, dtype=dtype.value, batch_size=batch_size, threads=threads,
                            decode_workers=workers, recursive=recursive,
                            follow_symlinks=follow_symlinks, trust_remote_code=trust_remote_code,
-                           allow_truncated=allow_truncated, max_pixels=max_pixels)
+                           allow_truncated=allow_truncated, max_pixels=max_pixels,
+                           quantize=quantize.value if quantize else None)
     except WwtsError as exc:
         raise _fail(exc, err)
     _execute(config, out=out, overwrite=overwrite, quiet=quiet, console=err, resume=resume,
@@ -231,7 +240,7 @@ def _cpu_note(run) -> str | None:
 
 
 #: Run settings that must match for --resume to append to an existing output.
-RESUME_KEYS = ("task", "model", "dtype", "labels", "prompt", "top_k", "lang", "max_new_tokens",
+RESUME_KEYS = ("task", "model", "dtype", "quantize", "labels", "prompt", "top_k", "lang", "max_new_tokens",
                "min_new_tokens", "num_beams", "repetition_penalty")
 
 

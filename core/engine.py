@@ -134,6 +134,7 @@ class Run:
             "model": self.config.model or default_model(self.config.task, self.config.lang),
             "device": str(self.task.device),
             "dtype": str(self.task.dtype).replace("torch.", ""),
+            "quantize": self.config.quantize,
             "threads": self.threads,
             "decode_workers": self.workers,
             "batch_size": self.stats.batch_size or self.batch_size,
@@ -237,12 +238,25 @@ class Run:
             inputs = task.collate([d.inputs for d in images])
         else:
             inputs = task.preprocess([d.image for d in images])
-        non_blocking = task.device.type == "cuda"
-        inputs = {k: (v.to(task.device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v)
-                  for k, v in inputs.items()}
+        inputs = self._move(inputs)
         with torch.inference_mode(), devices.autocast(task.device, task.dtype):
             outputs = task.forward(inputs)
         return task.postprocess(outputs)
+
+    def _move(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """Copy input tensors to the task's device (asynchronously from pinned memory on CUDA)."""
+        dev = self.task.device
+        if dev.type == "cpu":
+            return inputs
+        cuda = dev.type == "cuda"
+        out = {}
+        for k, v in inputs.items():
+            if isinstance(v, torch.Tensor):
+                if cuda:
+                    v = v.pin_memory()
+                v = v.to(dev, non_blocking=cuda)
+            out[k] = v
+        return out
 
     def _infer(self, images: list[DecodedImage]) -> list[dict[str, Any]]:
         """Run the task on ``images`` with OOM back-off and CPU fallback; one dict per image."""
@@ -358,13 +372,21 @@ def start(config: RunConfig, *, paths: list[Path] | None = None) -> Run:
             raise UsageError("no images found in " + ", ".join(str(p) for p in config.inputs)
                              + " (extensions: jpg jpeg png webp bmp gif tif tiff heic heif)")
     choice = devices.select_device(config.device)  # logs each candidate whose probe failed
-    dtype = devices.select_dtype(choice.device, config.dtype)
+    if config.quantize and choice.device.type != "cpu":
+        raise UsageError(f"--quantize {config.quantize} runs on the CPU only; the device here is "
+                         f"{choice.device} (use --device cpu, or leave out --quantize)")
+    # int8 Linear layers take float32 activations: no autocast on top of them.
+    dtype = torch.float32 if config.quantize else devices.select_dtype(choice.device, config.dtype)
     threads = devices.configure_threads(config.threads)
     workers = devices.decode_workers(threads, config.decode_workers,
                                      accelerator=choice.device.type != "cpu")
     batch_size = config.batch_size or devices.default_batch_size(choice.device, config.task)
     t0 = time.perf_counter()
     task = load_task(config, choice.device, dtype)
+    if config.quantize == "int8":
+        from wwts.core.models import quantize_int8
+
+        quantize_int8(task.model)
     task.to(choice.device, dtype)
     load_s = time.perf_counter() - t0
     return Run(config, paths, task, choice, threads, workers, batch_size, load_s, started)

@@ -57,3 +57,37 @@ def test_prompt_template_is_applied(tiny_clip, sample_images):
     run = engine.start(_config(sample_images / "coffee.jpg", tiny_clip))
     assert run.task.prompts[0] == "一张人的照片。"
     assert torch.allclose(run.task.text_features.norm(dim=-1), torch.ones(4), atol=1e-5)
+
+
+def _probs(records):
+    return [{t.label: t.score for t in r.top_k} for r in records]
+
+
+@pytest.mark.parametrize("variant", [{"dtype": "bfloat16"}, {"quantize": "int8"}])
+def test_reduced_precision_agrees_with_float32(tiny_clip, sample_images, variant):
+    ref = list(engine.start(_config(sample_images, tiny_clip, dtype="float32", top_k=4)))
+    run = engine.start(_config(sample_images, tiny_clip, top_k=4, **variant))
+    low = list(run)
+    if "quantize" in variant:
+        assert run.info()["quantize"] == "int8" and run.dtype == torch.float32
+        from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+        assert any(isinstance(m, DynamicLinear) for m in run.task.model.modules())
+    else:
+        assert run.dtype == torch.bfloat16
+    for r, l, pr, pl in zip(ref, low, _probs(ref), _probs(low)):
+        diff = max(abs(pr[k] - pl[k]) for k in pr)
+        assert diff < 0.02
+        margin = r.top_k[0].score - r.top_k[1].score
+        if margin > 2 * diff:  # a clear winner must stay the winner
+            assert l.label == r.label
+
+
+def test_quantize_needs_the_cpu(tiny_clip, sample_images, monkeypatch):
+    from wwts.core import device as devices
+    from wwts.core.errors import UsageError
+
+    monkeypatch.setattr(devices, "select_device",
+                        lambda requested: devices.DeviceChoice(torch.device("cuda", 0), True, []))
+    with pytest.raises(UsageError, match="CPU only"):
+        engine.start(_config(sample_images, tiny_clip, quantize="int8"))
