@@ -74,6 +74,9 @@ class _ConsoleLogHandler(logging.Handler):
         self.console.print(f"[yellow]warning:[/] {record.getMessage()}", soft_wrap=True, highlight=False)
 
 
+log = logging.getLogger("wwts.cli")
+
+
 def _setup_logging(console: Console) -> None:
     logger = logging.getLogger("wwts")
     logger.handlers[:] = [_ConsoleLogHandler(console)]
@@ -253,10 +256,25 @@ def resume_command(argv: list[str]) -> str:
 
 
 def _settings_mismatch(old: dict | None, new: dict) -> list[str]:
+    """Differences between the run settings stored with an output and this run's (keys of ``new``)."""
     if old is None:
         return []
     return [f"{k}: {old.get(k)!r} in the file, {new.get(k)!r} now"
-            for k in RESUME_KEYS if (k in old or k in new) and old.get(k) != new.get(k)]
+            for k in RESUME_KEYS if k in new and old.get(k) != new.get(k)]
+
+
+def _config_settings(config) -> dict:
+    """The resume-relevant settings known before the model is loaded (dtype and the caption
+    prompt are only known after, and are compared then)."""
+    from wwts.core.models import default_model
+
+    settings = {"task": config.task, "model": config.model or default_model(config.task, config.lang),
+                "quantize": config.quantize}
+    if config.task == "classify":
+        settings.update(labels=list(config.labels), prompt=config.prompt_template, top_k=config.effective_top_k)
+    else:
+        settings.update(max_new_tokens=config.max_new_tokens, num_beams=config.num_beams)
+    return settings
 
 
 class _Interrupts:
@@ -269,6 +287,12 @@ class _Interrupts:
 
     def _handle(self, signum, frame) -> None:
         if self.signum is not None:
+            # Second signal: exit now. Decode worker processes go first, or they would outlive
+            # us and hold the terminal (and a `| tee`) open.
+            import multiprocessing
+
+            for child in multiprocessing.active_children():
+                child.kill()
             os._exit(128 + signum)
         self.signum = signum
         self.run.stop()
@@ -297,8 +321,8 @@ def _execute(config, *, out: Path | None, overwrite: bool, quiet: bool, console:
     try:
         _execute_inner(config, out=out, overwrite=overwrite, quiet=quiet, console=console,
                        resume=resume, retry_failed=retry_failed)
-    except KeyboardInterrupt:  # before the run started (model loading): nothing to save yet
-        console.print("[yellow]interrupted[/] before any image was processed", soft_wrap=True)
+    except KeyboardInterrupt:  # outside the batch loop (model loading, writing the table)
+        console.print("[yellow]interrupted[/]", soft_wrap=True)
         raise typer.Exit(EXIT_SIGINT)
 
 
@@ -334,6 +358,13 @@ def _execute_inner(config, *, out, overwrite, quiet, console, resume, retry_fail
                 raise _usage(f"--out {out} is one of the input images")
             if resume or retry_failed:
                 old_run, old_records = read_existing(out, record_type)
+                if old_records and old_run is None:
+                    log.warning("%s has no run settings file next to it: cannot check that it was made "
+                                "with the same model and labels", out)
+                diff = _settings_mismatch(old_run, _config_settings(config))
+                if diff:
+                    raise _usage(f"{out} was made with other settings ({'; '.join(diff)}): "
+                                 "use another --out, or --overwrite to start over")
                 failed = {r["path"] for r in old_records if r.get("error")}
                 done = {r["path"] for r in old_records} - (failed if retry_failed else set())
                 found = engine.find_images(config)
@@ -379,7 +410,7 @@ def _execute_inner(config, *, out, overwrite, quiet, console, resume, retry_fail
         finally:
             if writer is not None:
                 try:
-                    writer.close(run.info())
+                    writer.close({**run.info(), "complete": run.stats.images == run.total and fault is None})
                 except WwtsError as exc:
                     fault = fault or exc
 

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import signal
 import threading
+import time
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from functools import partial
@@ -31,9 +33,18 @@ log = logging.getLogger(__name__)
 ISOLATED_EXTENSIONS = frozenset({".heic", ".heif", ".avif", ".hif"})
 
 
-def _ignore_interrupts() -> None:
-    """Worker-process initializer: Ctrl-C is the parent's to handle (no traceback from the child)."""
+def _worker_init() -> None:
+    """Worker-process initializer. Ctrl-C is the parent's to handle (no traceback from the child),
+    and the worker exits by itself when the parent is gone, however the parent died."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="wwts-parent-watch", daemon=True).start()
 
 
 class DecodePool:
@@ -82,6 +93,7 @@ class DecodePool:
                 decoded.inputs = self._prepare(decoded)
             except Exception as exc:
                 raise ImageError("preprocess", f"{type(exc).__name__}: {exc}") from None
+            decoded.image = None  # only the model inputs wait in the window, not the pixels
         return decoded
 
     def _decode(self, path: Path) -> DecodedImage:
@@ -97,7 +109,7 @@ class DecodePool:
             if self._proc is None:
                 # spawn, not fork: forking a process that runs torch's thread pools can deadlock.
                 self._proc = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                                 initializer=_ignore_interrupts)
+                                                 initializer=_worker_init)
             return self._proc
 
     def _reset_process_pool(self, broken: ProcessPoolExecutor) -> None:

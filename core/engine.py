@@ -179,7 +179,7 @@ class Run:
 
         def submit_more() -> None:
             # A bounded window: enough decoded images for the next two batches, no more.
-            while len(pending) < 2 * self.batch_size + self.workers:
+            while len(pending) < 2 * self.batch_size + self.workers and not self._stop:
                 path = next(path_iter, None)
                 if path is None:
                     return

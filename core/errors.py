@@ -55,4 +55,5 @@ class ImageError(WwtsError):
         self.category = category
 
     def __str__(self) -> str:
-        return f"{self.category}: {self.args[0]}"
+        message = " ".join(str(self.args[0]).split())  # one line, whatever the library said
+        return f"{self.category}: {message}"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import stat
 import threading
 from collections.abc import Iterator
@@ -87,7 +88,8 @@ class DecodedImage:
     Attributes:
         image: the pixels, mode ``"RGB"``, EXIF orientation applied. When ``load_image`` was given
             ``draft_size`` it may be smaller than ``width`` x ``height`` (short side still at least
-            ``2 * draft_size`` unless the original is smaller).
+            ``2 * draft_size`` unless the original is smaller). The decode pool sets it to ``None``
+            once ``inputs`` holds the model inputs made from it.
         width: width in pixels of the original, full-resolution image after EXIF orientation.
         height: height in pixels, likewise.
         frames: number of frames (animated GIF/WebP/PNG) or images (multi-page TIFF, MPO, HEIF
@@ -97,7 +99,7 @@ class DecodedImage:
             decode pool when the task preprocesses image by image), else ``None``.
     """
 
-    image: Image.Image
+    image: Image.Image | None
     width: int
     height: int
     frames: int = 1
@@ -159,6 +161,12 @@ def load_image(
     except MemoryError:
         raise ImageError("too_large", "out of memory while decoding") from None
     except Image.DecompressionBombError as exc:
+        # Pillow refuses from the header at twice its limit and names that doubled number; say
+        # which limit the caller set instead (``--max-pixels 1000`` must not read "limit of 2000").
+        limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        if found and limit and int(found.group(1)) > limit:
+            raise ImageError("too_large", f"{found.group(1)} pixels exceeds the limit of {limit}") from None
         raise ImageError("too_large", str(exc)) from None
     except Exception as exc:  # the contract: every failure becomes an ImageError
         if _is_truncation(exc):
@@ -341,5 +349,6 @@ def _is_truncation(exc: BaseException) -> bool:
 
 
 def _describe(exc: BaseException) -> str:
-    text = str(exc).strip()
+    """``"Type: message"`` on one line (records promise a one-line error; some messages span lines)."""
+    text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
