@@ -238,7 +238,8 @@ def _cpu_note(run) -> str | None:
 
     estimate = devices.cpu_speed_estimate(run.config.task)
     speed = f" (expect about {estimate:.0f} images/s here)" if estimate else ""
-    return (f"CPU mode is slower than a GPU{speed}. With an NVIDIA GPU install a CUDA build of torch "
+    int8 = "" if run.config.quantize else " --quantize int8 runs about 2x faster on the CPU."
+    return (f"CPU mode is slower than a GPU{speed}.{int8} With an NVIDIA GPU install a CUDA build of torch "
             "(https://pytorch.org/get-started/locally/); on an Apple-silicon Mac use --device mps.")
 
 

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import math
 import os
 import platform
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -715,9 +717,70 @@ def _auto_dtype(device: torch.device) -> tuple[torch.dtype, str]:
     if device.type == "mps":
         return torch.float32, "MPS: float32 unless measured otherwise (half precision is not reliably faster there)"
     if device.type == "cpu" and cpu_has_native_bf16() and _autocast_ok("cpu"):
-        names = [n for n in ("AMX-BF16", "AVX512-BF16", "Arm BF16") if cpu_features().get(n)]
-        return torch.bfloat16, f"CPU has native bf16 via {' and '.join(names) or 'bf16'}: about 3x float32"
+        names = " and ".join(n for n in ("AMX-BF16", "AVX512-BF16", "Arm BF16") if cpu_features().get(n)) or "bf16"
+        speedup = cpu_bf16_speedup()
+        if speedup is None or speedup >= BF16_MIN_SPEEDUP:
+            measured = f"bf16 matmul measured {speedup:.1f}x float32" if speedup else "speed not checked"
+            return torch.bfloat16, f"CPU has native bf16 via {names} ({measured})"
+        return torch.float32, (f"CPU reports {names} but a bf16 matmul measured only {speedup:.2f}x float32 "
+                               f"here (needs {BF16_MIN_SPEEDUP}x): float32")
     return torch.float32, "CPU without native bf16 (AVX512-BF16 / AMX): bf16 would be slower than float32"
+
+
+#: bf16 must beat float32 by this factor on the calibration matmul to be chosen automatically:
+#: autocast adds casts around each matmul, so a smaller matmul gain is lost end to end
+#: (measured on a KVM guest with AVX512-BF16 but no AMX: matmul 0.7x, ViT-B/16 tower 0.65x).
+BF16_MIN_SPEEDUP = 1.3
+
+
+def _calibration_file() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "wwts" / "cpu-dtype.json"
+
+
+def cpu_bf16_speedup(*, refresh: bool = False) -> float | None:
+    """Measured speed of bf16 over float32 matrix multiplication on this CPU (ratio; >1: bf16 faster).
+
+    CPU flags say whether bf16 instructions exist, not whether they pay: a virtual machine may
+    expose AVX512-BF16 while hiding AMX, where bf16 runs slower than float32. So the first run on
+    a machine times a ViT-B-sized matmul, ``(1024, 768) @ (768, 3072)`` (about 4.8 GFLOP), best of 5
+    in each dtype at the current torch thread count (about 0.3 s), and caches the ratio in
+    ``$XDG_CACHE_HOME/wwts/cpu-dtype.json`` keyed by CPU model, torch version and threads.
+
+    Returns:
+        The ratio, or ``None`` when it could not be measured.
+    """
+    key = f"{cpu_model_name()}|{torch.__version__}|{torch.get_num_threads()}"
+    path = _calibration_file()
+    cache: dict = {}
+    with contextlib.suppress(Exception):
+        cache = json.loads(path.read_text(encoding="utf-8"))
+        if not refresh and isinstance(cache.get(key), (int, float)):
+            return float(cache[key])
+    try:
+        times = {}
+        with torch.inference_mode():
+            for dtype in (torch.float32, torch.bfloat16):
+                a = torch.randn(1024, 768).to(dtype)
+                b = torch.randn(768, 3072).to(dtype)
+                best = float("inf")
+                for i in range(7):
+                    t0 = time.perf_counter()
+                    torch.mm(a, b)
+                    if i >= 2:  # two warm-up runs
+                        best = min(best, time.perf_counter() - t0)
+                times[dtype] = best
+        speedup = times[torch.float32] / times[torch.bfloat16]
+    except Exception as exc:
+        log.debug("bf16 calibration failed: %s", exc)
+        return None
+    with contextlib.suppress(Exception):
+        cache[key] = round(speedup, 3)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(cache, indent=1), encoding="utf-8")
+        os.replace(tmp, path)
+    return speedup
 
 
 def select_dtype(device: torch.device, requested: str = "auto") -> torch.dtype:
@@ -726,7 +789,8 @@ def select_dtype(device: torch.device, requested: str = "auto") -> torch.dtype:
     ``auto``: CUDA → bfloat16 where the GPU has native bf16 (compute capability 8.0+, Ampere;
     on ROCm what torch reports), else float16; XPU → bfloat16 where supported, else float16;
     MPS → float32 (unless measured otherwise); CPU → bfloat16 when the CPU has native bf16
-    (AVX512-BF16, AMX-BF16 or Arm BF16), else float32. Half precision is applied with
+    (AVX512-BF16, AMX-BF16 or Arm BF16) and a bf16 matmul measures at least ``BF16_MIN_SPEEDUP``
+    times float32 here (``cpu_bf16_speedup``), else float32. Half precision is applied with
     ``autocast`` so norms and softmax stay float32.
 
     Args:

@@ -372,12 +372,12 @@ def start(config: RunConfig, *, paths: list[Path] | None = None) -> Run:
             raise UsageError("no images found in " + ", ".join(str(p) for p in config.inputs)
                              + " (extensions: jpg jpeg png webp bmp gif tif tiff heic heif)")
     choice = devices.select_device(config.device)  # logs each candidate whose probe failed
+    threads = devices.configure_threads(config.threads)  # before dtype: the bf16 check runs on these threads
     if config.quantize and choice.device.type != "cpu":
         raise UsageError(f"--quantize {config.quantize} runs on the CPU only; the device here is "
                          f"{choice.device} (use --device cpu, or leave out --quantize)")
     # int8 Linear layers take float32 activations: no autocast on top of them.
     dtype = torch.float32 if config.quantize else devices.select_dtype(choice.device, config.dtype)
-    threads = devices.configure_threads(config.threads)
     workers = devices.decode_workers(threads, config.decode_workers,
                                      accelerator=choice.device.type != "cpu")
     batch_size = config.batch_size or devices.default_batch_size(choice.device, config.task)

@@ -7,6 +7,7 @@ No GPU is needed: CUDA / MPS / XPU are simulated by monkeypatching torch's queri
 from __future__ import annotations
 
 import os
+import json
 import platform
 import subprocess
 import sys
@@ -250,7 +251,30 @@ def test_mps_defaults_to_float32():
 ])
 def test_cpu_auto_dtype_follows_native_bf16(monkeypatch, flags, expected):
     monkeypatch.setattr(dv, "cpu_flags", lambda: frozenset(flags))
+    monkeypatch.setattr(dv, "cpu_bf16_speedup", lambda **kw: 2.5)  # a CPU where bf16 pays
     assert dv.select_dtype(torch.device("cpu"), "auto") == expected
+
+
+@pytest.mark.parametrize("speedup, expected", [(0.7, torch.float32), (1.1, torch.float32),
+                                               (1.6, torch.bfloat16), (None, torch.bfloat16)])
+def test_cpu_bf16_flag_without_measured_gain_stays_float32(monkeypatch, speedup, expected):
+    monkeypatch.setattr(dv, "cpu_flags", lambda: frozenset({"avx2", "avx512f", "avx512_bf16"}))
+    monkeypatch.setattr(dv, "cpu_bf16_speedup", lambda **kw: speedup)
+    assert dv.select_dtype(torch.device("cpu"), "auto") == expected
+    assert ("measured" in dv.dtype_reason(torch.device("cpu"), expected)) == (speedup is not None)
+
+
+def test_bf16_calibration_is_measured_once_and_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    first = dv.cpu_bf16_speedup()
+    assert first is not None and first > 0
+    cache = tmp_path / "wwts" / "cpu-dtype.json"
+    data = json.loads(cache.read_text(encoding="utf-8"))
+    key = next(iter(data))
+    data[key] = 9.0  # a cached value is used as is, without measuring again
+    cache.write_text(json.dumps(data), encoding="utf-8")
+    assert dv.cpu_bf16_speedup() == 9.0
+    assert dv.cpu_bf16_speedup(refresh=True) != 9.0
 
 
 def test_cpu_float16_needs_native_fp16(monkeypatch):
