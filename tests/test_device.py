@@ -518,3 +518,20 @@ def test_env_module_does_not_import_torch():
     code = "import sys, wwts.core.env; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("device, task, expected", [
+    ("cpu", "classify", 8), ("cpu", "caption", 8), ("cuda", "classify", 64), ("cuda", "caption", 32),
+    ("mps", "classify", 32), ("mps", "caption", 8), ("xpu", "classify", 32),
+])
+def test_default_batch_size_per_device_and_task(device, task, expected):
+    assert dv.default_batch_size(torch.device(device), task) == expected
+
+
+def test_engine_uses_the_device_batch_size_unless_given(tiny_clip, sample_images):
+    from wwts.core import engine
+    from wwts.core.config import RunConfig
+
+    base = dict(task="classify", inputs=(sample_images,), labels=("人", "车"), model=str(tiny_clip), device="cpu")
+    assert engine.start(RunConfig(**base)).batch_size == dv.default_batch_size(torch.device("cpu"), "classify")
+    assert engine.start(RunConfig(**base, batch_size=3)).batch_size == 3
