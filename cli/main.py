@@ -325,6 +325,15 @@ def _execute(config, *, out: Path | None, overwrite: bool, quiet: bool, console:
     except KeyboardInterrupt:  # outside the batch loop (model loading, writing the table)
         console.print("[yellow]interrupted[/]", soft_wrap=True)
         raise typer.Exit(EXIT_SIGINT)
+    except (typer.Exit, typer.Abort):
+        raise
+    except Exception as exc:  # a bug or an unforeseen library error: one line, not a traceback
+        if os.environ.get("WWTS_DEBUG"):
+            raise
+        text = " ".join(str(exc).split())
+        console.print(f"[bold red]unexpected error:[/] {type(exc).__name__}: {text} "
+                      "(set WWTS_DEBUG=1 to see the traceback, and please report it)", soft_wrap=True)
+        raise typer.Exit(EXIT_ERROR)
 
 
 def _execute_inner(config, *, out, overwrite, quiet, console, resume, retry_failed) -> None:

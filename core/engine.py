@@ -386,7 +386,7 @@ def start(config: RunConfig, *, paths: list[Path] | None = None) -> Run:
     if config.quantize == "int8":
         from wwts.core.models import quantize_int8
 
-        quantize_int8(task.model)
+        quantize_int8(task.model, task.int8_modules())
     task.to(choice.device, dtype)
     load_s = time.perf_counter() - t0
     return Run(config, paths, task, choice, threads, workers, batch_size, load_s, started)

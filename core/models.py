@@ -218,9 +218,14 @@ def load(name: str, *, model_class: Any = None, processor_class: Any = None,
     return model, processor
 
 
-def quantize_int8(model: Any) -> Any:
-    """Dynamic int8 quantization of every ``nn.Linear`` (weights int8, activations quantized per
+def quantize_int8(model: Any, modules: set[str] | None = None) -> Any:
+    """Dynamic int8 quantization of ``nn.Linear`` layers (weights int8, activations quantized per
     batch at run time), in place; CPU only.
+
+    Args:
+        model: the model.
+        modules: names of the submodules to quantize (with everything inside them), e.g.
+            ``{"vision_model", "visual_projection"}``; ``None`` quantizes every Linear layer.
 
     Recipe: PyTorch's dynamic quantization (``torch.ao.quantization.quantize_dynamic``, "Dynamic
     Quantization" tutorial), which runs Linear layers on fbgemm's int8 kernels (AVX2 / AVX512-VNNI).
@@ -237,7 +242,15 @@ def quantize_int8(model: Any) -> Any:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch 2.10+ marks quantized tensors deprecated
-        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+        if modules is None:
+            return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+        for name in modules:
+            sub = getattr(model, name)
+            # Wrapped so that a bare Linear (a projection) is swapped too; only Linear layers
+            # are quantized (embeddings and norms stay float32).
+            wrapped = quantize_dynamic(torch.nn.Sequential(sub), {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+            setattr(model, name, wrapped[0])
+        return model
 
 
 def _first_line(exc: BaseException) -> str:

@@ -205,3 +205,17 @@ def test_animated_gif_records_its_frame_count(tiny_clip, tmp_path):
     anim, single = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert anim["frames"] == 3 and anim["label"]
     assert single["frames"] is None
+
+
+def test_unexpected_error_is_one_line_not_a_traceback(tiny_clip, sample_images, monkeypatch):
+    from wwts.core import engine
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("something\nunforeseen")
+
+    monkeypatch.setattr(engine, "start", boom)
+    monkeypatch.delenv("WWTS_DEBUG", raising=False)
+    result = classify(sample_images, "--labels", LABELS, "--model", tiny_clip)
+    assert result.exit_code == 1
+    assert "unexpected error: RuntimeError: something unforeseen" in result.stderr
+    assert "Traceback" not in result.output

@@ -72,7 +72,10 @@ def test_reduced_precision_agrees_with_float32(tiny_clip, sample_images, variant
         assert run.info()["quantize"] == "int8" and run.dtype == torch.float32
         from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
-        assert any(isinstance(m, DynamicLinear) for m in run.task.model.modules())
+        model = run.task.model
+        assert any(isinstance(m, DynamicLinear) for m in model.vision_model.modules())
+        assert isinstance(model.visual_projection, DynamicLinear)
+        assert not any(isinstance(m, DynamicLinear) for m in model.text_model.modules())
     else:
         assert run.dtype == torch.bfloat16
     for r, l, pr, pl in zip(ref, low, _probs(ref), _probs(low)):

@@ -75,6 +75,10 @@ class Task(ABC):
     #: decode threads, in parallel with the model, and joins the results with ``collate``.
     per_image_preprocess: ClassVar[bool] = False
 
+    def int8_modules(self) -> set[str] | None:
+        """Submodules ``--quantize int8`` quantizes (``None``: every Linear layer of the model)."""
+        return None
+
     def collate(self, items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         """Join per-image ``preprocess`` outputs (each with batch dimension 1) into one batch."""
         return {key: torch.cat([item[key] for item in items]) for key in items[0]}
