@@ -125,14 +125,13 @@ class Run:
     def info(self) -> dict[str, Any]:
         """The ``run`` section: model, device, dtype, threads, batch size, task settings, times."""
         from wwts.core import __version__
-
         from wwts.core.models import default_model
 
         info: dict[str, Any] = {
             "wwts": __version__,
             "task": self.config.task,
             "model": self.config.model or default_model(self.config.task, self.config.lang),
-            "device": str(self.task.device),
+            "device": self.stats.device,  # e.g. "cuda:0→cpu" after a fallback
             "dtype": str(self.task.dtype).replace("torch.", ""),
             "quantize": self.config.quantize,
             "threads": self.threads,
