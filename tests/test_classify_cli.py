@@ -219,3 +219,18 @@ def test_unexpected_error_is_one_line_not_a_traceback(tiny_clip, sample_images, 
     assert result.exit_code == 1
     assert "unexpected error: RuntimeError: something unforeseen" in result.stderr
     assert "Traceback" not in result.output
+
+
+def test_openai_clip_model_works_too(sample_images, tmp_path):
+    from tests.tiny_models import build_tiny_clip
+
+    model = build_tiny_clip(tmp_path / "tiny-clip")
+    out = tmp_path / "r.jsonl"
+    result = classify(sample_images, "--labels", "cat,dog,car", "--prompt", "a photo of a {}",
+                      "--model", model, "--out", out, "--top-k", "3")
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert len(records) == sample_count(sample_images)
+    for rec in records:
+        assert abs(sum(t["score"] for t in rec["top_k"]) - 1.0) < 1e-4
+        assert {t["label"] for t in rec["top_k"]} == {"cat", "dog", "car"}

@@ -63,3 +63,42 @@ def build_tiny_chinese_clip(path: Path, seed: int = 0) -> Path:
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return path
+
+
+def build_tiny_clip(path: Path, seed: int = 0) -> Path:
+    """Save a tiny random OpenAI-style ``CLIPModel`` + ``CLIPProcessor`` (English labels) to ``path``.
+
+    The byte-pair tokenizer has one token per letter (with and without the end-of-word mark) and
+    no merges, so any lower-case English label tokenizes inside the vocabulary.
+    """
+    import torch
+    from transformers import CLIPConfig, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    try:
+        from transformers import CLIPImageProcessorPil as ImageProcessor
+    except ImportError:  # transformers 4.x
+        from transformers import CLIPImageProcessor as ImageProcessor
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for ch in "abcdefghijklmnopqrstuvwxyz":
+        vocab[ch] = len(vocab)
+        vocab[ch + "</w>"] = len(vocab)
+    config = CLIPConfig(
+        text_config=dict(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=37, max_position_embeddings=64, bos_token_id=0, eos_token_id=1,
+                         pad_token_id=1),
+        vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=IMAGE_SIZE, patch_size=6),
+        projection_dim=16,
+    )
+    torch.manual_seed(seed)
+    model = CLIPModel(config).eval()
+    processor = CLIPProcessor(
+        image_processor=ImageProcessor(size={"shortest_edge": IMAGE_SIZE},
+                                       crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}),
+        tokenizer=CLIPTokenizer(vocab=vocab, merges=[]),
+    )
+    path = Path(path)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
