@@ -141,24 +141,17 @@ def classify(
     quantize: QuantizeOpt = None,
 ) -> None:
     """Zero-shot classification of images against Chinese (or any) labels with Chinese-CLIP."""
-    from wwts.core.config import RunConfig, parse_labels, read_labels_file
+    from wwts.core.config import parse_labels, read_labels_file
 
-    err = _stderr()
-    try:
+    params = dict(locals())
+
+    def task_fields() -> dict:
         if labels and labels_file:
             raise _usage("give --labels or --labels-file, not both")
         label_list = parse_labels(labels) if labels else read_labels_file(labels_file) if labels_file else ()
-        config = RunConfig(task="classify", inputs=tuple(inputs), labels=label_list, prompt=prompt,
-                           top_k=top_k, model=model, device=device, dtype=dtype.value,
-                           batch_size=batch_size, threads=threads, decode_workers=workers,
-                           recursive=recursive, follow_symlinks=follow_symlinks,
-                           trust_remote_code=trust_remote_code, allow_truncated=allow_truncated,
-                           max_pixels=max_pixels,
-                           quantize=quantize.value if quantize else None)
-    except WwtsError as exc:
-        raise _fail(exc, err)
-    _execute(config, out=out, overwrite=overwrite, quiet=quiet, console=err, resume=resume,
-             retry_failed=retry_failed)
+        return {"labels": label_list, "prompt": prompt, "top_k": top_k}
+
+    _run("classify", params, task_fields)
 
 
 @app.command()
@@ -189,22 +182,31 @@ def caption(
     quantize: QuantizeOpt = None,
 ) -> None:
     """Caption images (English with BLIP by default; --lang zh for Chinese)."""
+    params = dict(locals())
+    _run("caption", params, lambda: {
+        "lang": lang.value, "prompt": prompt, "max_new_tokens": max_new_tokens,
+        "min_new_tokens": min_new_tokens, "num_beams": num_beams, "repetition_penalty": repetition_penalty})
+
+
+def _run(task: str, params: dict, task_fields) -> None:
+    """Build the ``RunConfig`` from a command's parameters (the options both commands share, plus
+    ``task_fields()``, which may raise ``UsageError``) and execute it."""
     from wwts.core.config import RunConfig
 
     err = _stderr()
     try:
-        config = RunConfig(task="caption", inputs=tuple(inputs), lang=lang.value, prompt=prompt,
-                           max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
-                           num_beams=num_beams, repetition_penalty=repetition_penalty, model=model,
-                           device=device, dtype=dtype.value, batch_size=batch_size, threads=threads,
-                           decode_workers=workers, recursive=recursive,
-                           follow_symlinks=follow_symlinks, trust_remote_code=trust_remote_code,
-                           allow_truncated=allow_truncated, max_pixels=max_pixels,
-                           quantize=quantize.value if quantize else None)
+        quantize = params["quantize"]
+        config = RunConfig(
+            task=task, inputs=tuple(params["inputs"]), model=params["model"], device=params["device"],
+            dtype=params["dtype"].value, batch_size=params["batch_size"], threads=params["threads"],
+            decode_workers=params["workers"], recursive=params["recursive"],
+            follow_symlinks=params["follow_symlinks"], trust_remote_code=params["trust_remote_code"],
+            allow_truncated=params["allow_truncated"], max_pixels=params["max_pixels"],
+            quantize=quantize.value if quantize else None, **task_fields())
     except WwtsError as exc:
         raise _fail(exc, err)
-    _execute(config, out=out, overwrite=overwrite, quiet=quiet, console=err, resume=resume,
-             retry_failed=retry_failed)
+    _execute(config, out=params["out"], overwrite=params["overwrite"], quiet=params["quiet"], console=err,
+             resume=params["resume"], retry_failed=params["retry_failed"])
 
 
 @app.command()
