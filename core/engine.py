@@ -215,9 +215,9 @@ class Run:
         good: list[tuple[ImageRecord, DecodedImage]] = []
         for path, item in chunk:
             if isinstance(item, ImageError):
-                records.append(rtype(path=_display(path), error=str(item)))
+                records.append(rtype(path=str(path), error=str(item)))
             else:
-                rec = rtype(path=_display(path), width=item.width, height=item.height,
+                rec = rtype(path=str(path), width=item.width, height=item.height,
                             frames=item.frames if item.frames > 1 else None, note=item.note)
                 records.append(rec)
                 good.append((rec, item))
@@ -333,10 +333,6 @@ class Run:
     def _event(self, message: str) -> None:
         log.warning(message)
         self.stats.events.append(message)
-
-
-def _display(path: Path) -> str:
-    return str(path)
 
 
 def _first_line(exc: BaseException) -> str:

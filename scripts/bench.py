@@ -513,8 +513,8 @@ def machine_facts(python: str) -> tuple[list[str], str]:
     except Exception as exc:  # doctor missing or broken: describe the machine ourselves
         import psutil
 
-        code = (f"import torch,transformers,PIL;print(torch.__version__,transformers.__version__,"
-                f"PIL.__version__,torch.backends.cpu.get_cpu_capability())")
+        code = ("import torch,transformers,PIL;print(torch.__version__,transformers.__version__,"
+                "PIL.__version__,torch.backends.cpu.get_cpu_capability())")
         v = subprocess.run([python, "-c", code], capture_output=True, text=True).stdout.split()
         lines = [
             f"CPU: {platform.processor() or platform.machine()}, {psutil.cpu_count(logical=False)} physical / "

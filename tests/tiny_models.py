@@ -15,6 +15,18 @@ SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 #: Characters of the default prompt and of every label the tests and the demo use.
 CHARS = "一张的照片。人车动物猫狗花咖啡火箭建筑鸟天空山水树草食品视网膜星宇航员机男女孩风景城市夜海"
 IMAGE_SIZE = 30
+#: Transformer size of every tiny tower (transformers' own CLIP tests use these numbers).
+TOWER = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4)
+#: Image processor sizes matching the vision config's ``image_size``.
+SIZES = dict(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+
+
+def _save(model, processor, path: Path) -> Path:
+    """``save_pretrained`` both into ``path`` (the folder a user would pass to ``--model``)."""
+    path = Path(path)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
 
 
 def _bert_tokenizer(vocab: list[str]):
@@ -46,23 +58,17 @@ def build_tiny_chinese_clip(path: Path, seed: int = 0) -> Path:
 
     vocab = SPECIAL + list(dict.fromkeys(CHARS))
     config = ChineseCLIPConfig(
-        text_config=dict(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
-                         num_attention_heads=4, intermediate_size=37, max_position_embeddings=64),
-        vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                           num_attention_heads=4, image_size=IMAGE_SIZE, patch_size=6),
+        text_config=dict(vocab_size=len(vocab), max_position_embeddings=64, **TOWER),
+        vision_config=dict(image_size=IMAGE_SIZE, patch_size=6, **TOWER),
         projection_dim=16,
     )
     torch.manual_seed(seed)
     model = ChineseCLIPModel(config).eval()
     processor = ChineseCLIPProcessor(
-        image_processor=ImageProcessor(size={"shortest_edge": IMAGE_SIZE},
-                                       crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}),
+        image_processor=ImageProcessor(**SIZES),
         tokenizer=_bert_tokenizer(vocab),
     )
-    path = Path(path)
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
+    return _save(model, processor, path)
 
 
 def build_tiny_clip(path: Path, seed: int = 0) -> Path:
@@ -84,21 +90,15 @@ def build_tiny_clip(path: Path, seed: int = 0) -> Path:
         vocab[ch] = len(vocab)
         vocab[ch + "</w>"] = len(vocab)
     config = CLIPConfig(
-        text_config=dict(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                         intermediate_size=37, max_position_embeddings=64, bos_token_id=0, eos_token_id=1,
-                         pad_token_id=1),
-        vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-                           image_size=IMAGE_SIZE, patch_size=6),
+        text_config=dict(vocab_size=len(vocab), max_position_embeddings=64, bos_token_id=0, eos_token_id=1,
+                         pad_token_id=1, **TOWER),
+        vision_config=dict(image_size=IMAGE_SIZE, patch_size=6, **TOWER),
         projection_dim=16,
     )
     torch.manual_seed(seed)
     model = CLIPModel(config).eval()
     processor = CLIPProcessor(
-        image_processor=ImageProcessor(size={"shortest_edge": IMAGE_SIZE},
-                                       crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}),
+        image_processor=ImageProcessor(**SIZES),
         tokenizer=CLIPTokenizer(vocab=vocab, merges=[]),
     )
-    path = Path(path)
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
+    return _save(model, processor, path)
