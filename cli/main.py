@@ -454,6 +454,12 @@ def _execute_inner(config, *, out, overwrite, quiet, console, resume, retry_fail
 
 
 def _print_table(records, task: str) -> None:
+    """Print the records as a rich table on stdout.
+
+    On a terminal the table fits the window (long paths and captions fold). When stdout is a
+    pipe or a file, rich would assume 80 columns and fold paths mid-name, so the table is
+    rendered at its natural width instead: one line per image, paths intact for grep.
+    """
     console = Console(highlight=False)
     table = Table(show_lines=False)
     table.add_column("path", overflow="fold")
@@ -473,6 +479,9 @@ def _print_table(records, task: str) -> None:
             table.add_row(r.path, r.label or "", score, top, size, r.error or "")
         else:
             table.add_row(r.path, r.caption or "", size, r.error or "")
+    if not console.is_terminal:
+        natural = console.measure(table, options=console.options.update_width(1_000_000)).maximum
+        console.width = max(console.width, natural)
     console.print(table)
 
 

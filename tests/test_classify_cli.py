@@ -74,10 +74,15 @@ def test_paths_are_as_typed_and_top_k_capped(tiny_clip, sample_images, tmp_path,
     assert {t["label"] for t in records[0]["top_k"]} == {"猫", "狗"}
 
 
-def test_table_on_stdout_without_out(tiny_clip, sample_images):
-    result = classify(sample_images / "chelsea.png", "--labels", LABELS, "--model", tiny_clip)
+def test_table_on_stdout_without_out(tiny_clip, sample_images, tmp_path):
+    # A path far wider than the 80 columns rich assumes off a terminal: it must still appear whole.
+    deep = tmp_path / ("长路径" * 10) / ("x" * 60)
+    deep.mkdir(parents=True)
+    image = deep / "chelsea.png"
+    shutil.copy(sample_images / "chelsea.png", image)
+    result = classify(image, "--labels", LABELS, "--model", tiny_clip)
     assert result.exit_code == 0, result.output
-    assert "chelsea.png" in result.stdout
+    assert str(image) in result.stdout
     assert "device cpu" in result.stderr and "batch size" in result.stderr
     assert "CPU mode" in result.stderr
 
