@@ -102,6 +102,7 @@ OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o",
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out file.")]
 RecursiveOpt = Annotated[bool, typer.Option("--recursive/--no-recursive", help="Walk folders recursively.")]
 SymlinksOpt = Annotated[bool, typer.Option("--follow-symlinks", help="Follow directory symlinks (loops are detected).")]
+HiddenOpt = Annotated[bool, typer.Option("--include-hidden", help="Also take hidden files and folders (.*, macOS ._* files) in folder walks.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress and no start line.")]
 TrustOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Allow a model's own Python code (off by default).")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run: skip images already in --out.")]
@@ -132,6 +133,7 @@ def classify(
     overwrite: OverwriteOpt = False,
     recursive: RecursiveOpt = True,
     follow_symlinks: SymlinksOpt = False,
+    include_hidden: HiddenOpt = False,
     quiet: QuietOpt = False,
     trust_remote_code: TrustOpt = False,
     resume: ResumeOpt = False,
@@ -173,6 +175,7 @@ def caption(
     overwrite: OverwriteOpt = False,
     recursive: RecursiveOpt = True,
     follow_symlinks: SymlinksOpt = False,
+    include_hidden: HiddenOpt = False,
     quiet: QuietOpt = False,
     trust_remote_code: TrustOpt = False,
     resume: ResumeOpt = False,
@@ -200,7 +203,8 @@ def _run(task: str, params: dict, task_fields) -> None:
             task=task, inputs=tuple(params["inputs"]), model=params["model"], device=params["device"],
             dtype=params["dtype"].value, batch_size=params["batch_size"], threads=params["threads"],
             decode_workers=params["workers"], recursive=params["recursive"],
-            follow_symlinks=params["follow_symlinks"], trust_remote_code=params["trust_remote_code"],
+            follow_symlinks=params["follow_symlinks"], include_hidden=params["include_hidden"],
+            trust_remote_code=params["trust_remote_code"],
             allow_truncated=params["allow_truncated"], max_pixels=params["max_pixels"],
             quantize=quantize.value if quantize else None, **task_fields())
     except WwtsError as exc:

@@ -84,6 +84,7 @@ class RunConfig:
         decode_workers: image decode threads; ``None`` chooses from the core count.
         recursive: walk folders recursively.
         follow_symlinks: follow directory symlinks (loops are detected).
+        include_hidden: walk hidden folders and take hidden files (``.*``, macOS ``._*``).
         labels: classify only, the candidate labels.
         prompt: classify: template with ``{}`` (``""`` = bare label, ``None`` = default);
             caption: the text prompt (``None`` = the model family's default).
@@ -106,6 +107,7 @@ class RunConfig:
     decode_workers: int | None = None
     recursive: bool = True
     follow_symlinks: bool = False
+    include_hidden: bool = False
     labels: tuple[str, ...] = ()
     prompt: str | None = None
     top_k: int = 3

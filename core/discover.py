@@ -3,7 +3,10 @@
 ``discover`` walks each input with ``os.scandir`` (one folder's listing in memory at a time),
 depth-first: the matching files of a folder sorted by name, then its subfolders in sorted order.
 It never opens a file, so a FIFO or socket named ``x.jpg`` cannot hang it; decoding is
-``core.images``' job.
+``core.images``' job. Hidden entries (names starting with ``.``, and on Windows the hidden
+attribute) are skipped in folder walks unless asked for, as ``fd`` and ``ripgrep`` do: macOS writes
+an AppleDouble ``._IMG_0001.jpg`` beside every photo copied to a FAT/exFAT/SMB volume, and without
+this rule each one would come back as a failed image.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ def discover(
     *,
     recursive: bool = True,
     follow_symlinks: bool = False,
+    include_hidden: bool = False,
 ) -> Iterator[Path]:
     """Yield the image files named by or found under ``inputs``, each once, in a stable order.
 
@@ -51,6 +55,8 @@ def discover(
             input folder it was found under (after ``os.path.realpath``) is skipped, and a folder
             already walked (same ``st_dev``/``st_ino``) is not walked again, so link loops end.
             Symlinks to files are always yielded; symlinked folders are skipped when ``False``.
+        include_hidden: also walk hidden folders and take hidden files (see ``is_hidden``).
+            Inputs named explicitly are taken whether hidden or not.
 
     Yields:
         ``Path(input) / relative_path``: paths as the user would type them, relative when the
@@ -84,7 +90,7 @@ def discover(
                 named.add(str(path))
                 yield path
         elif stat.S_ISDIR(st.st_mode):
-            yield from _walk(path, st, recursive, follow_symlinks, seen_files, seen_dirs)
+            yield from _walk(path, st, recursive, follow_symlinks, include_hidden, seen_files, seen_dirs)
         elif _first_time(seen_files, _key(st, path)):
             yield path
 
@@ -94,6 +100,7 @@ def _walk(
     root_stat: os.stat_result,
     recursive: bool,
     follow_symlinks: bool,
+    include_hidden: bool,
     seen_files: set[tuple],
     seen_dirs: set[tuple],
 ) -> Iterator[Path]:
@@ -104,7 +111,7 @@ def _walk(
     stack = [root]
     while stack:
         folder = stack.pop()
-        files, subdirs = _list_folder(folder, recursive, follow_symlinks, root_real)
+        files, subdirs = _list_folder(folder, recursive, follow_symlinks, include_hidden, root_real)
         base = os.fspath(folder)
         for name in files:
             try:  # follows a file symlink; dedupe by what it points to
@@ -131,7 +138,7 @@ def _walk(
 
 
 def _list_folder(
-    folder: Path, recursive: bool, follow_symlinks: bool, root_real: str
+    folder: Path, recursive: bool, follow_symlinks: bool, include_hidden: bool, root_real: str
 ) -> tuple[list[str], list[str]]:
     """Names of one folder's matching files and of the subfolders to descend into, both sorted.
 
@@ -146,7 +153,9 @@ def _list_folder(
         with os.scandir(folder) as it:
             for entry in it:
                 try:
-                    if entry.is_dir(follow_symlinks=False):
+                    if not include_hidden and is_hidden(entry):
+                        logger.debug("skipping hidden %s", folder / entry.name)
+                    elif entry.is_dir(follow_symlinks=False):
                         if recursive:
                             subdirs.append(entry.name)
                     elif entry.is_symlink() and entry.is_dir():
@@ -164,6 +173,22 @@ def _list_folder(
     files.sort()
     subdirs.sort()
     return files, subdirs
+
+
+def is_hidden(entry: os.DirEntry) -> bool:
+    """True for a name starting with ``.`` (Unix convention, also macOS ``._*`` AppleDouble files)
+    or, on Windows, an entry with ``FILE_ATTRIBUTE_HIDDEN`` (read from the cached ``DirEntry``
+    stat, no extra system call there).
+
+    Raises:
+        OSError: on Windows, the entry vanished before its attributes could be read.
+    """
+    if entry.name.startswith("."):
+        return True
+    if os.name == "nt":
+        attrs = getattr(entry.stat(follow_symlinks=False), "st_file_attributes", 0)
+        return bool(attrs & stat.FILE_ATTRIBUTE_HIDDEN)
+    return False
 
 
 def _inside(link: str, root_real: str) -> bool:

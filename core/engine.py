@@ -342,7 +342,8 @@ def _first_line(exc: BaseException) -> str:
 
 def find_images(config: RunConfig) -> list[Path]:
     """Every image path under ``config.inputs``, in processing order (see ``core.discover``)."""
-    return list(discover(config.inputs, recursive=config.recursive, follow_symlinks=config.follow_symlinks))
+    return list(discover(config.inputs, recursive=config.recursive, follow_symlinks=config.follow_symlinks,
+                         include_hidden=config.include_hidden))
 
 
 def start(config: RunConfig, *, paths: list[Path] | None = None) -> Run:

@@ -152,6 +152,25 @@ def test_broken_file_gives_one_error_record_and_exit_3(tiny_clip, sample_images,
     assert all(r["label"] for r in records if not r["error"])
 
 
+def test_macos_appledouble_files_are_not_failures(tiny_clip, sample_images, tmp_path):
+    # A Mac copying photos to an exFAT drive writes a 4 KiB "._NAME" resource file beside each.
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(sample_images / "chelsea.png", folder / "chelsea.png")
+    (folder / "._chelsea.png").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        " + bytes(4066))
+    out = tmp_path / "r.jsonl"
+    result = classify(folder, "--labels", LABELS, "--model", tiny_clip, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert [Path(json.loads(line)["path"]).name for line in out.read_text(encoding="utf-8").splitlines()] == [
+        "chelsea.png"]
+    result = classify(folder, "--labels", LABELS, "--model", tiny_clip, "--out", out, "--overwrite",
+                      "--include-hidden")
+    assert result.exit_code == 3, result.output  # taken when asked for, and it is not an image
+    records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [(Path(r["path"]).name, bool(r["error"])) for r in records] == [("._chelsea.png", True),
+                                                                           ("chelsea.png", False)]
+
+
 def _orientation_pair(tmp_path: Path) -> tuple[Path, Path]:
     """An upright PNG, and the same scene stored rotated with EXIF orientation 6."""
     upright = Image.new("RGB", (60, 30))

@@ -228,3 +228,21 @@ def test_real_sample_tree():
     # jpg/ files come before any of its subfolders' files
     first_sub = next(i for i, p in enumerate(result) if p.parent.parent == SAMPLES / "jpg")
     assert all(p.parent == SAMPLES / "jpg" for p in result[first_sub - len(top) : first_sub])
+
+
+def test_hidden_files_and_folders_skipped_unless_asked(tree):
+    # What macOS leaves on exFAT/SMB volumes and what photo tools keep in dot-folders.
+    make(tree / "photos", "._b.jpg", ".thumbnails/t.jpg", "m/.cache/x.png", ".DS_Store")
+    expected = ["photos/a.PNG", "photos/b.jpg", "photos/c.Jpeg", "photos/A/0.bmp",
+                "photos/m/1.tif", "photos/m/2.gif", "photos/z/deep/9.webp"]
+    assert found("photos") == expected
+    with_hidden = found("photos", include_hidden=True)
+    assert set(with_hidden) == set(expected) | {
+        "photos/._b.jpg", "photos/.thumbnails/t.jpg", "photos/m/.cache/x.png"}
+    assert with_hidden.index("photos/._b.jpg") < with_hidden.index("photos/a.PNG")  # code-point order
+
+
+def test_hidden_inputs_named_explicitly_are_taken(tree):
+    make(tree / ".album", "p.jpg", ".q.jpg")
+    make(tree, ".single.jpg")
+    assert found(".album", ".single.jpg") == [".album/p.jpg", ".single.jpg"]
