@@ -2,10 +2,10 @@
 
 JPEG, PNG and the other Pillow formats decode in threads (Pillow releases the GIL while it
 decodes). Formats whose native decoders have been seen to crash the whole process — HEIF/HEIC
-and AVIF through libheif / libavif — decode in a separate worker process instead, so a crash
-costs one error record, not the run: when that process dies, the pool is rebuilt and every file
-that was in it is retried alone, so only the file that kills the decoder gets the error
-``crashed: ...``.
+and AVIF through libheif / libavif — decode in worker processes instead (as many as there are
+decode threads, started on first use), so a crash costs one error record, not the run: when a
+worker dies, the process pool is rebuilt and every file that was in it is retried alone in a
+process of its own, so only the file that kills the decoder gets the error ``crashed: ...``.
 
 This module must not import torch.
 """
@@ -48,10 +48,11 @@ def _worker_init() -> None:
 
 
 class DecodePool:
-    """Decode paths into ``DecodedImage`` objects on worker threads (and one crash-safe process).
+    """Decode paths into ``DecodedImage`` objects on worker threads (HEIF/AVIF in worker processes).
 
     Args:
-        workers: decode threads (see ``core.device.decode_workers``).
+        workers: decode threads (see ``core.device.decode_workers``); also the most worker
+            processes for HEIF/AVIF (spawned when the first such file comes).
         draft_size: model input side in pixels, for draft decoding (``None``: full size).
         max_pixels: refuse images with more pixels (``None``: Pillow's default limit).
         allow_truncated: decode truncated files as far as they go instead of failing.
@@ -74,7 +75,8 @@ class DecodePool:
                              allow_truncated=allow_truncated)
         self._isolated = partial(isolated_load, draft_size=draft_size, max_pixels=max_pixels,
                                  allow_truncated=allow_truncated)
-        self._threads = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wwts-decode")
+        self._workers = max(1, int(workers))
+        self._threads = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="wwts-decode")
         self._proc: ProcessPoolExecutor | None = None
         self._proc_lock = threading.Lock()
         self._alone = threading.Lock()  # held while a file is retried alone after a crash
@@ -104,12 +106,16 @@ class DecodePool:
         except Exception as exc:  # load_image promises ImageError; keep the promise here too
             raise ImageError("decode", f"{type(exc).__name__}: {exc}") from None
 
+    @staticmethod
+    def _new_process_pool(workers: int) -> ProcessPoolExecutor:
+        # spawn, not fork: forking a process that runs torch's thread pools can deadlock.
+        return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_worker_init)
+
     def _process_pool(self) -> ProcessPoolExecutor:
         with self._proc_lock:
             if self._proc is None:
-                # spawn, not fork: forking a process that runs torch's thread pools can deadlock.
-                self._proc = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                                 initializer=_worker_init)
+                self._proc = self._new_process_pool(self._workers)
             return self._proc
 
     def _reset_process_pool(self, broken: ProcessPoolExecutor) -> None:
@@ -128,15 +134,15 @@ class DecodePool:
             raise
         except Exception as exc:
             raise ImageError("decode", f"{type(exc).__name__}: {exc}") from None
-        # The worker died with this file (or another one) inside: retry it alone in a fresh process.
+        # A worker died with this file (or another one) inside: retry it alone, in a process that
+        # no other file shares, so a second crash can only be this file's.
         with self._alone:
             if self._closed:
                 raise ImageError("decode", "stopped before this file was decoded")
-            pool = self._process_pool()
+            alone = self._new_process_pool(1)
             try:
-                return pool.submit(self._isolated, path).result()
+                return alone.submit(self._isolated, path).result()
             except BrokenProcessPool:
-                self._reset_process_pool(pool)
                 log.warning("the image decoder crashed on %s", path)
                 raise ImageError("crashed", "the image decoder crashed on this file (native code); "
                                             "the run went on without it") from None
@@ -144,6 +150,8 @@ class DecodePool:
                 raise
             except Exception as exc:
                 raise ImageError("decode", f"{type(exc).__name__}: {exc}") from None
+            finally:
+                alone.shutdown(wait=True, cancel_futures=True)
 
     def shutdown(self) -> None:
         """Cancel pending decodes, wait for running ones, stop the worker process."""

@@ -127,7 +127,14 @@ def load_image(
             (Pillow docs, ``Image.draft``: "returns a version of the image that as closely as
             possible matches the given mode and size"; src/PIL/JpegImagePlugin.py ``draft``).
             For HEIF, pillow-heif's ``draft`` decodes an embedded thumbnail instead when one is a
-            scaled copy at least that big. ``None`` decodes at full resolution.
+            scaled copy at least that big. Whatever the format, a decoded image whose short side
+            is still at least ``4 * draft_size`` is then box-reduced by the largest integer
+            factor that keeps it at least ``2 * draft_size`` (``Image.reduce``; the two-step
+            recipe of Pillow's ``reducing_gap=2.0`` in ``Image.thumbnail``): a 12 MP HEIC or PNG
+            otherwise reaches the model's processor at full size, whose resize then costs about
+            0.24 s against 0.006 s (measured here on a 3024x4032 image, Chinese-CLIP processor),
+            and a HEIC decoded in a worker process crosses the pipe as 36 MB instead of 1 MB.
+            ``None`` decodes at full resolution.
         max_pixels: refuse images with more than this many pixels (width x height), checked from
             the header before any pixel is decoded. ``None`` uses ``PIL.Image.MAX_IMAGE_PIXELS``
             (about 89.5 MP). A value above ``2 * Image.MAX_IMAGE_PIXELS`` cannot lift Pillow's own
@@ -211,7 +218,16 @@ def _load(path: Path, draft_size: int | None, max_pixels: int | None, allow_trun
             notes.append(f"EXIF data malformed ({_describe(exc)}); orientation {orientation} applied")
         if orientation in _SWAPPING_ORIENTATIONS:
             width, height = height, width
-    return DecodedImage(_to_rgb(im), width, height, frames, "; ".join(notes) or None)
+    rgb = _to_rgb(im)
+    if draft_size:
+        rgb = _reduce(rgb, draft_size)
+    return DecodedImage(rgb, width, height, frames, "; ".join(notes) or None)
+
+
+def _reduce(im: Image.Image, draft_size: int) -> Image.Image:
+    """Box-reduce ``im`` by the largest integer factor keeping its short side >= ``2 * draft_size``."""
+    factor = min(im.size) // (2 * draft_size)
+    return im.reduce(factor) if factor >= 2 else im
 
 
 @contextmanager

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,14 @@ def crashing_load(path, **kwargs):
     if Path(path).name.startswith("crash"):
         os._exit(139)
     return load_image(path, **kwargs)
+
+
+def pid_load(path, **kwargs):
+    """Runs in the worker process: a slow decode that records which process did it."""
+    time.sleep(0.3)
+    decoded = load_image(path, **kwargs)
+    decoded.note = str(os.getpid())
+    return decoded
 
 
 def _heif_like(tmp_path: Path, name: str, color=(200, 30, 30)) -> Path:
@@ -83,3 +92,23 @@ def test_real_heic_decodes_in_the_worker_process(exif_samples):
     with DecodePool(1, draft_size=224) as pool:
         d = pool.submit(heic).result()
     assert d.image.mode == "RGB" and d.height > d.width  # portrait after orientation
+
+
+def test_heif_decodes_spread_over_as_many_processes_as_threads(tmp_path):
+    paths = [_heif_like(tmp_path, f"{i}.heic") for i in range(6)]
+    with DecodePool(3, isolated_load=pid_load) as pool:
+        pids = {f.result().note for f in [pool.submit(p) for p in paths]}
+    assert len(pids) > 1 and str(os.getpid()) not in pids
+
+
+def test_several_crashes_among_parallel_decodes_blame_only_the_crashing_files(tmp_path):
+    names = ["a.heic", "crash1.heic", "b.heic", "c.heic", "crash2.heic", "d.heic", "e.heic"]
+    paths = [_heif_like(tmp_path, n) for n in names]
+    outcome = {}
+    with DecodePool(3, isolated_load=crashing_load) as pool:
+        for path, future in [(p, pool.submit(p)) for p in paths]:
+            try:
+                outcome[path.name] = future.result().width
+            except ImageError as exc:
+                outcome[path.name] = exc.category
+    assert outcome == {n: "crashed" if n.startswith("crash") else 40 for n in names}

@@ -273,10 +273,30 @@ def test_draft_with_orientation_reports_rotated_original_size(tmp_path):
     assert (decoded.width, decoded.height) == (400, 800)
 
 
-def test_draft_ignored_for_formats_without_it(tmp_path):
+def test_formats_without_draft_are_box_reduced_after_decoding(tmp_path):
     path = tmp_path / "big.png"
-    Image.new("RGB", (640, 480), "green").save(path)
-    assert load_image(path, draft_size=50).image.size == (640, 480)
+    noise_image((1000, 800)).save(path)
+    full = load_image(path).image
+    decoded = load_image(path, draft_size=100)
+    assert decoded.image.size == (250, 200)  # factor 800 // 200 = 4: short side stays >= 2 * 100
+    assert (decoded.width, decoded.height) == (1000, 800)
+    a, b = (im.resize((50, 40), Image.Resampling.BOX).convert("L") for im in (full, decoded.image))
+    assert ImageStat.Stat(ImageChops.difference(a, b)).mean[0] < 2  # same picture, only smaller
+
+
+def test_no_reduction_below_twice_the_model_input(tmp_path):
+    path = tmp_path / "small.png"
+    Image.new("RGB", (640, 399), "green").save(path)
+    assert load_image(path, draft_size=100).image.size == (640, 399)  # 399 // 200 = 1
+
+
+def test_reduction_after_orientation_keeps_the_rotated_shape(tmp_path):
+    path = tmp_path / "o6.png"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    noise_image((1200, 600)).save(path, exif=exif)
+    decoded = load_image(path, draft_size=100)
+    assert decoded.image.size == (200, 400) and (decoded.width, decoded.height) == (600, 1200)
 
 
 # --- mode conversion ----------------------------------------------------------------------------
