@@ -313,6 +313,8 @@ class _Interrupts:
         return self
 
     def __exit__(self, *exc) -> None:
+        if self.signum is not None:
+            return  # stopping anyway: a second signal during the summary must still exit at once
         for sig, old in self._old.items():
             signal.signal(sig, old)
 

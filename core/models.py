@@ -54,7 +54,7 @@ DEFAULT_MODELS: dict[str, ModelSpec] = {
 }
 
 OFFLINE_HINT = ("use a local copy with --model ./model-folder (one saved by save_pretrained or "
-                "`huggingface-cli download`), or a hub mirror: export HF_ENDPOINT=https://hf-mirror.com")
+                "`hf download REPO --local-dir DIR`), or a hub mirror: export HF_ENDPOINT=https://hf-mirror.com")
 
 
 def default_model(task: str, lang: str = "en") -> str:
@@ -144,7 +144,7 @@ def download(repo_id: str) -> str:
                                  "name, or pass a local folder with --model") from None
         if name == "GatedRepoError":
             raise ModelLoadError(f"model {repo_id!r} is gated: accept its licence on the hub and log in "
-                                 "(`huggingface-cli login`), or pass a local folder with --model") from None
+                                 "(`hf auth login`), or pass a local folder with --model") from None
         raise ModelLoadError(f"downloading model {repo_id!r} failed ({_first_line(exc)}): {OFFLINE_HINT}") from None
 
 

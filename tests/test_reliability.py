@@ -680,9 +680,9 @@ def second_sigint(tiny_clip, tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("second-sigint")
     folder = tmp_path / "imgs"
     folder.mkdir()
-    # 12-megapixel PNGs of 43 KB: slow to decode and resize (about 0.1 s each), so a batch of 16
-    # on one decode thread takes over a second, far longer than the gap between the two signals
-    slow = encoded(Image.linear_gradient("L").resize((4000, 3000)).convert("RGB"), "PNG")
+    # 27-megapixel PNGs of under 100 KB: slow to decode (about 0.2 s each here), so a batch of 16
+    # on one decode thread takes about 3 s, far longer than the gap between the two signals
+    slow = encoded(Image.linear_gradient("L").resize((6000, 4500)).convert("RGB"), "PNG")
     for i in range(80):
         (folder / f"g{i:03d}.png").write_bytes(slow)
     if AVIF_SUPPORTED:  # decoded first, in the worker process
@@ -710,6 +710,34 @@ def test_second_sigint_exits_at_once(second_sigint):
     assert "done:" not in stderr  # it did not finish the batch and print the summary first
     assert out.read_bytes() == at_signal  # what was flushed stays; nothing half-written after it
     assert len(read_jsonl(out)) == 16  # only the first batch was written
+
+
+def test_after_the_first_signal_the_handler_stays_until_the_process_ends():
+    """The run may end on its own between two Ctrl-C (the batch in flight was quick); the second
+    one must still exit at once, not raise KeyboardInterrupt into the summary or the shutdown."""
+    from wwts.cli.main import _Interrupts
+
+    class FakeRun:
+        stopped = False
+
+        def stop(self):
+            self.stopped = True
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with _Interrupts(FakeRun()) as quiet_run:
+            pass
+        assert quiet_run.signum is None
+        assert signal.getsignal(signal.SIGINT) is before[signal.SIGINT]  # no signal: old handlers back
+        run = FakeRun()
+        with _Interrupts(run) as interrupts:
+            interrupts._handle(signal.SIGINT, None)
+        assert run.stopped and interrupts.signum == signal.SIGINT
+        assert signal.getsignal(signal.SIGINT) == interrupts._handle
+        assert signal.getsignal(signal.SIGTERM) == interrupts._handle
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
 
 @pytest.mark.slow
