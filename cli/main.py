@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 from wwts.core.errors import WwtsError
+from wwts.core.models import default_model
 
 app = typer.Typer(
     name="wwts",
@@ -86,17 +87,22 @@ def _setup_logging(console: Console) -> None:
 
 # -- shared options ------------------------------------------------------------------------------
 
-InputsArg = Annotated[list[Path], typer.Argument(help="Image files and/or folders.", show_default=False)]
-ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="Hub id or local model folder.")]
+InputsArg = Annotated[list[Path], typer.Argument(help="Image files and/or folders.", show_default=False,
+                                                 metavar="PATH")]
+ClassifyModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="Hub id or local model folder.",
+                                                         show_default=default_model("classify"))]
+CaptionModelOpt = Annotated[Optional[str], typer.Option(
+    "--model", "-m", help="Hub id or local model folder.",
+    show_default=f"{default_model('caption')}; --lang zh: {default_model('caption', 'zh')}")]
 DeviceOpt = Annotated[str, typer.Option("--device", "-d", help="auto, cpu, cuda, cuda:N, mps or xpu.")]
 DTypeOpt = Annotated[DType, typer.Option("--dtype", case_sensitive=False,
                                          help="Compute dtype; auto picks per device.")]
 BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1,
-                                                 help="Images per forward pass [default: per device].")]
+                                                 help="Images per forward pass.", show_default="per device")]
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", min=1,
-                                                   help="CPU threads for torch [default: physical cores].")]
+                                                   help="CPU threads for torch.", show_default="physical cores")]
 WorkersOpt = Annotated[Optional[int], typer.Option("--workers", min=1,
-                                                   help="Image decode threads [default: from the cores].")]
+                                                   help="Image decode threads.", show_default="from the cores")]
 OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o",
                                                 help="Write results to .csv, .json or .jsonl (else a table).")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out file.")]
@@ -113,7 +119,7 @@ class Quantize(str, Enum):
 
 
 QuantizeOpt = Annotated[Optional[Quantize], typer.Option("--quantize", case_sensitive=False, help="int8: dynamic int8 Linear layers (CPU only; faster, check agreement with make bench).")]
-MaxPixelsOpt = Annotated[Optional[int], typer.Option("--max-pixels", min=1, help="Refuse larger images from their header [default: Pillow's limit, 89478485].")]
+MaxPixelsOpt = Annotated[Optional[int], typer.Option("--max-pixels", min=1, help="Refuse larger images from their header.", show_default="Pillow's limit, 89478485")]
 
 
 @app.command()
@@ -121,9 +127,9 @@ def classify(
     inputs: InputsArg,
     labels: Annotated[Optional[str], typer.Option("--labels", "-l", help="Comma-separated labels, e.g. 人,车,动物 (，also works).")] = None,
     labels_file: Annotated[Optional[Path], typer.Option("--labels-file", help="One label per line; # comments.")] = None,
-    prompt: Annotated[Optional[str], typer.Option("--prompt", help="Prompt template with {} for the label; \"\" = bare label. [default: 一张{}的照片。]")] = None,
+    prompt: Annotated[Optional[str], typer.Option("--prompt", help="Prompt template with {} for the label; \"\" = bare label.", show_default="一张{}的照片。")] = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Labels per image (capped at the number of labels).")] = 3,
-    model: ModelOpt = None,
+    model: ClassifyModelOpt = None,
     device: DeviceOpt = "auto",
     dtype: DTypeOpt = DType.auto,
     batch_size: BatchOpt = None,
@@ -165,7 +171,7 @@ def caption(
     min_new_tokens: Annotated[Optional[int], typer.Option("--min-new-tokens", min=0, help="Shortest caption, in tokens.")] = None,
     num_beams: Annotated[int, typer.Option("--num-beams", min=1, help="Beam search width (1 = greedy).")] = 1,
     repetition_penalty: Annotated[Optional[float], typer.Option("--repetition-penalty", help="Penalty > 1 discourages repeats.")] = None,
-    model: ModelOpt = None,
+    model: CaptionModelOpt = None,
     device: DeviceOpt = "auto",
     dtype: DTypeOpt = DType.auto,
     batch_size: BatchOpt = None,
