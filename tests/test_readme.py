@@ -76,3 +76,13 @@ def test_every_option_the_readme_mentions_exists():
     assert {"--labels", "--lang", "--json", "--resume"} <= known
     mentioned = set(re.findall(r"`[^`\n]*?(--[a-z][a-z0-9-]+)", README))
     assert mentioned - others <= known, sorted(mentioned - others - known)
+
+
+def test_help_shows_the_defaults_that_are_not_plain_values():
+    wide = {"COLUMNS": "250", "TERMINAL_WIDTH": "250"}
+    classify_help = runner.invoke(app, ["classify", "--help"], env=wide).output
+    for text in ("一张{}的照片。", "OFA-Sys/chinese-clip-vit-base-patch16", "per device", "physical cores",
+                 "89478485"):
+        assert text in classify_help, text
+    caption_help = runner.invoke(app, ["caption", "--help"], env=wide).output
+    assert "Salesforce/blip-image-captioning-base" in caption_help and "Qwen/Qwen3-VL-2B-Instruct" in caption_help
