@@ -258,3 +258,52 @@ def test_openai_clip_model_works_too(sample_images, tmp_path):
     for rec in records:
         assert abs(sum(t["score"] for t in rec["top_k"]) - 1.0) < 1e-4
         assert {t["label"] for t in rec["top_k"]} == {"cat", "dog", "car"}
+
+
+@pytest.fixture(scope="module")
+def tiny_siglip(tmp_path_factory) -> Path:
+    from tests.tiny_models import build_tiny_siglip
+
+    return build_tiny_siglip(tmp_path_factory.mktemp("models") / "tiny-siglip")
+
+
+def test_siglip_model_works_too(tiny_siglip, sample_images, tmp_path):
+    out = tmp_path / "r.jsonl"
+    result = classify(sample_images, "--labels", "cat,dog,car", "--prompt", "a photo of a {}.",
+                      "--model", tiny_siglip, "--out", out)
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert len(records) == sample_count(sample_images) and not any(r["error"] for r in records)
+    for rec in records:
+        assert abs(sum(t["score"] for t in rec["top_k"]) - 1.0) < 1e-4
+
+
+@pytest.mark.parametrize("family", ["chinese-clip", "clip", "siglip"])
+def test_scores_are_the_softmax_of_the_models_own_logits(family, tiny_clip, tiny_siglip, sample_images, tmp_path):
+    """wwts' text-once scoring gives what the model's forward gives for the same image and prompts,
+    called as each model card shows (SigLIP: text padded to max_length, as it was trained)."""
+    import torch
+    from transformers import AutoModel, AutoProcessor
+
+    from tests.tiny_models import IMAGE_SIZE, build_tiny_clip
+    from wwts.core.images import load_image
+
+    folder = {"chinese-clip": tiny_clip, "siglip": tiny_siglip}.get(family) or build_tiny_clip(tmp_path / "clip")
+    labels, template = (["人", "车", "猫"], "一张{}的照片。") if family == "chinese-clip" else (["cat", "dog", "car"], "a photo of a {}.")
+    image = sample_images / "chelsea.png"
+    out = tmp_path / "r.jsonl"
+    result = classify(image, "--labels", ",".join(labels), "--prompt", template, "--model", folder, "--out", out)
+    assert result.exit_code == 0, result.output
+    rec = json.loads(out.read_text(encoding="utf-8"))
+    ours = {t["label"]: t["score"] for t in rec["top_k"]}
+
+    model, processor = AutoModel.from_pretrained(folder).eval(), AutoProcessor.from_pretrained(folder)
+    # the pixels wwts decoded (reduced for the tiny models' input size), so only the scoring differs
+    pixels = load_image(image, draft_size=IMAGE_SIZE).image
+    padding = "max_length" if family == "siglip" else True
+    inputs = processor(text=[template.format(x) for x in labels], images=pixels, padding=padding,
+                       return_tensors="pt")
+    with torch.no_grad():
+        probs = model(**inputs).logits_per_image.softmax(dim=-1)[0]
+    for label, p in zip(labels, probs.tolist()):
+        assert abs(ours[label] - p) < 1e-5, (label, ours, probs)

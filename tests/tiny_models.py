@@ -102,3 +102,56 @@ def build_tiny_clip(path: Path, seed: int = 0) -> Path:
         tokenizer=CLIPTokenizer(vocab=vocab, merges=[]),
     )
     return _save(model, processor, path)
+
+
+def _tiny_sentencepiece(folder: Path, texts: list[str], vocab_size: int = 48) -> Path:
+    """Train a tiny unigram SentencePiece model on ``texts`` (offline, milliseconds) and write it to
+    ``folder/spiece.model``, the file SigLIP's tokenizer reads. Ids as SigLIP's: pad 0, eos 1, unk 2."""
+    import io
+
+    import sentencepiece as spm
+
+    buffer = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts), model_writer=buffer, vocab_size=vocab_size, model_type="unigram",
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0, hard_vocab_limit=False,
+        minloglevel=2, num_threads=1)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "spiece.model"
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+def build_tiny_siglip(path: Path, seed: int = 0) -> Path:
+    """Save a tiny random ``SiglipModel`` + ``SiglipProcessor`` (English labels) to ``path``.
+
+    The processor is the real one SigLIP checkpoints ship (google/siglip-base-patch16-224):
+    a square resize without crop and a SentencePiece tokenizer, here trained on the lower-case
+    alphabet and a few words so that test labels stay inside its vocabulary.
+    """
+    import tempfile
+
+    import torch
+    from transformers import SiglipConfig, SiglipModel, SiglipProcessor, SiglipTokenizer
+
+    try:
+        from transformers import SiglipImageProcessorPil as ImageProcessor
+    except ImportError:  # transformers 4.x
+        from transformers import SiglipImageProcessor as ImageProcessor
+
+    texts = ["a photo of a cat.", "a photo of a dog.", "rocket coffee flower person car animal",
+             " ".join("abcdefghijklmnopqrstuvwxyz")] * 20
+    spiece = _tiny_sentencepiece(Path(tempfile.mkdtemp()), texts)
+    tokenizer = SiglipTokenizer(vocab_file=str(spiece))
+    config = SiglipConfig(
+        text_config=dict(vocab_size=len(tokenizer), max_position_embeddings=64, pad_token_id=0,
+                         bos_token_id=1, eos_token_id=1, **TOWER),
+        vision_config=dict(image_size=IMAGE_SIZE, patch_size=6, **TOWER),
+    )
+    torch.manual_seed(seed)
+    model = SiglipModel(config).eval()
+    processor = SiglipProcessor(
+        image_processor=ImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}),
+        tokenizer=tokenizer,
+    )
+    return _save(model, processor, path)
