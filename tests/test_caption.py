@@ -30,10 +30,12 @@ BUILDERS = {
     "vision-encoder-decoder": build_tiny_vision_encoder_decoder,
     "florence2": build_tiny_florence2,
     "qwen2_vl": lambda p: build_tiny_chat_vlm(p, "qwen2_vl"),
+    "qwen2_5_vl": lambda p: build_tiny_chat_vlm(p, "qwen2_5_vl"),
     "qwen3_vl": lambda p: build_tiny_chat_vlm(p, "qwen3_vl"),
 }
 FAMILY_OF = {"blip": "blip", "git": "git", "vision-encoder-decoder": "vision-encoder-decoder",
-             "florence2": "florence2", "qwen2_vl": "chat", "qwen3_vl": "chat"}
+             "florence2": "florence2", "qwen2_vl": "chat", "qwen2_5_vl": "chat",
+             "qwen3_vl": "chat"}
 
 
 @pytest.fixture(scope="module")
@@ -233,7 +235,7 @@ def test_git_prefix_is_not_returned(tiny_models, images, tmp_path):
     assert torch.equal(outputs.sequences[:, :4], inputs["input_ids"])
 
 
-@pytest.mark.parametrize("kind", ["qwen2_vl", "qwen3_vl"])
+@pytest.mark.parametrize("kind", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
 def test_chat_prompt_goes_through_the_chat_template_and_is_sliced_off(kind, tiny_models, images, tmp_path):
     task = _load(tmp_path, tiny_models[kind], lang="zh")
     assert task.prompt == "用一句话描述这张图片。"
@@ -252,7 +254,7 @@ def test_chat_prompt_goes_through_the_chat_template_and_is_sliced_off(kind, tiny
     assert task.run_info()["family"] == "chat"
 
 
-@pytest.mark.parametrize("kind", ["qwen2_vl", "qwen3_vl"])
+@pytest.mark.parametrize("kind", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
 def test_chat_image_resolution_is_capped(kind, tiny_models, tmp_path):
     task = _load(tmp_path, tiny_models[kind])
     assert task.input_size == 448  # the checkpoint allows ~1280 visual tokens; wwts caps at 448 x 448

@@ -209,9 +209,10 @@ def build_tiny_florence2(path: Path) -> Path:
 
 
 def build_tiny_chat_vlm(path: Path, family: str = "qwen2_vl") -> Path:
-    """Tiny random Qwen-VL chat model (``qwen2_vl`` or ``qwen3_vl``) with its processor files at ``path``.
+    """Tiny random Qwen-VL chat model (``qwen2_vl``, ``qwen2_5_vl`` or ``qwen3_vl``) with its processor
+    files at ``path``.
 
-    Vision: 1 layer, width 32, patch 14 (Qwen2-VL) or 16 (Qwen3-VL), 2 x 2 merge; text: 2 layers,
+    Vision: 1-2 layers, width 32, patch 14 (Qwen2-VL, Qwen2.5-VL) or 16 (Qwen3-VL), 2 x 2 merge; text: 2 layers,
     hidden 32. The tokenizer is byte-level (any text encodes) plus the Qwen-VL special tokens; the
     chat template is ``QWEN_CHAT_TEMPLATE``. Saved as a hub checkpoint is laid out: weights and
     config, ``tokenizer.json`` / ``tokenizer_config.json``, ``preprocessor_config.json``,
@@ -244,6 +245,19 @@ def build_tiny_chat_vlm(path: Path, family: str = "qwen2_vl") -> Path:
                                spatial_merge_size=2, temporal_patch_size=2),
             **token_ids)
         model_class = Qwen2VLForConditionalGeneration
+    elif family == "qwen2_5_vl":
+        from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+        patch = 14
+        text["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}
+        config = Qwen2_5_VLConfig(
+            text_config=text,
+            # window attention in block 0, full attention in block 1, as the real model alternates
+            vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=32,
+                               patch_size=patch, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
+                               fullatt_block_indexes=[1]),
+            **token_ids)
+        model_class = Qwen2_5_VLForConditionalGeneration
     elif family == "qwen3_vl":
         from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
@@ -258,7 +272,7 @@ def build_tiny_chat_vlm(path: Path, family: str = "qwen2_vl") -> Path:
             **token_ids)
         model_class = Qwen3VLForConditionalGeneration
     else:
-        raise ValueError(f"family must be qwen2_vl or qwen3_vl, got {family!r}")
+        raise ValueError(f"family must be qwen2_vl, qwen2_5_vl or qwen3_vl, got {family!r}")
     torch.manual_seed(0)
     model = model_class(config).eval()
     factor = patch * 2
