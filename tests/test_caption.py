@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from tests.tiny_caption_models import (build_tiny_blip, build_tiny_chat_vlm, build_tiny_florence2, build_tiny_git,
+from tests.tiny_caption_models import (build_tiny_blip, build_tiny_blip2, build_tiny_chat_vlm, build_tiny_florence2, build_tiny_git,
                                        build_tiny_vision_encoder_decoder)
 from wwts.core import models
 from wwts.core.config import RunConfig
@@ -26,6 +26,7 @@ CPU = torch.device("cpu")
 SAMPLE_DIR = Path(__file__).resolve().parent.parent / "sample_images"
 BUILDERS = {
     "blip": build_tiny_blip,
+    "blip-2": build_tiny_blip2,
     "git": build_tiny_git,
     "vision-encoder-decoder": build_tiny_vision_encoder_decoder,
     "florence2": build_tiny_florence2,
@@ -33,7 +34,7 @@ BUILDERS = {
     "qwen2_5_vl": lambda p: build_tiny_chat_vlm(p, "qwen2_5_vl"),
     "qwen3_vl": lambda p: build_tiny_chat_vlm(p, "qwen3_vl"),
 }
-FAMILY_OF = {"blip": "blip", "git": "git", "vision-encoder-decoder": "vision-encoder-decoder",
+FAMILY_OF = {"blip": "blip", "blip-2": "blip-2", "git": "git", "vision-encoder-decoder": "vision-encoder-decoder",
              "florence2": "florence2", "qwen2_vl": "chat", "qwen2_5_vl": "chat",
              "qwen3_vl": "chat"}
 
@@ -233,6 +234,21 @@ def test_git_prefix_is_not_returned(tiny_models, images, tmp_path):
     assert inputs["input_ids"][0, 0].item() == task.tokenizer.cls_token_id
     assert outputs.prompt_length == inputs["input_ids"].shape[1] == 4  # [CLS] a photo of
     assert torch.equal(outputs.sequences[:, :4], inputs["input_ids"])
+
+
+def test_blip2_prompt_after_the_query_tokens_is_not_returned(tiny_models, images, tmp_path):
+    task = _load(tmp_path, tiny_models["blip-2"], prompt="a photo of")
+    inputs, outputs, captions = _run(task, images[:2])
+    ids = inputs["input_ids"]
+    image_id = task.model.config.image_token_index
+    assert ids[0, :4].tolist() == [image_id] * 4  # one <image> per Q-Former query, then the text
+    assert task.tokenizer.decode(ids[0, 4:], skip_special_tokens=True).strip() == "a photo of"
+    # a decoder-only LM returns the whole input before the new tokens: all of it is sliced off
+    assert outputs.prompt_length == ids.shape[1]
+    assert torch.equal(outputs.sequences[:, :ids.shape[1]], ids)
+    for row, caption in zip(outputs.sequences, captions):
+        rest = task.tokenizer.decode(row[outputs.prompt_length:], skip_special_tokens=True)
+        assert caption["caption"] == " ".join(rest.split())
 
 
 @pytest.mark.parametrize("kind", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])

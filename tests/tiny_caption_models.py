@@ -122,6 +122,45 @@ def build_tiny_blip(path: Path) -> Path:
     return _save(model, [processor], path)
 
 
+def build_tiny_blip2(path: Path) -> Path:
+    """Tiny random ``Blip2ForConditionalGeneration`` (OPT decoder) + ``Blip2Processor`` at ``path``.
+
+    Laid out like Salesforce/blip2-opt-2.7b: a BLIP image processor, a byte-level BPE tokenizer
+    with ``</s>`` as BOS/EOS and an ``<image>`` token that the processor repeats once per query
+    token (4 here, 32 in the real model) in front of the text. 32 px images (patch 8); vision,
+    Q-Former and OPT of width 32.
+
+    Returns:
+        ``path``.
+    """
+    from transformers import Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, GPT2Tokenizer
+    from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
+
+    specials = ("<pad>", "</s>", "<unk>", "<image>")
+    tokenizer = _byte_level_tokenizer(GPT2Tokenizer, specials, bos_token="</s>", eos_token="</s>",
+                                      pad_token="<pad>", unk_token="<unk>")
+    tokenizer.image_token = "<image>"
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in specials}
+    queries = 4
+    config = Blip2Config(
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=TINY_IMAGE_SIZE, patch_size=8, initializer_range=INIT_STD),
+        qformer_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                            encoder_hidden_size=32, vocab_size=len(tokenizer), initializer_range=INIT_STD),
+        text_config=dict(model_type="opt", vocab_size=len(tokenizer), hidden_size=32, word_embed_proj_dim=32,
+                         num_hidden_layers=2, ffn_dim=64, num_attention_heads=2, max_position_embeddings=128,
+                         bos_token_id=ids["</s>"], eos_token_id=ids["</s>"], pad_token_id=ids["<pad>"],
+                         init_std=INIT_STD),
+        num_query_tokens=queries, image_token_index=ids["<image>"], initializer_range=INIT_STD,
+    )
+    torch.manual_seed(0)
+    model = Blip2ForConditionalGeneration(config).eval()
+    size = {"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE}
+    processor = Blip2Processor(image_processor=BlipImageProcessorPil(size=size), tokenizer=tokenizer,
+                               num_query_tokens=queries)
+    return _save(model, [processor], Path(path))
+
+
 def build_tiny_git(path: Path) -> Path:
     """Tiny random ``GitForCausalLM`` + ``GitProcessor`` (CLIP image processor, WordPiece) at ``path``.
 
