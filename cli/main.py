@@ -82,7 +82,6 @@ def _setup_logging(console: Console) -> None:
     logger = logging.getLogger("wwts")
     logger.handlers[:] = [_ConsoleLogHandler(console)]
     logger.propagate = False
-    logging.getLogger("wwts.core.device").handlers[:] = []
 
 
 # -- shared options ------------------------------------------------------------------------------
@@ -250,14 +249,13 @@ def _cpu_note(run) -> str | None:
 
     estimate = devices.cpu_speed_estimate(run.config.task)
     speed = f" (expect about {estimate:.0f} images/s here)" if estimate else ""
-    int8 = "" if run.config.quantize else " --quantize int8 runs about 2x faster on the CPU."
+    int8 = "" if run.config.quantize else " --quantize int8 runs about 1.5x faster on the CPU."
     return (f"CPU mode is slower than a GPU{speed}.{int8} With an NVIDIA GPU install a CUDA build of torch "
             "(https://pytorch.org/get-started/locally/); on an Apple-silicon Mac use --device mps.")
 
 
 #: Run settings that must match for --resume to append to an existing output.
-RESUME_KEYS = ("task", "model", "dtype", "quantize", "labels", "prompt", "top_k", "lang", "max_new_tokens",
-               "min_new_tokens", "num_beams", "repetition_penalty")
+RESUME_KEYS = ("task", "model", "dtype", "quantize", "labels", "prompt", "top_k", "max_new_tokens", "num_beams")
 
 
 def resume_command(argv: list[str]) -> str:
@@ -268,19 +266,23 @@ def resume_command(argv: list[str]) -> str:
     return shlex.join(["wwts", *args])
 
 
-def _settings_mismatch(old: dict | None, new: dict) -> list[str]:
-    """Differences between the run settings stored with an output and this run's (keys of ``new``)."""
-    if old is None:
-        return []
-    return [f"{k}: {old.get(k)!r} in the file, {new.get(k)!r} now"
-            for k in RESUME_KEYS if k in new and old.get(k) != new.get(k)]
+def _check_settings(out: Path, old: dict | None, new: dict) -> None:
+    """Refuse to append to ``out`` when its stored run settings differ from this run's (the
+    ``RESUME_KEYS`` present in ``new``); nothing to compare when ``old`` is ``None``.
+
+    Raises:
+        UsageError: naming each setting that differs.
+    """
+    diff = [f"{k}: {old.get(k)!r} in the file, {new.get(k)!r} now"
+            for k in RESUME_KEYS if old is not None and k in new and old.get(k) != new.get(k)]
+    if diff:
+        raise _usage(f"{out} was made with other settings ({'; '.join(diff)}): "
+                     "use another --out, or --overwrite to start over")
 
 
 def _config_settings(config) -> dict:
     """The resume-relevant settings known before the model is loaded (dtype and the caption
     prompt are only known after, and are compared then)."""
-    from wwts.core.models import default_model
-
     settings = {"task": config.task, "model": config.model or default_model(config.task, config.lang),
                 "quantize": config.quantize}
     if config.task == "classify":
@@ -385,10 +387,7 @@ def _execute_inner(config, *, out, overwrite, quiet, console, resume, retry_fail
                 if old_records and old_run is None:
                     log.warning("%s has no run settings file next to it: cannot check that it was made "
                                 "with the same model and labels", out)
-                diff = _settings_mismatch(old_run, _config_settings(config))
-                if diff:
-                    raise _usage(f"{out} was made with other settings ({'; '.join(diff)}): "
-                                 "use another --out, or --overwrite to start over")
+                _check_settings(out, old_run, _config_settings(config))
                 failed = {r["path"] for r in old_records if r.get("error")}
                 done = {r["path"] for r in old_records} - (failed if retry_failed else set())
                 found = engine.find_images(config)
@@ -397,13 +396,9 @@ def _execute_inner(config, *, out, overwrite, quiet, console, resume, retry_fail
                     console.print(f"nothing to do: all {len(found)} images are already in {out}", soft_wrap=True)
                     return
         run = engine.start(config, paths=paths)
-        if old_run is not None or failed:
-            diff = _settings_mismatch(old_run, run.info())
-            if diff:
-                raise _usage(f"{out} was made with other settings ({'; '.join(diff)}): "
-                             "use another --out, or --overwrite to start over")
-            if retry_failed and failed:
-                drop_records(out, record_type, failed)
+        _check_settings(out, old_run, run.info())
+        if retry_failed and failed:
+            drop_records(out, record_type, failed)
         writer = open_writer(out, record_type, run.info(), overwrite=overwrite,
                              resume=resume or retry_failed) if out is not None else None
     except WwtsError as exc:

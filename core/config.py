@@ -1,8 +1,9 @@
 """Run configuration: one frozen, validated ``RunConfig`` built by the CLI and read by the engine.
 
 Validation happens once, in ``__post_init__``, and raises ``UsageError`` with a message that names
-the valid values. Nothing here touches torch or the file system (label files are read by
-``read_labels_file``, which the CLI calls before building the config).
+the valid values. Nothing here touches torch; the only file-system access is the check that each
+input path exists (label files are read by ``read_labels_file``, which the CLI calls before
+building the config).
 """
 
 from __future__ import annotations
@@ -47,10 +48,10 @@ def read_labels_file(path: Path) -> tuple[str, ...]:
         line = line.split("#", 1)[0].strip()
         if line:
             labels.append(line)
-    return validate_labels(labels, source=str(path), allow_blank=False)
+    return validate_labels(labels, source=str(path))
 
 
-def validate_labels(labels, *, source: str, allow_blank: bool = True) -> tuple[str, ...]:
+def validate_labels(labels, *, source: str) -> tuple[str, ...]:
     """Strip labels and reject empty or duplicate ones (``source`` names where they came from).
 
     Raises:

@@ -86,7 +86,7 @@ class DecodePool:
         """Start decoding ``path``; returns a ``Future[DecodedImage]``."""
         if Path(path).suffix.lower() in ISOLATED_EXTENSIONS:
             return self._threads.submit(self._prepared, self._decode_isolated, path)
-        return self._threads.submit(self._prepared, self._decode, path)
+        return self._threads.submit(self._prepared, self._load, path)  # load_image raises only ImageError
 
     def _prepared(self, decode: Callable[[Path], DecodedImage], path: Path) -> DecodedImage:
         decoded = decode(path)
@@ -97,14 +97,6 @@ class DecodePool:
                 raise ImageError("preprocess", f"{type(exc).__name__}: {exc}") from None
             decoded.image = None  # only the model inputs wait in the window, not the pixels
         return decoded
-
-    def _decode(self, path: Path) -> DecodedImage:
-        try:
-            return self._load(path)
-        except ImageError:
-            raise
-        except Exception as exc:  # load_image promises ImageError; keep the promise here too
-            raise ImageError("decode", f"{type(exc).__name__}: {exc}") from None
 
     @staticmethod
     def _new_process_pool(workers: int) -> ProcessPoolExecutor:

@@ -25,6 +25,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
+from wwts.core.errors import describe
+
 #: Bumped when keys of ``collect()``'s result are renamed or removed.
 SCHEMA_VERSION = 1
 #: Seconds the hub reachability check may take (it runs in a daemon thread, so a slow DNS
@@ -34,11 +36,6 @@ HUB_TIMEOUT_S = 2.0
 #: while loading) is likely to swap.
 LOW_RAM_BYTES = 2 * 1024**3
 _TRUE = {"1", "ON", "YES", "TRUE"}  # huggingface_hub's ENV_VARS_TRUE_VALUES
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
 def _version(dist: str) -> str | None:
@@ -52,7 +49,7 @@ def _section(fn: Callable[[], dict]) -> dict:
     try:
         return fn()
     except Exception as exc:  # a failing section must not stop the others
-        return {"error": _first_line(exc)}
+        return {"error": describe(exc)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -98,7 +95,7 @@ def system_facts() -> dict:
         with contextlib.suppress(Exception):
             t["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     except Exception as exc:
-        t["error"] = _first_line(exc)
+        t["error"] = describe(exc)
     facts["torch"] = t
     return facts
 
@@ -142,7 +139,7 @@ def _cuda_device_rows(driver: dict) -> tuple[list[dict], str | None]:
             return rows, None
         count = torch.cuda.device_count()
     except Exception as exc:
-        return rows, _first_line(exc)
+        return rows, describe(exc)
     by_uuid = {g.get("uuid"): g for g in driver.get("gpus", []) if g.get("uuid")}
     arch_list: list[str] = []
     with contextlib.suppress(Exception):
@@ -173,7 +170,7 @@ def _cuda_device_rows(driver: dict) -> tuple[list[dict], str | None]:
             else:  # creates a CUDA context on this GPU; only when NVML cannot answer
                 row["memory_free"] = int(torch.cuda.mem_get_info(i)[0])
         except Exception as exc:
-            row["error"] = _first_line(exc)
+            row["error"] = describe(exc)
         rows.append(row)
     return rows, None
 
@@ -194,7 +191,7 @@ def accelerator_facts() -> dict:
     try:
         import torch
     except Exception as exc:
-        facts["cuda"] = {"available": False, "build": None, "device_count": 0, "error": _first_line(exc)}
+        facts["cuda"] = {"available": False, "build": None, "device_count": 0, "error": describe(exc)}
         facts["gpus"] = []
         return facts
     rows, error = _cuda_device_rows(driver)
@@ -242,7 +239,7 @@ def runtime_facts() -> dict:
             out["onnxruntime"] = {"version": onnxruntime.__version__,
                                   "providers": list(onnxruntime.get_available_providers())}
         except Exception as exc:
-            out["onnxruntime"] = {"version": _version("onnxruntime"), "error": _first_line(exc)}
+            out["onnxruntime"] = {"version": _version("onnxruntime"), "error": describe(exc)}
     if importlib.util.find_spec("openvino") is not None:
         try:
             import openvino
@@ -250,7 +247,7 @@ def runtime_facts() -> dict:
             out["openvino"] = {"version": openvino.__version__,
                                "devices": list(openvino.Core().available_devices)}
         except Exception as exc:
-            out["openvino"] = {"version": _version("openvino"), "error": _first_line(exc)}
+            out["openvino"] = {"version": _version("openvino"), "error": describe(exc)}
     return out
 
 
@@ -307,7 +304,7 @@ def _head(url: str, timeout: float) -> tuple[bool, str]:
         return True, f"HTTP {exc.code}"
     except Exception as exc:
         reason = getattr(exc, "reason", None)
-        return False, str(reason) if reason else _first_line(exc)
+        return False, str(reason) if reason else describe(exc)
 
 
 def hub_status(timeout: float = HUB_TIMEOUT_S) -> dict:
@@ -383,7 +380,7 @@ def model_facts(cache_dir: str | None = None, *, check_hub: bool = True, hub_tim
         try:
             row.update(cached_model(spec.name, cache_dir))
         except Exception as exc:
-            row.update({"cached": False, "path": None, "size_bytes": None, "error": _first_line(exc)})
+            row.update({"cached": False, "path": None, "size_bytes": None, "error": describe(exc)})
         defaults.append(row)
     if check_hub:
         hub = hub_status(hub_timeout)
@@ -518,5 +515,5 @@ def collect(*, check_hub: bool = True, hub_timeout: float = HUB_TIMEOUT_S, cache
     try:
         facts["warnings"] = warnings_for(facts)
     except Exception as exc:
-        facts["warnings"] = [f"could not derive warnings: {_first_line(exc)}"]
+        facts["warnings"] = [f"could not derive warnings: {describe(exc)}"]
     return facts

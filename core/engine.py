@@ -31,8 +31,8 @@ import torch
 from wwts.core import device as devices
 from wwts.core.config import RunConfig
 from wwts.core.decode import DecodePool
-from wwts.core.discover import discover
-from wwts.core.errors import DeviceFault, ImageError, UsageError
+from wwts.core.discover import IMAGE_EXTENSIONS, discover
+from wwts.core.errors import DeviceFault, ImageError, UsageError, describe
 from wwts.core.images import DecodedImage
 from wwts.core.results import ImageRecord
 from wwts.core.tasks.base import Task
@@ -269,20 +269,11 @@ class Run:
                 if self._recover(exc, len(sub)):
                     continue
                 if len(sub) == 1:
-                    fields = [{"error": f"inference: {type(exc).__name__}: {_first_line(exc)}"}]
+                    fields = [{"error": f"inference: {describe(exc)}"}]
                 else:
                     # Not a device problem: find the image that causes it, one at a time.
                     log.warning("a batch failed (%s); retrying its images one by one", _first_line(exc))
-                    fields = []
-                    for img in sub:
-                        try:
-                            fields.extend(self._forward([img]))
-                        except Exception as one_exc:
-                            if self._recover(one_exc, 1):
-                                fields.extend(self._infer([img]))
-                            else:
-                                fields.append({"error": f"inference: {type(one_exc).__name__}: "
-                                                        f"{_first_line(one_exc)}"})
+                    fields = [f for img in sub for f in self._infer([img])]
             out.extend(fields)
             i += len(sub)
         return out
@@ -366,7 +357,7 @@ def start(config: RunConfig, *, paths: list[Path] | None = None) -> Run:
         paths = find_images(config)
         if not paths:
             raise UsageError("no images found in " + ", ".join(str(p) for p in config.inputs)
-                             + " (extensions: jpg jpeg png webp bmp gif tif tiff heic heif)")
+                             + " (extensions: " + " ".join(sorted(e[1:] for e in IMAGE_EXTENSIONS)) + ")")
     choice = devices.select_device(config.device)  # logs each candidate whose probe failed
     threads = devices.configure_threads(config.threads)  # before dtype: the bf16 check runs on these threads
     if config.quantize and choice.device.type != "cpu":

@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 
+def describe(exc: BaseException) -> str:
+    """``"TypeName: first line of the message"``, or ``"TypeName"`` when the message is empty: how
+    a caught library exception is quoted inside a wwts message or record."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
 class WwtsError(Exception):
     """Base class for errors that end a run with a clear message instead of a traceback.
 

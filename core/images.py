@@ -319,7 +319,7 @@ def _to_rgb(im: Image.Image) -> Image.Image:
 
     Transparency (``RGBA``, ``LA``, ``PA``, ``P`` with a ``transparency`` entry, premultiplied
     ``RGBa``/``La``) is composited onto white. 16-bit ``I;16*`` is divided by 256; 32-bit ``I`` and
-    float ``F`` are scaled linearly by their actual range (``_rescale``), never clamped to white.
+    float ``F`` are mapped linearly onto 0-255 from the range ``_rescale`` picks, never clamped to white.
     ``CMYK``, ``YCbCr``, ``1``, ``L``, plain ``P`` go through ``Image.convert`` (no colour
     management: ICC profiles are ignored).
     """
@@ -341,8 +341,9 @@ def _to_rgb(im: Image.Image) -> Image.Image:
 def _rescale(im: Image.Image) -> Image.Image:
     """Map a 32-bit ``I`` or ``F`` image linearly to ``L``.
 
-    The source range is ``[min(lo, 0), top]`` where ``top`` is 255 for ``I`` data already within
-    0-255, 1.0 for ``F`` data within 0-1 (normalised floats), else the actual maximum ``hi``.
+    The source range is ``[min(lo, 0), top]`` where ``top`` is 1.0 for ``F`` data within 0-1
+    (normalised floats), else 255 for data within 0-255, else the actual maximum ``hi``; so
+    ``top >= 1 > low`` and the range is never empty.
     """
     lo, hi = im.getextrema()
     low = min(lo, 0)
@@ -352,8 +353,6 @@ def _rescale(im: Image.Image) -> Image.Image:
         top = 255
     else:
         top = hi
-    if top <= low:  # constant image
-        return Image.new("L", im.size, 0)
     scale = 255.0 / (top - low)
     offset = -low * scale
     return im.point(lambda x: x * scale + offset).convert("L")

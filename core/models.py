@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from wwts.core.errors import ModelLoadError
+from wwts.core.errors import ModelLoadError, describe
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ class ModelSpec:
         name: hub id.
         task: ``classify`` or ``caption``.
         lang: language of labels/captions it is meant for.
-        note: why it is the default (shown by ``wwts doctor``).
+        note: why it is the default, with its source (documentation for readers of this table).
     """
 
     name: str
@@ -118,10 +118,11 @@ def download(repo_id: str) -> str:
         ModelLoadError: offline mode, hub unreachable, no such repository, or a gated one.
     """
     cache = hub_cache_dir()
-    if _env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE"):
+    from wwts.core.doctor import hub_offline, hub_status
+
+    if hub_offline():
         raise ModelLoadError(f"model {repo_id!r} is not in the local cache ({cache}) and HF_HUB_OFFLINE=1 "
                              f"forbids downloading it: {OFFLINE_HINT}")
-    from wwts.core.doctor import hub_status
 
     status = hub_status(timeout=3.0)
     if not status.get("reachable"):
@@ -129,6 +130,7 @@ def download(repo_id: str) -> str:
                              f"({status.get('endpoint')}) cannot be reached ({status.get('detail')}): "
                              f"{OFFLINE_HINT}")
     from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
     try:
         files = HfApi().list_repo_files(repo_id)
@@ -137,15 +139,14 @@ def download(repo_id: str) -> str:
             ignore += ["*.bin", "*.pt", "*.pth"]
         log.warning("downloading %s from %s into %s", repo_id, status.get("endpoint"), cache)
         return snapshot_download(repo_id, ignore_patterns=ignore)
+    except GatedRepoError:  # a subclass of RepositoryNotFoundError: first
+        raise ModelLoadError(f"model {repo_id!r} is gated: accept its licence on the hub and log in "
+                             "(`hf auth login`), or pass a local folder with --model") from None
+    except RepositoryNotFoundError:
+        raise ModelLoadError(f"no model {repo_id!r} on the hub ({status.get('endpoint')}): check the "
+                             "name, or pass a local folder with --model") from None
     except Exception as exc:
-        name = type(exc).__name__
-        if name == "RepositoryNotFoundError":
-            raise ModelLoadError(f"no model {repo_id!r} on the hub ({status.get('endpoint')}): check the "
-                                 "name, or pass a local folder with --model") from None
-        if name == "GatedRepoError":
-            raise ModelLoadError(f"model {repo_id!r} is gated: accept its licence on the hub and log in "
-                                 "(`hf auth login`), or pass a local folder with --model") from None
-        raise ModelLoadError(f"downloading model {repo_id!r} failed ({_first_line(exc)}): {OFFLINE_HINT}") from None
+        raise ModelLoadError(f"downloading model {repo_id!r} failed ({describe(exc)}): {OFFLINE_HINT}") from None
 
 
 def resolve(name: str) -> str:
@@ -160,10 +161,6 @@ def resolve(name: str) -> str:
     return cached_snapshot(source) or download(source)
 
 
-def _env_true(var: str) -> bool:
-    return os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on")
-
-
 def load_config(name: str, *, trust_remote_code: bool = False) -> Any:
     """Load a model's ``PretrainedConfig`` (to pick the model family before loading weights).
 
@@ -176,7 +173,7 @@ def load_config(name: str, *, trust_remote_code: bool = False) -> Any:
     try:
         return AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
     except Exception as exc:
-        raise ModelLoadError(f"cannot read the config of model {name!r}: {_first_line(exc)}") from None
+        raise ModelLoadError(f"cannot read the config of model {name!r}: {describe(exc)}") from None
 
 
 def load(name: str, *, model_class: Any = None, processor_class: Any = None,
@@ -213,7 +210,7 @@ def load(name: str, *, model_class: Any = None, processor_class: Any = None,
         model = model_class.from_pretrained(folder, trust_remote_code=trust_remote_code,
                                             **(model_kwargs or {}))
     except Exception as exc:
-        raise ModelLoadError(f"cannot load model {name!r}: {_first_line(exc)}") from None
+        raise ModelLoadError(f"cannot load model {name!r}: {describe(exc)}") from None
     model.eval()
     return model, processor
 
@@ -251,8 +248,3 @@ def quantize_int8(model: Any, modules: set[str] | None = None) -> Any:
             wrapped = quantize_dynamic(torch.nn.Sequential(sub), {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
             setattr(model, name, wrapped[0])
         return model
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"

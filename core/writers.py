@@ -1,7 +1,7 @@
 """Result writers: a stream of per-image records → ``.csv``, ``.json`` or ``.jsonl`` on disk.
 
 The format is chosen by the output file's extension (case-insensitive, see ``output_format``).
-The engine calls ``ResultWriter.write`` once per mini-batch; every call appends the records,
+The CLI calls ``ResultWriter.write`` once per mini-batch the engine yields; every call appends the records,
 flushes and ``os.fsync``-s them, so an interrupted run loses at most the batch in flight.
 
 Files next to the output ``OUT`` (all in the same folder, so ``os.replace`` stays atomic):
@@ -636,7 +636,8 @@ class _CsvWriter(ResultWriter):
 
     def _encode(self, records: Sequence[ImageRecord]) -> bytes:
         fields = self.record_type.csv_fields
-        return _csv_bytes([[r.csv_row()[f] for f in fields] for r in records])
+        rows = [r.csv_row() for r in records]
+        return _csv_bytes([[row[f] for f in fields] for row in rows])
 
     def _finish(self) -> None:
         _write_run_sidecar(self.path, self.run)

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import string
 import sys
 import time
@@ -252,13 +253,9 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         tmp = args.out / f".{name}.tmp"
         if tmp.exists():
-            import shutil
-
             shutil.rmtree(tmp)
         info = build(tmp)
         if path.exists():
-            import shutil
-
             shutil.rmtree(path)
         tmp.rename(path)
         info["seconds"] = round(time.perf_counter() - t0, 1)

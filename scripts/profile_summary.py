@@ -23,7 +23,7 @@ import sys
 #: phase -> regexes matched against a frame "func (file:line)"
 PHASES = {
     "imports (module loading)": [r"^_find_and_load ", r"^<module> \(cli/main"],
-    "model load (from_pretrained)": [r"from_pretrained", r"load_model_and_processor", r"core/models.py"],
+    "model load (from_pretrained)": [r"from_pretrained", r"core/models.py"],
     "label text encoding": [r"text_features", r"get_text_features", r"_text_inputs"],
     "image preprocess (processor)": [r"ClassifyTask\.preprocess", r"CaptionTask\.preprocess",
                                      r"image_processing", r"preprocess \(transformers"],

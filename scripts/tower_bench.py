@@ -42,13 +42,7 @@ import sys
 import time
 import warnings
 
-
-def _busy_seconds() -> float:
-    import psutil
-
-    t = psutil.cpu_times()
-    return sum(getattr(t, k, 0.0) for k in ("user", "nice", "system", "irq", "softirq", "steal"))
-
+from bench import _busy_seconds  # scripts/ is on sys.path when this script runs
 
 #: A round during which other programs kept more CPUs busy than this is discarded.
 QUIET = 0.15

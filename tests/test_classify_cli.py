@@ -9,16 +9,10 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
-from wwts.cli.main import app
+from tests.helpers import classify
 
-runner = CliRunner()
 LABELS = "人,车,动物,猫,花"
-
-
-def classify(*args: str):
-    return runner.invoke(app, ["classify", *map(str, args)])
 
 
 def sample_count(folder: Path) -> int:

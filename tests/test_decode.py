@@ -4,30 +4,14 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from tests.helpers import crashing_load, pid_load
 from wwts.core.decode import DecodePool
 from wwts.core.errors import ImageError
-from wwts.core.images import load_image
-
-
-def crashing_load(path, **kwargs):
-    """Runs in the worker process: dies like a segfaulting native decoder on 'crash*' files."""
-    if Path(path).name.startswith("crash"):
-        os._exit(139)
-    return load_image(path, **kwargs)
-
-
-def pid_load(path, **kwargs):
-    """Runs in the worker process: a slow decode that records which process did it."""
-    time.sleep(0.3)
-    decoded = load_image(path, **kwargs)
-    decoded.note = str(os.getpid())
-    return decoded
 
 
 def _heif_like(tmp_path: Path, name: str, color=(200, 30, 30)) -> Path:

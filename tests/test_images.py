@@ -6,20 +6,18 @@ when absent).
 
 from __future__ import annotations
 
-import io
 import os
-import struct
 import subprocess
 import sys
 import threading
 import warnings
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from PIL import Image, ImageChops, ImageFile, ImageStat
 
+from tests.helpers import encoded, noise_image, png_claiming
 from wwts.core.errors import ImageError
 from wwts.core.images import HEIF_SUPPORTED, SUPPORTED_FORMATS, DecodedImage, load_image
 
@@ -43,25 +41,6 @@ def category(path: Path, **kwargs) -> str:
     with pytest.raises(ImageError) as info:
         load_image(path, **kwargs)
     return info.value.category
-
-
-def noise_image(size=(400, 300)) -> Image.Image:
-    """Photo-like content (random noise compresses badly, so truncation bites mid-image)."""
-    return Image.effect_noise(size, 64).convert("RGB")
-
-
-def encoded(im: Image.Image, fmt: str, **kwargs) -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, fmt, **kwargs)
-    return buf.getvalue()
-
-
-def png_with_header_size(width: int, height: int) -> bytes:
-    """A 1x1 PNG whose IHDR claims ``width`` x ``height`` (CRC fixed): pixels absent, header valid."""
-    data = bytearray(encoded(Image.new("L", (1, 1)), "PNG"))
-    data[16:24] = struct.pack(">II", width, height)
-    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
-    return bytes(data)
 
 
 # --- failure categories -------------------------------------------------------------------------
@@ -154,14 +133,14 @@ def test_decompression_bomb_refused_from_the_header(tmp_path):
     # 30000 x 30000 is over twice Pillow's default limit; the file holds no such pixels, so only a
     # header check can produce "too_large" (decoding would report "truncated" instead).
     path = tmp_path / "bomb.png"
-    path.write_bytes(png_with_header_size(30_000, 30_000))
+    path.write_bytes(png_claiming(30_000, 30_000))
     assert category(path) == "too_large"
 
 
 def test_default_limit_is_pillows_max_image_pixels(tmp_path):
     side = int(Image.MAX_IMAGE_PIXELS**0.5) + 10  # above the limit, below Pillow's hard 2x limit
     path = tmp_path / "big.png"
-    path.write_bytes(png_with_header_size(side, side))
+    path.write_bytes(png_claiming(side, side))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         assert category(path) == "too_large"

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import io
 import json
 import os
 import re
@@ -28,20 +27,16 @@ import sys
 import threading
 import time
 import tracemalloc
-import zlib
 from pathlib import Path
 
 import pytest
-from click.testing import Result
 from PIL import Image
-from typer.testing import CliRunner
 
-from wwts.cli.main import app
+from tests.helpers import classify, encoded, noise_image, png_claiming
 from wwts.core import engine
 from wwts.core.discover import IMAGE_EXTENSIONS, discover
 from wwts.core.images import AVIF_SUPPORTED, HEIF_SUPPORTED, SUPPORTED_FORMATS
 
-runner = CliRunner()
 WWTS = Path(sys.executable).with_name("wwts")
 LABELS = "人,车,猫"
 #: float32 and one torch thread: deterministic scores, and cheap on the 2-core test machine.
@@ -52,10 +47,6 @@ CATEGORIES = {"not_found", "not_a_file", "permission", "empty", "unidentified", 
 ERROR_RE = re.compile(r"^([a-z_]+): \S.*$")
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 NON_UTF8_NAME = b"photo-\xff\xfe-\xe9t\xe9.png"  # Latin-1 bytes: not valid UTF-8
-
-
-def classify(*args) -> Result:
-    return runner.invoke(app, ["classify", *map(str, args)])
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -89,23 +80,9 @@ def no_traceback(*texts: str) -> None:
 # --- generated hostile files ------------------------------------------------------------------------
 
 
-def encoded(im: Image.Image, fmt: str, **kwargs) -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, fmt, **kwargs)
-    return buf.getvalue()
-
-
 def noise(size=(64, 48)) -> Image.Image:
-    """Photo-like content that compresses badly, so cutting a file in half cuts the pixel data."""
-    return Image.effect_noise(size, 64).convert("RGB")
-
-
-def png_claiming(width: int, height: int) -> bytes:
-    """A 1x1 PNG whose IHDR (CRC fixed) claims ``width`` x ``height``: a bomb in 70 bytes."""
-    data = bytearray(encoded(Image.new("L", (1, 1)), "PNG"))
-    data[16:24] = struct.pack(">II", width, height)
-    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
-    return bytes(data)
+    """``noise_image`` at this module's default size."""
+    return noise_image(size)
 
 
 def jpeg_claiming(width: int, height: int) -> bytes:
@@ -436,7 +413,7 @@ def test_follow_symlinks_detects_loops_and_stays_inside_the_root(tiny_clip, tmp_
 
 def test_a_crashing_decoder_costs_one_record(tiny_clip, tmp_path, monkeypatch, capfd):
     """HEIF/AVIF decode in a worker process: when native code kills it, the run goes on."""
-    from tests.test_decode import crashing_load  # importable by name in the spawned worker
+    from tests.helpers import crashing_load  # importable by name in the spawned worker
 
     if not HEIF_SUPPORTED:
         pytest.skip("no HEIF support: .heic files are not picked up")

@@ -23,6 +23,16 @@ from wwts.core.config import RunConfig
 from wwts.core.results import ImageRecord
 
 
+def size_dict(value: Any) -> dict[str, int]:
+    """An image processor's ``size`` / ``crop_size`` (int, dict, or transformers 5's ``SizeDict``,
+    which is not a ``dict``) as a plain dict of the keys that are set."""
+    if value is None:
+        return {}
+    if isinstance(value, int):
+        return {"height": value, "width": value}
+    return {k: v for k, v in dict(value).items() if v is not None}
+
+
 class Task(ABC):
     """Base class of task adapters.
 

@@ -50,7 +50,7 @@ from wwts.core import models
 from wwts.core.config import RunConfig
 from wwts.core.errors import ModelLoadError, UsageError
 from wwts.core.results import CaptionResult
-from wwts.core.tasks.base import Task
+from wwts.core.tasks.base import Task, size_dict
 
 log = logging.getLogger(__name__)
 
@@ -68,35 +68,26 @@ class CaptionFamily:
     """How one family of captioning models is prompted and its output cleaned.
 
     Attributes:
-        name: family name, as reported in ``run_info()["family"]``.
         prompt_style: ``"prefix"`` (text the caption continues), ``"task"`` (Florence-2 task token),
             ``"chat"`` (user message through the chat template) or ``"none"`` (no prompt).
         decoder_only: the generated sequences repeat the input ids, which are sliced off (and the
             tokenizer pads on the left so a batch's prompts end at the same column).
     """
 
-    name: str
     prompt_style: str
     decoder_only: bool
 
 
+#: Family name (as reported in ``run_info()["family"]``) → how it is prompted. Every family but
+#: ``chat`` is named after the ``config.model_type`` it is read from; every other model type of
+#: transformers' image-text-to-text mapping is ``chat``.
 FAMILIES: dict[str, CaptionFamily] = {
-    "blip": CaptionFamily("blip", "prefix", True),
-    "blip-2": CaptionFamily("blip-2", "prefix", True),  # decoder_only re-checked on the loaded LM
-    "git": CaptionFamily("git", "prefix", True),
-    "vision-encoder-decoder": CaptionFamily("vision-encoder-decoder", "none", False),
-    "florence2": CaptionFamily("florence2", "task", False),
-    "chat": CaptionFamily("chat", "chat", True),
-}
-
-#: ``config.model_type`` → family, for the non-chat families (everything else in transformers'
-#: image-text-to-text mapping is ``chat``).
-MODEL_TYPE_FAMILIES = {
-    "blip": "blip",
-    "blip-2": "blip-2",
-    "git": "git",
-    "vision-encoder-decoder": "vision-encoder-decoder",
-    "florence2": "florence2",
+    "blip": CaptionFamily("prefix", True),
+    "blip-2": CaptionFamily("prefix", True),  # decoder_only re-checked on the loaded LM
+    "git": CaptionFamily("prefix", True),
+    "vision-encoder-decoder": CaptionFamily("none", False),
+    "florence2": CaptionFamily("task", False),
+    "chat": CaptionFamily("chat", True),
 }
 
 
@@ -109,7 +100,7 @@ def _image_text_to_text_classes() -> dict[str, str]:
 def detect_family(model_config: Any) -> str:
     """Name of the captioning family of a model, from its ``PretrainedConfig`` (no weights needed).
 
-    ``model_type`` picks the family (see ``MODEL_TYPE_FAMILIES``; other types of transformers'
+    ``model_type`` picks the family (a key of ``FAMILIES``; other types of transformers'
     image-text-to-text mapping are ``"chat"``). When ``config.architectures`` is set and names
     none of that mapping's classes (e.g. ``BlipForQuestionAnswering`` of a VQA checkpoint, which
     shares ``model_type="blip"`` with the captioning one), the checkpoint is refused.
@@ -127,7 +118,7 @@ def detect_family(model_config: Any) -> str:
     if architectures and not set(architectures) & set(classes.values()):
         raise ModelLoadError(f"checkpoint architecture {', '.join(architectures)} (model type {model_type!r}) "
                              f"is not a captioning head; expected {classes[model_type]}")
-    return MODEL_TYPE_FAMILIES.get(model_type, "chat")
+    return model_type if model_type in FAMILIES else "chat"
 
 
 def resolve_prompt(family: str, config: RunConfig) -> str | None:
@@ -190,10 +181,6 @@ class ImageTextProcessor:
         """``images`` → ``{"pixel_values": (B, 3, H, W)}``."""
         return self.image_processor(images, return_tensors=return_tensors, **kwargs)
 
-    def batch_decode(self, sequences: Any, **kwargs: Any) -> list[str]:
-        """The tokenizer's ``batch_decode``."""
-        return self.tokenizer.batch_decode(sequences, **kwargs)
-
 
 def image_only_processor_class(processor_class: type) -> type:
     """Subclass of a multimodal ``ProcessorMixin`` class that loads and runs without its video processor.
@@ -244,15 +231,6 @@ def _processor_class(family: str, model_config: Any) -> Any:
             if any("video" in a for a in base.get_attributes()):
                 return image_only_processor_class(base)
     return None
-
-
-def _size_dict(value: Any) -> dict[str, int]:
-    """An image processor's ``size`` / ``crop_size`` (int, dict or ``SizeDict``) as a dict of its set keys."""
-    if value is None:
-        return {}
-    if isinstance(value, int):
-        return {"height": value, "width": value}
-    return {k: v for k, v in dict(value).items() if v is not None}
 
 
 def _is_encoder_decoder(model_config: Any) -> bool:
@@ -361,7 +339,7 @@ class CaptionTask(Task):
         ip = self.image_processor
         if ip is None:
             return {}
-        size = _size_dict(getattr(ip, "size", None))
+        size = size_dict(getattr(ip, "size", None))
         if {"shortest_edge", "longest_edge"} <= size.keys() and hasattr(ip, "merge_size") and hasattr(ip, "patch_size"):
             max_pixels = int(self.config.extra.get("max_pixels", CHAT_MAX_PIXELS))
             longest = min(int(size["longest_edge"]), max_pixels)
@@ -418,11 +396,11 @@ class CaptionTask(Task):
         if ip is None:
             return None
         if self._image_kwargs.get("do_image_splitting") is False and getattr(ip, "max_image_size", None):
-            return int(_size_dict(ip.max_image_size)["longest_edge"])
+            return int(size_dict(ip.max_image_size)["longest_edge"])
         candidates = [getattr(ip, "crop_size", None)] if getattr(ip, "do_center_crop", False) else []
         candidates.append(getattr(ip, "size", None))
         for value in candidates:
-            value = _size_dict(value)
+            value = size_dict(value)
             for key in ("height", "shortest_edge", "longest_edge"):
                 if value.get(key):
                     return int(value[key])

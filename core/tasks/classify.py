@@ -21,7 +21,7 @@ import torch
 from wwts.core import models
 from wwts.core.config import RunConfig
 from wwts.core.results import ClassifyResult, LabelScore
-from wwts.core.tasks.base import Task
+from wwts.core.tasks.base import Task, size_dict
 
 
 def _as_features(output: Any) -> torch.Tensor:
@@ -57,7 +57,6 @@ class ClassifyTask(Task):
         self.prompts = [config.prompt_template.format(label) for label in self.labels]
         self.top_k = config.effective_top_k
         self.text_features: torch.Tensor | None = None  # (L, D), L2-normalised, float32
-        self.text_encodes = 0  # how many times the label text was encoded (once per device)
         self._cpu_text_features: torch.Tensor | None = None
 
     @property
@@ -68,13 +67,10 @@ class ClassifyTask(Task):
     def input_size(self) -> int | None:
         ip = self.image_processor
         for attr in ("crop_size", "size"):
-            size = getattr(ip, attr, None)
-            if isinstance(size, dict):
-                for key in ("height", "shortest_edge"):
-                    if size.get(key):
-                        return int(size[key])
-            elif isinstance(size, int):
-                return size
+            size = size_dict(getattr(ip, attr, None))
+            for key in ("height", "shortest_edge"):
+                if size.get(key):
+                    return int(size[key])
         vision = getattr(self.model.config, "vision_config", None)
         return getattr(vision, "image_size", None)
 
@@ -104,7 +100,6 @@ class ClassifyTask(Task):
         inputs = {k: v.to(self.device) for k, v in self._text_inputs().items()}
         with torch.inference_mode():
             feats = _as_features(self.model.get_text_features(**inputs)).float()
-        self.text_encodes += 1
         feats = feats / feats.norm(dim=-1, keepdim=True)
         self._cpu_text_features = feats.cpu()
         self.text_features = feats

@@ -1,0 +1,60 @@
+"""Helpers shared by several test modules: the CLI runner, generated image bytes, and decoders
+that the decode pool's worker processes import by name (so they live in an importable module)."""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import time
+import zlib
+from pathlib import Path
+
+from click.testing import Result
+from PIL import Image
+from typer.testing import CliRunner
+
+from wwts.cli.main import app
+from wwts.core.images import load_image
+
+runner = CliRunner()
+
+
+def classify(*args) -> Result:
+    """``wwts classify ARGS...`` in-process (paths may be ``Path`` objects)."""
+    return runner.invoke(app, ["classify", *map(str, args)])
+
+
+def noise_image(size=(400, 300)) -> Image.Image:
+    """Photo-like content that compresses badly, so cutting a file short cuts the pixel data."""
+    return Image.effect_noise(size, 64).convert("RGB")
+
+
+def encoded(im: Image.Image, fmt: str, **kwargs) -> bytes:
+    """``im`` saved in format ``fmt``, as bytes."""
+    buf = io.BytesIO()
+    im.save(buf, fmt, **kwargs)
+    return buf.getvalue()
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A 1x1 PNG whose IHDR (CRC fixed) claims ``width`` x ``height``: a bomb in 70 bytes."""
+    data = bytearray(encoded(Image.new("L", (1, 1)), "PNG"))
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
+def crashing_load(path, **kwargs):
+    """Runs in the worker process: dies like a segfaulting native decoder on 'crash*' files."""
+    if Path(path).name.startswith("crash"):
+        os._exit(139)
+    return load_image(path, **kwargs)
+
+
+def pid_load(path, **kwargs):
+    """Runs in the worker process: a slow decode that records which process did it."""
+    time.sleep(0.3)
+    decoded = load_image(path, **kwargs)
+    decoded.note = str(os.getpid())
+    return decoded
