@@ -10,19 +10,20 @@ import time
 import zlib
 from pathlib import Path
 
-from click.testing import Result
 from PIL import Image
-from typer.testing import CliRunner
 
-from wwts.cli.main import app
 from wwts.core.images import load_image
 
-runner = CliRunner()
 
+def classify(*args):
+    """``wwts classify ARGS...`` in-process through typer's ``CliRunner`` (paths may be ``Path``
+    objects); returns click's ``Result``. The CLI is imported here, not at module level, so the
+    decode worker processes that import ``crashing_load`` / ``pid_load`` stay light."""
+    from typer.testing import CliRunner
 
-def classify(*args) -> Result:
-    """``wwts classify ARGS...`` in-process (paths may be ``Path`` objects)."""
-    return runner.invoke(app, ["classify", *map(str, args)])
+    from wwts.cli.main import app
+
+    return CliRunner().invoke(app, ["classify", *map(str, args)])
 
 
 def noise_image(size=(400, 300)) -> Image.Image:
