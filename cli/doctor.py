@@ -148,17 +148,21 @@ def _plan_renderables(plan: dict) -> list:
     if plan.get("error"):
         return [_kv_table("What wwts would do here", [("error", Text(plan["error"], style="red"))])]
     table = Table(title="What wwts would do here", title_justify="left", title_style="bold", box=box.SIMPLE_HEAD)
-    for col in ("task", "device", "dtype", "threads", "batch", "decode workers", "expect"):
+    for col in ("task", "device", "dtype", "threads", "batch", "decode workers"):
         table.add_column(col, no_wrap=True)
     for task in ("classify", "caption"):
         t = plan.get(task) or {}
-        rate = t.get("images_per_s_estimate")
         table.add_row(task, str(plan.get("device")), str(plan.get("dtype")), str(plan.get("threads")),
-                      str(t.get("batch_size")), str(t.get("decode_workers")),
-                      f"~{rate:g} img/s" if rate else "-")
+                      str(t.get("batch_size")), str(t.get("decode_workers")))
     why = Text()
     why.append("device: ", style="cyan").append(f"{plan.get('device_reason')}\n")
     why.append("dtype: ", style="cyan").append(f"{plan.get('dtype_reason')}\n")
+    cal = plan.get("calibration")
+    if cal:
+        why.append("bf16 calibration: ", style="cyan").append(
+            f"{cal.get('workload')}: float32 {cal.get('float32_s', 0) * 1000:.0f} ms, bf16 "
+            f"{cal.get('bfloat16_s', 0) * 1000:.0f} ms ({cal.get('speedup')}x), measured {cal.get('measured')}; "
+            "wwts doctor --recalibrate measures again\n")
     why.append("threads: ", style="cyan").append(str(plan.get("threads_source")))
     for dev, reason in plan.get("tried") or []:
         why.append(f"\nskipped {dev}: ", style="yellow").append(str(reason))
@@ -213,7 +217,7 @@ def render(facts: dict, console: Console) -> None:
     console.print(Group(*parts))
 
 
-def doctor_command(as_json: bool, console: Console) -> None:
+def doctor_command(as_json: bool, console: Console, *, recalibrate: bool = False) -> None:
     """Run ``wwts doctor``: collect the facts and print them on ``console``.
 
     Args:
@@ -221,13 +225,14 @@ def doctor_command(as_json: bool, console: Console) -> None:
             tables: colourised when ``console`` is a terminal, else written as plain text to
             ``console.file`` so that it can be piped to ``jq``.
         console: where to print (the CLI's stdout console).
+        recalibrate: measure the CPU's bf16 speed again instead of using the cached value.
 
     Never raises for a machine problem (``collect()`` turns each into a fact or a warning), so
     the command exits 0 on any machine.
     """
     from wwts.core.doctor import collect
 
-    facts = collect()
+    facts = collect(recalibrate=recalibrate)
     if as_json:
         text = json.dumps(facts, ensure_ascii=False, indent=2)
         if console.is_terminal:

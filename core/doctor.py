@@ -251,38 +251,62 @@ def runtime_facts() -> dict:
     return out
 
 
-def plan_facts() -> dict:
+def plan_facts(*, recalibrate: bool = False) -> dict:
     """What ``wwts classify`` / ``wwts caption`` would use here with default options.
 
     Runs ``select_device("auto")`` (one tiny test op on the chosen accelerator) and the dtype,
-    thread and batch rules of ``core.device``; sets nothing (torch's thread count is untouched).
+    thread and batch rules of ``core.device``; leaves torch's thread count as it found it.
+    On a CPU with native bf16 the dtype rests on a measured calibration (``cpu_bf16_calibration``),
+    which is measured here if it was never measured, or again with ``recalibrate``.
+
+    Args:
+        recalibrate: measure the CPU's bf16 speed again instead of using the cached value.
 
     Returns:
         ``{"device", "device_reason", "tried": [[device, reason]], "dtype", "dtype_reason",
-        "threads", "threads_source", "classify": {...}, "caption": {...}}`` where each task has
-        ``batch_size``, ``decode_workers``, ``images_per_s_estimate`` (CPU only, else None)
-        and ``summary`` (one line).
+        "calibration", "threads", "threads_source", "classify": {...}, "caption": {...}}`` where
+        ``calibration`` is ``None`` or ``{"speedup", "measured", "float32_s", "bfloat16_s",
+        "workload", "key"}`` and each task has ``batch_size``, ``decode_workers`` and ``summary``
+        (one line).
     """
     from wwts.core import device as dv
 
     choice = dv.select_device("auto")
-    dtype = dv.select_dtype(choice.device, "auto")
     threads, source = dv.resolve_threads(None)
+    batch = dv.default_batch_size(choice.device, "classify")
+    with _torch_threads(threads):  # the calibration measures at the run's thread count
+        calibration = None
+        if choice.device.type == "cpu" and dv.cpu_has_native_bf16():
+            calibration = dv.cpu_bf16_calibration(batch, refresh=recalibrate)
+        dtype = dv.select_dtype(choice.device, "auto", batch)
+        reason = dv.dtype_reason(choice.device, dtype, batch)
+        summaries = {t: dv.describe_plan(t, choice, dtype, threads, dv.default_batch_size(choice.device, t))
+                     for t in ("classify", "caption")}
     accel = choice.device.type != "cpu"
     facts: dict[str, Any] = {
         "device": str(choice.device), "device_reason": choice.reason,
         "tried": [list(t) for t in choice.tried],
-        "dtype": str(dtype).removeprefix("torch."), "dtype_reason": dv.dtype_reason(choice.device, dtype),
+        "dtype": str(dtype).removeprefix("torch."), "dtype_reason": reason, "calibration": calibration,
         "threads": threads, "threads_source": source,
     }
     for task in ("classify", "caption"):
-        batch = dv.default_batch_size(choice.device, task)
-        rate = None if accel else dv.cpu_speed_estimate(task, threads, dtype)
-        facts[task] = {"batch_size": batch,
+        facts[task] = {"batch_size": dv.default_batch_size(choice.device, task),
                        "decode_workers": dv.decode_workers(threads, None, accelerator=accel),
-                       "images_per_s_estimate": None if rate is None else round(rate, 1),
-                       "summary": dv.describe_plan(task, choice, dtype, threads, batch)}
+                       "summary": summaries[task]}
     return facts
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int):
+    """torch's intra-op thread count set to ``n`` for the block, then restored."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def hub_offline() -> bool:
@@ -448,10 +472,6 @@ def warnings_for(facts: dict) -> list[str]:
         out.append("this Python runs under Rosetta (x86_64) on Apple silicon, so MPS is unavailable: "
                    "install an arm64 Python and torch")
     if plan.get("device") == "cpu":
-        rates = [(t, plan.get(t, {}).get("images_per_s_estimate")) for t in ("classify", "caption")]
-        rates = [f"{r:.3g} images/s for {t}" for t, r in rates if r]
-        if rates:
-            out.append(f"CPU mode: expect about {' and '.join(rates)} (an estimate scaled from measured numbers)")
         if cpu.get("features") and not cpu.get("native_bf16"):
             out.append("this CPU has no native bf16 (AVX512-BF16 / AMX), so wwts computes in float32; "
                        "--quantize int8 (dynamic int8 Linear layers) may help classify (4x float32 on an AVX512-VNNI CPU)")
@@ -493,13 +513,15 @@ def _rosetta() -> bool:
     return out == "1"
 
 
-def collect(*, check_hub: bool = True, hub_timeout: float = HUB_TIMEOUT_S, cache_dir: str | None = None) -> dict:
+def collect(*, check_hub: bool = True, hub_timeout: float = HUB_TIMEOUT_S, cache_dir: str | None = None,
+            recalibrate: bool = False) -> dict:
     """Every ``wwts doctor`` fact as one JSON-serialisable dict. Never raises.
 
     Args:
         check_hub: contact the hub (skipped anyway when offline mode is on).
         hub_timeout: seconds the hub check may take.
         cache_dir: hub cache to inspect (default: the one transformers uses).
+        recalibrate: measure the CPU's bf16 speed again (``plan_facts``).
 
     Returns:
         ``{"schema", "system", "cpu", "accelerators", "runtimes", "plan", "models", "warnings"}``;
@@ -510,7 +532,7 @@ def collect(*, check_hub: bool = True, hub_timeout: float = HUB_TIMEOUT_S, cache
     facts["cpu"] = _section(cpu_facts)
     facts["accelerators"] = _section(accelerator_facts)
     facts["runtimes"] = _section(runtime_facts)
-    facts["plan"] = _section(plan_facts)
+    facts["plan"] = _section(lambda: plan_facts(recalibrate=recalibrate))
     facts["models"] = _section(lambda: model_facts(cache_dir, check_hub=check_hub, hub_timeout=hub_timeout))
     try:
         facts["warnings"] = warnings_for(facts)

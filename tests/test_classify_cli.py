@@ -182,7 +182,8 @@ def _orientation_pair(tmp_path: Path) -> tuple[Path, Path]:
 def test_exif_orientation_6_is_scored_after_rotation(tiny_clip, tmp_path):
     a, b = _orientation_pair(tmp_path)
     out = tmp_path / "r.jsonl"
-    result = classify(a, b, "--labels", LABELS, "--model", tiny_clip, "--out", out, "--top-k", "5")
+    result = classify(a, b, "--labels", LABELS, "--model", tiny_clip, "--out", out, "--top-k", "5",
+                      "--dtype", "float32")  # compared at 1e-5: pinned, not left to the CPU
     assert result.exit_code == 0, result.output
     ra, rb = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert (rb["width"], rb["height"]) == (ra["width"], ra["height"]) == (60, 30)
@@ -286,7 +287,9 @@ def test_scores_are_the_softmax_of_the_models_own_logits(family, tiny_clip, tiny
     labels, template = (["人", "车", "猫"], "一张{}的照片。") if family == "chinese-clip" else (["cat", "dog", "car"], "a photo of a {}.")
     image = sample_images / "chelsea.png"
     out = tmp_path / "r.jsonl"
-    result = classify(image, "--labels", ",".join(labels), "--prompt", template, "--model", folder, "--out", out)
+    # float32 pinned: the reference below is computed in float32 (--dtype auto may pick bf16 on a CPU)
+    result = classify(image, "--labels", ",".join(labels), "--prompt", template, "--model", folder, "--out", out,
+                      "--dtype", "float32")
     assert result.exit_code == 0, result.output
     rec = json.loads(out.read_text(encoding="utf-8"))
     ours = {t["label"]: t["score"] for t in rec["top_k"]}

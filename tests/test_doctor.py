@@ -13,8 +13,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 from rich.console import Console
+from typer.testing import CliRunner
 
 from wwts.cli.doctor import doctor_command, render
+from wwts.cli.main import app
 from wwts.core import device as dv
 from wwts.core import doctor
 
@@ -96,16 +98,40 @@ def test_collect_on_this_machine():
     assert all(isinstance(w, str) for w in facts["warnings"])
 
 
-def test_cpu_mode_warning_gives_an_estimate(monkeypatch):
+def _cpu_only(monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     monkeypatch.setattr(torch.xpu, "is_available", lambda: False)
-    facts = doctor.collect()
+
+
+def test_cpu_plan_gives_no_constant_speed_estimate(monkeypatch):
+    _cpu_only(monkeypatch)
+    facts = doctor.collect(check_hub=False)
     assert facts["plan"]["device"] == "cpu"
-    rate = facts["plan"]["classify"]["images_per_s_estimate"]
-    assert rate and rate > 0
-    assert any(w.startswith("CPU mode: expect about") and f"{rate:.3g} images/s for classify" in w
-               for w in facts["warnings"])
+    assert "images_per_s_estimate" not in facts["plan"]["classify"]
+    assert not any("expect about" in w for w in facts["warnings"])
+    assert "images/s" not in facts["plan"]["classify"]["summary"]
+
+
+def test_doctor_says_when_the_bf16_calibration_was_measured_and_recalibrates(monkeypatch):
+    from wwts.core import calibration
+
+    _cpu_only(monkeypatch)
+    monkeypatch.setattr(dv, "cpu_flags", lambda: frozenset({"avx2", "avx512f", "avx512_bf16"}))
+    calls = []
+    monkeypatch.setattr(calibration, "time_block",
+                        lambda b, rounds=3: calls.append(b) or {"float32": 0.16, "bfloat16": 0.10})
+    plan = doctor.collect(check_hub=False)["plan"]
+    cal = plan["calibration"]
+    assert plan["dtype"] == "bfloat16" and cal["speedup"] == pytest.approx(1.6)
+    assert cal["measured"][:10] in plan["dtype_reason"] and "1.60x" in plan["dtype_reason"]
+    assert doctor.collect(check_hub=False)["plan"]["calibration"]["measured"] == cal["measured"]
+    assert len(calls) == 1  # cached
+    monkeypatch.setattr(calibration, "time_block", lambda b, rounds=3: calls.append(b) or {"float32": 0.07, "bfloat16": 0.10})
+    result = CliRunner().invoke(app, ["doctor", "--recalibrate"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert len(calls) == 2 and "bf16 calibration" in result.output and "0.7x" in result.output
+    assert doctor.collect(check_hub=False)["plan"]["dtype"] == "float32"  # the new measurement rules
 
 
 def test_simulated_gpus_appear_as_rows_and_in_the_plan(monkeypatch):
@@ -125,7 +151,7 @@ def test_simulated_gpus_appear_as_rows_and_in_the_plan(monkeypatch):
     plan = facts["plan"]
     assert plan["device"] == "cuda:1"  # the most free memory
     assert plan["dtype"] == "float16"  # T4: no native bf16
-    assert plan["classify"]["images_per_s_estimate"] is None
+    assert "images_per_s_estimate" not in plan["classify"] and plan["calibration"] is None
     assert not any(w.startswith("CPU mode") for w in facts["warnings"])
     json.dumps(facts)
     text = render_text(facts)

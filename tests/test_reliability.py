@@ -542,7 +542,8 @@ class Wwts:
         self.cwd = cwd
         self._out, self._err = open(cwd / "wwts.stdout", "w+b"), open(cwd / "wwts.stderr", "w+b")
         env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(cwd / "hf-home"))
-        self.proc = subprocess.Popen([str(WWTS), "classify", *map(str, args)], cwd=cwd, stdout=self._out,
+        # float32 pinned: the same work on every CPU, and no bf16 calibration in the child process
+        self.proc = subprocess.Popen([str(WWTS), "classify", *map(str, args), "--dtype", "float32"], cwd=cwd, stdout=self._out,
                                      stderr=self._err, start_new_session=True, env=env)
         self.pgid = self.proc.pid
 
