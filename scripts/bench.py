@@ -560,6 +560,29 @@ def targets_check(seed: Row, pipe: Row, cap_seed: Row, variants: list[tuple[str,
     return lines
 
 
+#: ``--dtype auto`` may keep the slower dtype when the two are this close (wall time ratio): the
+#: calibration measures one block, the rows whole processes on a machine with some noise.
+AUTO_DTYPE_SLACK = 1.10
+
+
+def auto_dtype_check(tasks: list[tuple[str, Row, Row, Row]]) -> list[str]:
+    """Did ``--dtype auto`` pick the faster of float32 and bfloat16 here? One line per
+    ``(task, default row, float32 row, bfloat16 row)``, from the rows' wall times, in the same run:
+    PASS when the dtype auto picked was faster, or slower by less than ``AUTO_DTYPE_SLACK``."""
+    lines = []
+    for task, d, fp, bf in tasks:
+        picked = d.data.get("run", {}).get("dtype")
+        if d.error or fp.error or bf.error or not fp.wall_s or not bf.wall_s or picked not in ("float32", "bfloat16"):
+            lines.append(f"- {task}: --dtype auto: not checked (a row failed or no dtype recorded)")
+            continue
+        mine, other = (fp, bf) if picked == "float32" else (bf, fp)
+        ok = mine.wall_s <= other.wall_s * AUTO_DTYPE_SLACK
+        lines.append(f"- {task}: --dtype auto picked {picked}; float32 {fp.wall_s:.1f} s, bfloat16 {bf.wall_s:.1f} s "
+                     f"(bf16 {fp.wall_s / bf.wall_s:.2f}x float32) {_ok(ok)} (target: auto's pick is the faster, "
+                     f"within {AUTO_DTYPE_SLACK - 1:.0%})")
+    return lines
+
+
 def ceiling_lines(matmul: dict | None, error: str = "") -> list[str]:
     """Markdown table of the measured matmul rates and the image-tower images/s they allow."""
     if not matmul or not matmul.get("gops"):
@@ -673,6 +696,8 @@ def main(argv: list[str] | None = None) -> int:
     c_def = caption(f"wwts caption (default dtype, {CAPTION_TOKENS} tokens)", "wwts-caption.json")
     c_fp = caption(f"wwts caption --dtype float32 ({CAPTION_TOKENS} tokens)", "wwts-caption-fp32.json",
                    "--dtype", "float32")
+    c_bf = caption(f"wwts caption --dtype bfloat16 ({CAPTION_TOKENS} tokens)", "wwts-caption-bf16.json",
+                   "--dtype", "bfloat16")
     c_q8 = caption(f"wwts caption --quantize int8 ({CAPTION_TOKENS} tokens)", "wwts-caption-int8.json",
                    "--quantize", "int8")
     if only_gate:
@@ -680,7 +705,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         plan = [(seed, None), (pipe, None), w_def, w_fp, w_bf, w_q8]
         if with_caption:
-            plan += [(c_seed, None), c_def, c_fp, c_q8]
+            plan += [(c_seed, None), c_def, c_fp, c_bf, c_q8]
     for row, out in plan:
         print(f"running {row.name} ...", file=sys.stderr, flush=True)
         run_row(row, env, args.repeat, args.timeout, out, args.idle_wait, args.retries)
@@ -688,7 +713,8 @@ def main(argv: list[str] | None = None) -> int:
                                f"others kept {row.others or 0:.2f} CPUs busy")
         print(f"  {status}", file=sys.stderr, flush=True)
     rows = [r for r, _ in plan]
-    w_def, w_fp, w_bf, w_q8, c_def, c_fp, c_q8 = (x[0] for x in (w_def, w_fp, w_bf, w_q8, c_def, c_fp, c_q8))
+    w_def, w_fp, w_bf, w_q8, c_def, c_fp, c_bf, c_q8 = (x[0] for x in (w_def, w_fp, w_bf, w_q8, c_def, c_fp,
+                                                                       c_bf, c_q8))
 
     # the default rows say which dtype `auto` picked
     for r, tokens in ((w_def, ""), (c_def, f", {CAPTION_TOKENS} tokens")):
@@ -720,13 +746,13 @@ def main(argv: list[str] | None = None) -> int:
         seed.agreement = "reference" if not seed.error else ""
     if with_caption:
         c_seed.agreement = "reference" if not c_seed.error else ""
-        for r in (c_def, c_fp, c_q8):
+        for r in (c_def, c_fp, c_bf, c_q8):
             if not r.error and not c_seed.error:
                 r.agreement = f"captions = seed {compare_captions(r, c_seed)}"
                 if r is not c_fp and not c_fp.error:
                     r.agreement += f", = fp32 {compare_captions(r, c_fp)}"
                 r.agreement += " (random weights: informative only)" if random_weights else ""
-        for r in (c_seed, c_def, c_fp, c_q8):
+        for r in (c_seed, c_def, c_fp, c_bf, c_q8):
             toks = [x.get("new_tokens") for x in r.data.get("results", []) if x.get("new_tokens") is not None]
             if toks:
                 r.agreement += f"; mean new tokens {statistics.mean(toks):.1f}"
@@ -735,6 +761,9 @@ def main(argv: list[str] | None = None) -> int:
     checks = [] if only_gate else targets_check(
         seed, pipe, c_seed, [(def_label, w_def, c_def if with_caption else None),
                              ("int8", w_q8, c_q8 if with_caption else None)])
+    if not only_gate:
+        checks += auto_dtype_check([("classify", w_def, w_fp, w_bf)]
+                                   + ([("caption", c_def, c_fp, c_bf)] if with_caption else []))
     noisy = [r for r in rows if r.others is not None and r.others > NOISY]
     quiet_line = ("Background load (CPUs other programs kept busy during each row; about 0 on a quiet "
                   "machine): " + ", ".join(f"{r.name.split(' (')[0]} {r.others:.2f}" for r in rows
