@@ -8,11 +8,16 @@ building the config).
 
 from __future__ import annotations
 
+import codecs
+import logging
 import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from wwts.core.errors import UsageError
+
+log = logging.getLogger(__name__)
 
 TASKS = ("classify", "caption")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -28,21 +33,43 @@ def parse_labels(text: str) -> tuple[str, ...]:
     """Split ``"人,车，动物"`` on ASCII or full-width commas; strips blanks around each label.
 
     Raises:
-        UsageError: an empty label (``"人,,车"``) or a duplicate label.
+        UsageError: an empty label (``"人,,车"``, ``"人,"``) or a duplicate label. The message
+            quotes ``text`` as the user typed it and, for a trailing comma (``--labels 人, 车``
+            unquoted, where the shell made ``车`` an input path), says how to quote the list.
     """
-    return validate_labels(_LABEL_SPLIT_RE.split(text), source="--labels")
+    parts = [part.strip() for part in _LABEL_SPLIT_RE.split(text)]
+    if "" in parts:
+        raise UsageError(f"--labels {shlex.quote(text)}: {_empty_label_where(parts)}")
+    return validate_labels(parts, source="--labels")
+
+
+def _empty_label_where(parts: list[str]) -> str:
+    """Where the empty label is in ``parts`` (the text split on commas), with a quoting hint."""
+    if not any(parts):
+        return "no labels, give them separated by commas: --labels 人,车,动物"
+    if parts[-1] == "":
+        return ("empty label after the last comma; if you typed spaces after commas, quote the list: "
+                "--labels '人, 车, 动物'")
+    if parts[0] == "":
+        return "empty label before the first comma"
+    return "empty label between two commas"
 
 
 def read_labels_file(path: Path) -> tuple[str, ...]:
-    """Read one label per line (UTF-8, BOM allowed); ``#`` starts a comment; blank lines skipped.
+    """Read one label per line; ``#`` starts a comment; blank lines skipped.
+
+    The file is read as UTF-8 (a BOM is allowed). A file that is not valid UTF-8 but decodes
+    cleanly as GB18030 (a superset of GBK, what Notepad on Chinese Windows writes as "ANSI") is
+    read as that, with one warning saying so; a UTF-16 file with a BOM is read as UTF-16.
 
     Raises:
-        UsageError: unreadable file, no labels, or a duplicate label.
+        UsageError: unreadable file, a file in neither encoding, no labels, or a duplicate label.
     """
     try:
-        text = Path(path).read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
+        data = Path(path).read_bytes()
+    except OSError as exc:
         raise UsageError(f"cannot read labels file {path}: {exc}") from None
+    text = _decode_labels(data, path)
     labels = []
     for line in text.splitlines():
         line = line.split("#", 1)[0].strip()
@@ -51,23 +78,83 @@ def read_labels_file(path: Path) -> tuple[str, ...]:
     return validate_labels(labels, source=str(path))
 
 
+def _decode_labels(data: bytes, path: Path) -> str:
+    """Text of a labels file: UTF-8 (BOM allowed), UTF-16 with a BOM, else GB18030 with a warning.
+
+    Raises:
+        UsageError: the bytes are valid in none of these encodings.
+    """
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        try:
+            return data.decode("utf-16")
+        except UnicodeDecodeError:
+            pass
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        utf8_error = exc
+    try:
+        text = data.decode("gb18030")
+    except UnicodeDecodeError:
+        raise UsageError(f"labels file {path} is not UTF-8 text (byte 0x{data[utf8_error.start]:02x} at offset "
+                         f"{utf8_error.start}) nor GBK/GB18030: save it as UTF-8") from None
+    log.warning("labels file %s is not UTF-8; read it as GB18030 (GBK, Chinese Windows' ANSI): "
+                "save it as UTF-8 to be sure the labels are read as written", path)
+    return text
+
+
 def validate_labels(labels, *, source: str) -> tuple[str, ...]:
     """Strip labels and reject empty or duplicate ones (``source`` names where they came from).
 
     Raises:
         UsageError: no labels, an empty label, or a duplicate label.
     """
+    labels = list(labels)
     out: list[str] = []
     for raw in labels:
         label = raw.strip()
         if not label:
-            raise UsageError(f"empty label in {source}: {'，'.join(labels)!r}")
+            raise UsageError(f"empty label in {source}: {labels!r}")
         if label in out:
             raise UsageError(f"duplicate label {label!r} in {source}")
         out.append(label)
     if not out:
         raise UsageError(f"no labels in {source}")
     return tuple(out)
+
+
+def validate_prompt_template(prompt: str | None) -> None:
+    """Check a classify ``--prompt``: ``None`` (default), ``""`` (bare label), or text with exactly
+    one ``{}`` where the label goes and no other ``{`` or ``}``.
+
+    The label is put in with ``fill_prompt`` (plain replacement, never ``str.format``), so braces
+    in a label stay literal.
+
+    Raises:
+        UsageError: no ``{}``, more than one, or another brace (``{x}``, ``{0}``, ``{}}``...).
+    """
+    if not prompt:
+        return
+    count = prompt.count("{}")
+    rest = prompt.replace("{}", "")
+    if count == 1 and "{" not in rest and "}" not in rest:
+        return
+    if count == 0:
+        why = "it has no {}"
+    elif count > 1:
+        why = f"it has {count} {{}}"
+    else:
+        why = "it has a brace besides its {}"
+    raise UsageError(f"--prompt {prompt!r}: {why}; the template needs exactly one {{}} where the label goes "
+                     "and no other braces, e.g. --prompt '一张{}的照片。' (or --prompt '' for the bare label)")
+
+
+def fill_prompt(template: str, label: str) -> str:
+    """``template`` with its ``{}`` replaced by ``label`` (``"{}"`` alone gives the bare label).
+
+    A plain replacement: ``{}`` or ``{0}`` inside ``label`` stay as typed.
+    """
+    return template.replace("{}", label, 1)
 
 
 @dataclass(frozen=True)
@@ -148,8 +235,7 @@ class RunConfig:
             validate_labels(self.labels, source="labels")
             if self.top_k < 1:
                 raise UsageError(f"--top-k must be at least 1, got {self.top_k}")
-            if self.prompt and "{}" not in self.prompt:
-                raise UsageError(f"--prompt must contain {{}} where the label goes, got {self.prompt!r}")
+            validate_prompt_template(self.prompt)
         else:
             if self.lang not in ("en", "zh"):
                 raise UsageError(f"unknown --lang {self.lang!r}; valid: en, zh")

@@ -488,13 +488,14 @@ def warnings_for(facts: dict) -> list[str]:
     missing = [d["name"] for d in models.get("defaults", []) or [] if not d.get("cached")]
     hub = models.get("hub", {}) or {}
     if missing and (models.get("offline") or hub.get("reachable") is False):
+        from wwts.core.models import hub_hint
+
         if models.get("offline"):
-            why, fix = "offline mode is on", "unset HF_HUB_OFFLINE to let wwts download them"
+            why, fix = "offline mode is on", ("unset HF_HUB_OFFLINE to let wwts download them, "
+                                               "or use --model ./folder with a local copy")
         else:
-            why, fix = (f"the hub ({hub.get('endpoint')}) cannot be reached",
-                        "use a mirror: export HF_ENDPOINT=https://hf-mirror.com")
-        out.append(f"{why} and these default models are not cached: {', '.join(missing)}; {fix}, "
-                   "or use --model ./folder with a local copy")
+            why, fix = f"the hub ({hub.get('endpoint')}) cannot be reached", hub_hint()
+        out.append(f"{why} and these default models are not cached: {', '.join(missing)}; {fix}")
     for name in ("system", "cpu", "accelerators", "runtimes", "plan", "models"):
         if isinstance(facts.get(name), dict) and facts[name].get("error") and len(facts[name]) == 1:
             out.append(f"could not collect {name} facts: {facts[name]['error']}")

@@ -53,8 +53,36 @@ DEFAULT_MODELS: dict[str, ModelSpec] = {
     ),
 }
 
-OFFLINE_HINT = ("use a local copy with --model ./model-folder (one saved by save_pretrained or "
-                "`hf download REPO --local-dir DIR`), or a hub mirror: export HF_ENDPOINT=https://hf-mirror.com")
+LOCAL_COPY_HINT = ("use a local copy with --model ./model-folder (one saved by save_pretrained or "
+                   "`hf download REPO --local-dir DIR`)")
+OFFLINE_HINT = f"{LOCAL_COPY_HINT}, or a hub mirror: export HF_ENDPOINT=https://hf-mirror.com"
+
+
+def hub_hint() -> str:
+    """What to do when the hub cannot be used, for the endpoint in use.
+
+    With ``HF_ENDPOINT`` already set the user is not told to set it: the hint names the endpoint
+    in use and how to go back to huggingface.co. Without it, the mirror is suggested.
+    """
+    endpoint = os.environ.get("HF_ENDPOINT", "").strip()
+    if not endpoint:
+        return OFFLINE_HINT
+    return (f"check the hub at HF_ENDPOINT={endpoint} (or `unset HF_ENDPOINT` to use huggingface.co), "
+            f"or {LOCAL_COPY_HINT}")
+
+
+def offline_message(repo_id: str, cache: str) -> str:
+    """The one line for a hub id that is not cached while offline mode is on: which variable turned
+    it on, how to turn it off, and where downloads would come from."""
+    on = [k for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+          if os.environ.get(k, "").strip().upper() in ("1", "ON", "YES", "TRUE")]
+    var = on[0] if on else "HF_HUB_OFFLINE"
+    endpoint = os.environ.get("HF_ENDPOINT", "").strip()
+    source = (f"downloads would then come from HF_ENDPOINT={endpoint}" if endpoint else
+              "if huggingface.co is blocked, also export HF_ENDPOINT=https://hf-mirror.com")
+    return (f"model {repo_id!r} is not in the local cache ({cache}) and offline mode is on "
+            f"({var}={os.environ.get(var, '').strip() or '1'}), so it cannot be downloaded: turn offline mode off "
+            f"with `unset {var}` (or {var}=0; {source}), or {LOCAL_COPY_HINT}")
 
 
 def default_model(task: str, lang: str = "en") -> str:
@@ -121,14 +149,13 @@ def download(repo_id: str) -> str:
     from wwts.core.doctor import hub_offline, hub_status
 
     if hub_offline():
-        raise ModelLoadError(f"model {repo_id!r} is not in the local cache ({cache}) and HF_HUB_OFFLINE=1 "
-                             f"forbids downloading it: {OFFLINE_HINT}")
+        raise ModelLoadError(offline_message(repo_id, cache))
 
     status = hub_status(timeout=3.0)
     if not status.get("reachable"):
         raise ModelLoadError(f"model {repo_id!r} is not in the local cache ({cache}) and the model hub "
                              f"({status.get('endpoint')}) cannot be reached ({status.get('detail')}): "
-                             f"{OFFLINE_HINT}")
+                             f"{hub_hint()}")
     from huggingface_hub import HfApi, snapshot_download
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
@@ -146,7 +173,7 @@ def download(repo_id: str) -> str:
         raise ModelLoadError(f"no model {repo_id!r} on the hub ({status.get('endpoint')}): check the "
                              "name, or pass a local folder with --model") from None
     except Exception as exc:
-        raise ModelLoadError(f"downloading model {repo_id!r} failed ({describe(exc)}): {OFFLINE_HINT}") from None
+        raise ModelLoadError(f"downloading model {repo_id!r} failed ({describe(exc)}): {hub_hint()}") from None
 
 
 def resolve(name: str) -> str:
@@ -176,6 +203,18 @@ def load_config(name: str, *, trust_remote_code: bool = False) -> Any:
         raise ModelLoadError(f"cannot read the config of model {name!r}: {describe(exc)}") from None
 
 
+def weights_format(folder: str | Path) -> str | None:
+    """Which weights a model folder holds: ``"safetensors"`` (any ``*.safetensors``, preferred when
+    both are there), ``"pickle"`` (only ``pytorch_model*.bin``, transformers' pickle format), or ``None``
+    (no weight files at the top level, e.g. remote code that fetches its own)."""
+    names = [p.name for p in Path(folder).iterdir() if p.is_file()] if Path(folder).is_dir() else []
+    if any(n.endswith(".safetensors") or n.endswith(".safetensors.index.json") for n in names):
+        return "safetensors"
+    if any(n.startswith("pytorch_model") and n.endswith((".bin", ".bin.index.json")) for n in names):
+        return "pickle"
+    return None
+
+
 def load(name: str, *, model_class: Any = None, processor_class: Any = None,
          trust_remote_code: bool = False, model_kwargs: dict | None = None,
          processor_kwargs: dict | None = None) -> tuple[Any, Any]:
@@ -190,7 +229,9 @@ def load(name: str, *, model_class: Any = None, processor_class: Any = None,
         processor_class: default ``AutoProcessor``.
         trust_remote_code: allow the repository's own Python code (off by default).
         model_kwargs / processor_kwargs: extra ``from_pretrained`` arguments (``dtype``...).
-            transformers loads ``model.safetensors`` when present, else ``pytorch_model.bin``.
+            Weights: safetensors whenever the folder has them (``use_safetensors=True``); a folder
+            with only pickle weights (``pytorch_model.bin``) loads them (torch reads them with
+            ``weights_only=True``) after one warning (see ``weights_format``).
 
     Returns:
         ``(model, processor)``.
@@ -204,11 +245,18 @@ def load(name: str, *, model_class: Any = None, processor_class: Any = None,
     model_class = model_class or AutoModel
     processor_class = processor_class or AutoProcessor
     folder = resolve(name)
+    model_kwargs = dict(model_kwargs or {})
+    weights = weights_format(folder)
+    if weights == "safetensors":
+        model_kwargs.setdefault("use_safetensors", True)
+    elif weights == "pickle":
+        log.warning("model %s has only pickle weights (pytorch_model.bin): torch loads them with "
+                    "weights_only=True (tensors only, no code), but safetensors is the safer format (re-save the "
+                    "model once with save_pretrained to get model.safetensors)", name)
     try:
         processor = processor_class.from_pretrained(folder, trust_remote_code=trust_remote_code,
                                                     **(processor_kwargs or {}))
-        model = model_class.from_pretrained(folder, trust_remote_code=trust_remote_code,
-                                            **(model_kwargs or {}))
+        model = model_class.from_pretrained(folder, trust_remote_code=trust_remote_code, **model_kwargs)
     except Exception as exc:
         raise ModelLoadError(f"cannot load model {name!r}: {describe(exc)}") from None
     model.eval()

@@ -269,6 +269,16 @@ def test_unreachable_hub_with_uncached_models_suggests_a_mirror(monkeypatch, tmp
     assert any("cannot be reached" in w and "HF_ENDPOINT=https://hf-mirror.com" in w for w in facts["warnings"])
 
 
+def test_unreachable_mirror_already_set_is_not_suggested_again(monkeypatch, tmp_path):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "https://hf-mirror.com")
+    monkeypatch.setattr(doctor, "_head", lambda url, timeout: (False, "Name or service not known"))
+    facts = doctor.collect(cache_dir=str(tmp_path))
+    warning = next(w for w in facts["warnings"] if "cannot be reached" in w)
+    assert "export HF_ENDPOINT" not in warning and "unset HF_ENDPOINT" in warning
+
+
 def _fake_cached_model(root, repo_id, files):
     repo = root / f"models--{repo_id.replace('/', '--')}"
     commit = "0123456789abcdef0123456789abcdef01234567"

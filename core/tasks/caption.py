@@ -90,6 +90,10 @@ FAMILIES: dict[str, CaptionFamily] = {
     "chat": CaptionFamily("chat", True),
 }
 
+#: How families are named in messages.
+FAMILY_NAMES = {"blip": "BLIP", "blip-2": "BLIP-2", "git": "GIT", "florence2": "Florence-2", "chat": "chat",
+                "vision-encoder-decoder": "VisionEncoderDecoder (ViT-GPT2)"}
+
 
 def _image_text_to_text_classes() -> dict[str, str]:
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
@@ -274,8 +278,9 @@ def load_task(config: RunConfig, device: torch.device, dtype: torch.dtype) -> Ca
     family = detect_family(model_config)
     prompt = resolve_prompt(family, config)
     if config.lang == "zh" and family != "chat":
-        log.warning("--lang zh only changes the default model and chat prompt; %s models caption in the "
-                    "language they were trained on", family)
+        log.warning("--lang zh: %s captions in its own language (a %s caption model takes no instruction); "
+                    "use a chat model such as %s for Chinese (the default with --lang zh and no --model)",
+                    name, FAMILY_NAMES.get(family, family), models.default_model("caption", "zh"))
     model, processor = models.load(
         name,
         model_class=AutoModelForImageTextToText,

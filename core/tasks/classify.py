@@ -14,14 +14,25 @@ the scores of all models comparable and summing to 1.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
 
 from wwts.core import models
-from wwts.core.config import RunConfig
+from wwts.core.config import RunConfig, fill_prompt
+from wwts.core.errors import ModelLoadError
 from wwts.core.results import ClassifyResult, LabelScore
 from wwts.core.tasks.base import Task, size_dict
+
+log = logging.getLogger(__name__)
+
+#: A tokenizer ``model_max_length`` above this is transformers' "no limit" placeholder (1e30).
+_SANE_MAX_LENGTH = 100_000
+#: What the classify task needs from a model: both towers and the learned temperature.
+_DUAL_ENCODER_NEEDS = ("get_image_features", "get_text_features", "logit_scale")
+_DUAL_ENCODER_HELP = ("zero-shot classification needs a contrastive dual encoder such as Chinese-CLIP, CLIP "
+                      "or SigLIP (image and text towers with a learned logit_scale)")
 
 
 def _as_features(output: Any) -> torch.Tensor:
@@ -54,7 +65,7 @@ class ClassifyTask(Task):
                  device: torch.device, dtype: torch.dtype) -> None:
         super().__init__(config, model, processor, device, dtype)
         self.labels = list(config.labels)
-        self.prompts = [config.prompt_template.format(label) for label in self.labels]
+        self.prompts = [fill_prompt(config.prompt_template, label) for label in self.labels]
         self.top_k = config.effective_top_k
         self.text_features: torch.Tensor | None = None  # (L, D), L2-normalised, float32
         self._cpu_text_features: torch.Tensor | None = None
@@ -74,13 +85,42 @@ class ClassifyTask(Task):
         vision = getattr(self.model.config, "vision_config", None)
         return getattr(vision, "image_size", None)
 
+    def text_max_length(self) -> int | None:
+        """Most tokens the text tower takes: the tokenizer's ``model_max_length`` when it is a
+        real limit, capped by the text config's ``max_position_embeddings``; ``None`` if neither says."""
+        tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        limits = []
+        tok_max = getattr(tokenizer, "model_max_length", None)
+        if isinstance(tok_max, int) and 0 < tok_max < _SANE_MAX_LENGTH:
+            limits.append(tok_max)
+        text_config = getattr(self.model.config, "text_config", None) or self.model.config
+        positions = getattr(text_config, "max_position_embeddings", None)
+        if isinstance(positions, int) and positions > 0:
+            limits.append(positions)
+        return min(limits) if limits else None
+
     def _text_inputs(self) -> dict[str, torch.Tensor]:
+        """Token ids of the label prompts, truncated to ``text_max_length`` (one warning if any is cut)."""
         tokenizer = getattr(self.processor, "tokenizer", self.processor)
         kwargs: dict[str, Any] = {"padding": True, "truncation": True, "return_tensors": "pt"}
+        limit = self.text_max_length()
+        if limit:
+            kwargs["max_length"] = limit
+            self._warn_truncated(tokenizer, limit)
         if "siglip" in getattr(self.model.config, "model_type", ""):
             # SigLIP was trained on text padded to 64 tokens (model card, google/siglip-*).
-            kwargs.update(padding="max_length", max_length=64)
+            kwargs.update(padding="max_length", max_length=min(64, limit or 64))
         return dict(tokenizer(self.prompts, **kwargs))
+
+    def _warn_truncated(self, tokenizer: Any, limit: int) -> None:
+        lengths = [len(ids) for ids in tokenizer(self.prompts, truncation=False)["input_ids"]]
+        cut = [label for label, n in zip(self.labels, lengths) if n > limit]
+        if cut:
+            shown = ", ".join(repr(_shorten(label)) for label in cut[:3])
+            if len(cut) > 3:
+                shown += f" and {len(cut) - 3} more"
+            log.warning("label%s %s %s longer than the %d text tokens the model takes (prompt included): only "
+                        "the start is used", "s" if len(cut) > 1 else "", shown, "are" if len(cut) > 1 else "is", limit)
 
     def int8_modules(self) -> set[str] | None:
         """Only the image side: the label text is encoded once per run, so quantizing the text
@@ -122,14 +162,26 @@ class ClassifyTask(Task):
             return logits.softmax(dim=-1)
 
     def postprocess(self, outputs: torch.Tensor) -> list[dict[str, Any]]:
-        """``(B, L)`` probabilities → B dicts of ``label``, ``score``, ``top_k``."""
+        """``(B, L)`` probabilities → B dicts of ``label``, ``score``, ``top_k``.
+
+        A row holding NaN or infinity (broken weights, an overflow in half precision) becomes
+        ``{"error": "nonfinite: ..."}``: never a NaN score.
+        """
         probs = outputs.float().cpu()
+        finite = torch.isfinite(probs).all(dim=-1).tolist()
         values, indices = probs.topk(self.top_k, dim=-1)
-        fields = []
-        for vals, idxs in zip(values.tolist(), indices.tolist()):
+        fields: list[dict[str, Any]] = []
+        for ok, vals, idxs in zip(finite, values.tolist(), indices.tolist()):
+            if not ok:
+                fields.append({"error": self._nonfinite_error()})
+                continue
             top = [LabelScore(self.labels[i], float(v)) for v, i in zip(vals, idxs)]
             fields.append({"label": top[0].label, "score": top[0].score, "top_k": top})
         return fields
+
+    def _nonfinite_error(self) -> str:
+        hint = "" if self.dtype == torch.float32 else "; try --dtype float32"
+        return f"nonfinite: the model gave NaN or infinite scores for this image{hint}"
 
     def run_info(self) -> dict[str, Any]:
         return {"labels": self.labels, "prompt": self.config.prompt_template, "top_k": self.top_k}
@@ -139,19 +191,49 @@ def load_task(config: RunConfig, device: torch.device, dtype: torch.dtype) -> Cl
     """Load the model and processor named by ``config.model`` (or the default) for classify.
 
     Raises:
-        ModelLoadError: the model cannot be loaded, or it has no ``get_image_features`` /
-            ``get_text_features`` (not a CLIP-style dual encoder).
+        ModelLoadError: the model cannot be loaded, or it is not a contrastive dual encoder: its
+            config names another architecture (``check_architecture``, before the weights are
+            read), or the loaded model lacks ``get_image_features`` / ``get_text_features`` /
+            ``logit_scale``.
     """
     name = config.model or models.default_model("classify")
+    check_architecture(name, models.load_config(name, trust_remote_code=config.trust_remote_code))
     # float32 weights whatever the checkpoint stores (transformers 5 keeps the checkpoint's dtype
     # by default); bf16/fp16 come from autocast, so norms and softmax stay float32.
     model, processor = models.load(name, trust_remote_code=config.trust_remote_code,
                                    model_kwargs={"dtype": torch.float32})
-    for method in ("get_image_features", "get_text_features"):
-        if not hasattr(model, method):
-            from wwts.core.errors import ModelLoadError
-
-            raise ModelLoadError(
-                f"model {name!r} ({type(model).__name__}) has no {method}: zero-shot classification "
-                "needs a CLIP-style model (Chinese-CLIP, CLIP, SigLIP)")
+    missing = [need for need in _DUAL_ENCODER_NEEDS if not hasattr(model, need)]
+    if missing:
+        raise ModelLoadError(f"model {name!r} ({type(model).__name__}) has no {', '.join(missing)}: "
+                             f"{_DUAL_ENCODER_HELP}")
     return ClassifyTask(config, model, processor, device, dtype)
+
+
+def check_architecture(name: str, model_config: Any) -> None:
+    """Refuse, before any weights are read, a checkpoint whose ``config.architectures`` names a
+    transformers class that is not a dual encoder (no ``get_image_features`` and
+    ``get_text_features``): e.g. ``BlipForConditionalGeneration`` (a captioner, which ``AutoModel``
+    would load as a ``BlipModel`` with random projection heads, scoring NaN) or
+    ``ViTForImageClassification``. Classes transformers does not know (remote code) pass here and
+    are checked on the loaded model.
+
+    Raises:
+        ModelLoadError: the checkpoint's architecture is not a dual encoder (the message says what
+            it is and, for a captioning model, points at ``wwts caption``).
+    """
+    import transformers
+
+    for arch in getattr(model_config, "architectures", None) or []:
+        cls = getattr(transformers, arch, None)
+        if cls is None or all(hasattr(cls, m) for m in _DUAL_ENCODER_NEEDS[:2]):
+            continue
+        hint = ""
+        if arch.endswith(("ForConditionalGeneration", "ForCausalLM", "ForImageTextToText", "EncoderDecoderModel")):
+            hint = "; to describe images with it use `wwts caption`"
+        raise ModelLoadError(f"model {name!r} is a {arch} (model type {getattr(model_config, 'model_type', '?')}): "
+                             f"{_DUAL_ENCODER_HELP}{hint}")
+
+
+def _shorten(text: str, width: int = 40) -> str:
+    """``text`` cut to ``width`` characters with ``…`` (for naming long labels in messages)."""
+    return text if len(text) <= width else text[:width - 1] + "…"
