@@ -1,11 +1,16 @@
 """The decode pool: images are decoded in parallel with the model's work, in a bounded window.
 
 JPEG, PNG and the other Pillow formats decode in threads (Pillow releases the GIL while it
-decodes). Formats whose native decoders have been seen to crash the whole process — HEIF/HEIC
-and AVIF through libheif / libavif — decode in worker processes instead (as many as there are
-decode threads, started on first use), so a crash costs one error record, not the run: when a
-worker dies, the process pool is rebuilt and every file that was in it is retried alone in a
-process of its own, so only the file that kills the decoder gets the error ``crashed: ...``.
+decodes). Formats decoded by native libraries that misbehave on broken files decode in worker
+processes instead (as many as there are decode threads, started on first use): HEIF/HEIC and
+AVIF, whose libheif / libavif have been seen to crash the whole process, and TIFF, whose libtiff
+writes its complaints (``Fax3Decode2D: Bad code word``...) straight to file descriptor 2. A file
+goes to a worker by its extension or, whatever its name, by its first bytes (TIFF or ISO-BMFF
+``ftyp`` magic). In the worker, file descriptor 2 is redirected to a temporary file around each
+decode and what the decoder wrote there becomes part of that image's ``note`` (or of its error),
+so nothing reaches the terminal untied to a file. A crash costs one error record, not the run:
+when a worker dies, the process pool is rebuilt and every file that was in it is retried alone
+in a process of its own, so only the file that kills the decoder gets the error ``crashed: ...``.
 
 This module must not import torch.
 """
@@ -16,21 +21,118 @@ import logging
 import multiprocessing
 import os
 import signal
+import sys
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
 from wwts.core.errors import ImageError
-from wwts.core.images import DecodedImage, load_image
+from wwts.core.images import DecodedImage, load_image, read_head
 
 log = logging.getLogger(__name__)
 
-#: Extensions decoded in the isolated worker process (native decoders with a crash history).
-ISOLATED_EXTENSIONS = frozenset({".heic", ".heif", ".avif", ".hif"})
+#: Extensions decoded in the isolated worker processes: native decoders with a crash history
+#: (libheif, libavif) or that write to stderr themselves (libtiff).
+ISOLATED_EXTENSIONS = frozenset({".heic", ".heif", ".avif", ".hif", ".tif", ".tiff"})
+#: First bytes of TIFF files (little/big endian, classic and BigTIFF): isolated whatever the name.
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+#: Most bytes of a decoder's stderr text read back per image, and most distinct lines kept.
+_CAPTURE_BYTES = 64 * 1024
+_CAPTURE_LINES = 3
+_capture_file: Any = None  # the worker process's temporary file for file descriptor 2
+
+
+def needs_isolation(path: Path) -> bool:
+    """True when ``path`` should decode in a worker process: an extension in
+    ``ISOLATED_EXTENSIONS``, or content starting like a TIFF or an ISO-BMFF (HEIF/AVIF) file."""
+    if Path(path).suffix.lower() in ISOLATED_EXTENSIONS:
+        return True
+    head = read_head(path, 12)
+    return head[:4] in _TIFF_MAGIC or head[4:8] == b"ftyp"
+
+
+@dataclass
+class _Failure:
+    """An ``ImageError`` carried back from a worker process as data (``ImageError`` takes two
+    arguments and so does not survive pickling as an exception)."""
+
+    category: str
+    message: str
+
+
+@contextmanager
+def _stderr_captured() -> Iterator[list[str]]:
+    """Redirect file descriptor 2 (what native libraries write to) to a temporary file for the
+    block; afterwards the yielded list holds the text written there (decoded as UTF-8, errors
+    replaced, at most ``_CAPTURE_BYTES``). For worker processes only, which decode one file at
+    a time: in a threaded process, other threads' output would be captured too."""
+    global _capture_file
+    out: list[str] = []
+    try:
+        if _capture_file is None:
+            _capture_file = tempfile.TemporaryFile()
+        _capture_file.seek(0)
+        _capture_file.truncate()
+        saved = os.dup(2)
+    except OSError:  # no file descriptor 2 (pythonw), or no temporary folder: decode uncaptured
+        out.append("")
+        yield out
+        return
+    if sys.stderr is not None:
+        sys.stderr.flush()
+    os.dup2(_capture_file.fileno(), 2)
+    try:
+        yield out
+    finally:
+        if sys.stderr is not None:
+            sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        _capture_file.seek(0)
+        out.append(_capture_file.read(_CAPTURE_BYTES).decode("utf-8", "replace"))
+
+
+def _summarise(text: str) -> str:
+    """One line from a decoder's stderr text: its first distinct lines, and how many more
+    (control characters become ``?``: the text came from a file's bytes)."""
+    printable = "".join(c if c.isprintable() or c in "\n\t" else "?" for c in text)
+    lines = list(dict.fromkeys(" ".join(line.split()) for line in printable.splitlines()))
+    lines = [line for line in lines if line]
+    if not lines:
+        return ""
+    more = f" (+{len(lines) - _CAPTURE_LINES} more)" if len(lines) > _CAPTURE_LINES else ""
+    return "decoder said: " + "; ".join(lines[:_CAPTURE_LINES]) + more
+
+
+def isolated_decode(load: Callable[..., DecodedImage], path: Path, **kwargs: Any) -> DecodedImage | _Failure:
+    """Run in a worker process: ``load(path, **kwargs)`` with file descriptor 2 captured.
+
+    Returns:
+        The ``DecodedImage``, with what the decoder wrote to stderr appended to its ``note``; or,
+        when ``load`` raised ``ImageError``, a ``_Failure`` whose message ends with that text.
+        Other exceptions propagate (the pool turns them into ``ImageError("decode", ...)``).
+    """
+    failure: _Failure | None = None
+    with _stderr_captured() as captured:
+        try:
+            decoded = load(path, **kwargs)
+        except ImageError as exc:
+            failure = _Failure(exc.category, str(exc.args[0]))
+    said = _summarise(captured[0])
+    if failure is not None:
+        failure.message = f"{failure.message} ({said})" if said else failure.message
+        return failure
+    if said:
+        decoded.note = f"{decoded.note}; {said}" if decoded.note else said
+    return decoded
 
 
 def _worker_init() -> None:
@@ -48,16 +150,17 @@ def _worker_init() -> None:
 
 
 class DecodePool:
-    """Decode paths into ``DecodedImage`` objects on worker threads (HEIF/AVIF in worker processes).
+    """Decode paths into ``DecodedImage`` objects on worker threads (HEIF/AVIF/TIFF in processes).
 
     Args:
         workers: decode threads (see ``core.device.decode_workers``); also the most worker
-            processes for HEIF/AVIF (spawned when the first such file comes).
+            processes for HEIF/AVIF/TIFF (spawned when the first such file comes; see
+            ``needs_isolation``).
         draft_size: model input side in pixels, for draft decoding (``None``: full size).
         max_pixels: refuse images with more pixels (``None``: Pillow's default limit).
         allow_truncated: decode truncated files as far as they go instead of failing.
-        isolated_load: the function run in the worker process (tests replace it with one that
-            crashes); must be importable by name.
+        isolated_load: the function run in the worker process, through ``isolated_decode``
+            (tests replace it with one that crashes); must be importable by name.
         prepare: optional ``DecodedImage -> model inputs`` run on the decode thread right after
             decoding (the task's per-image preprocessing); its result is stored in ``.inputs``.
             An exception there becomes ``ImageError("preprocess", ...)``.
@@ -73,8 +176,8 @@ class DecodePool:
         self._prepare = prepare
         self._load = partial(load_image, draft_size=draft_size, max_pixels=max_pixels,
                              allow_truncated=allow_truncated)
-        self._isolated = partial(isolated_load, draft_size=draft_size, max_pixels=max_pixels,
-                                 allow_truncated=allow_truncated)
+        self._isolated = partial(isolated_decode, isolated_load, draft_size=draft_size,
+                                 max_pixels=max_pixels, allow_truncated=allow_truncated)
         self._workers = max(1, int(workers))
         self._threads = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="wwts-decode")
         self._proc: ProcessPoolExecutor | None = None
@@ -84,12 +187,11 @@ class DecodePool:
 
     def submit(self, path: Path) -> Future:
         """Start decoding ``path``; returns a ``Future[DecodedImage]``."""
-        if Path(path).suffix.lower() in ISOLATED_EXTENSIONS:
-            return self._threads.submit(self._prepared, self._decode_isolated, path)
-        return self._threads.submit(self._prepared, self._load, path)  # load_image raises only ImageError
+        return self._threads.submit(self._prepared, Path(path))
 
-    def _prepared(self, decode: Callable[[Path], DecodedImage], path: Path) -> DecodedImage:
-        decoded = decode(path)
+    def _prepared(self, path: Path) -> DecodedImage:
+        # load_image raises only ImageError; the format sniff runs here, off the caller's thread
+        decoded = self._decode_isolated(path) if needs_isolation(path) else self._load(path)
         if self._prepare is not None:
             try:
                 decoded.inputs = self._prepare(decoded)
@@ -119,7 +221,7 @@ class DecodePool:
     def _decode_isolated(self, path: Path) -> DecodedImage:
         pool = self._process_pool()
         try:
-            return pool.submit(self._isolated, path).result()
+            return _unwrap(pool.submit(self._isolated, path).result())
         except BrokenProcessPool:
             self._reset_process_pool(pool)
         except ImageError:
@@ -133,7 +235,7 @@ class DecodePool:
                 raise ImageError("decode", "stopped before this file was decoded")
             alone = self._new_process_pool(1)
             try:
-                return alone.submit(self._isolated, path).result()
+                return _unwrap(alone.submit(self._isolated, path).result())
             except BrokenProcessPool:
                 log.warning("the image decoder crashed on %s", path)
                 raise ImageError("crashed", "the image decoder crashed on this file (native code); "
@@ -159,3 +261,10 @@ class DecodePool:
 
     def __exit__(self, *exc) -> None:
         self.shutdown()
+
+
+def _unwrap(result: DecodedImage | _Failure) -> DecodedImage:
+    """The worker's result, or its ``_Failure`` raised as ``ImageError``."""
+    if isinstance(result, _Failure):
+        raise ImageError(result.category, result.message)
+    return result

@@ -7,10 +7,19 @@ It never opens a file, so a FIFO or socket named ``x.jpg`` cannot hang it; decod
 attribute) are skipped in folder walks unless asked for, as ``fd`` and ``ripgrep`` do: macOS writes
 an AppleDouble ``._IMG_0001.jpg`` beside every photo copied to a FAT/exFAT/SMB volume, and without
 this rule each one would come back as a failed image.
+
+Symbolic links, one rule: a link to a file is taken like the file (once, however many names
+reach it). A broken link (its target does not exist, or a link loop) is yielded when it is named
+on the command line or, in a folder walk, when its name has an image extension, so that decoding
+gives it an error record of category ``link``; other broken links met in a walk are logged as a
+warning (they may have pointed at folders). Folder links are followed only with
+``follow_symlinks`` (within the input folder, each folder once); a folder link named on the
+command line is always walked.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import stat
@@ -55,6 +64,9 @@ def discover(
             input folder it was found under (after ``os.path.realpath``) is skipped, and a folder
             already walked (same ``st_dev``/``st_ino``) is not walked again, so link loops end.
             Symlinks to files are always yielded; symlinked folders are skipped when ``False``.
+            Broken links (dangling, or loops) are yielded when named, or found in a walk with an
+            image extension; loading them gives an ``ImageError`` of category ``link``. Other
+            broken links in a walk are logged as warnings and skipped.
         include_hidden: also walk hidden folders and take hidden files (see ``is_hidden``).
             Inputs named explicitly are taken whether hidden or not.
 
@@ -65,20 +77,21 @@ def discover(
         inputs, hard links, file symlinks) is yielded the first time only.
 
     Raises:
-        UsageError: an input does not exist or cannot be examined; checked for all inputs before
-            the first path is yielded. Unreadable folders met during the walk are skipped with a
-            logged warning instead.
+        UsageError: an input does not exist (and is no broken link) or cannot be examined;
+            checked for all inputs before the first path is yielded. Unreadable folders met
+            during the walk are skipped with a logged warning instead.
     """
     roots: list[tuple[Path, os.stat_result | None]] = []
     for raw in inputs:
         path = Path(raw)
         try:
             roots.append((path, os.stat(path)))
-        except FileNotFoundError:
-            if not os.path.islink(path):
-                raise UsageError(f"input path does not exist: {path}") from None
-            roots.append((path, None))  # dangling symlink named explicitly: let decoding say so
         except OSError as exc:
+            if _broken_link_error(exc) and (os.path.islink(path) or exc.errno == errno.ELOOP):
+                roots.append((path, None))  # broken link named explicitly: decoding says "link: ..."
+                continue
+            if isinstance(exc, FileNotFoundError):
+                raise UsageError(f"input path does not exist: {path}") from None
             raise UsageError(f"cannot access input path {path}: {exc.strerror or exc}") from None
 
     seen_files: set[tuple] = set()
@@ -115,7 +128,7 @@ def _walk(
         base = os.fspath(folder)
         for name in files:
             try:  # follows a file symlink; dedupe by what it points to
-                key = _identity(os.path.join(base, name))
+                key = _file_key(os.path.join(base, name))
             except OSError as exc:
                 logger.warning("skipping %s: %s", folder / name, exc.strerror or exc)
                 continue
@@ -158,6 +171,12 @@ def _list_folder(
                     elif entry.is_dir(follow_symlinks=False):
                         if recursive:
                             subdirs.append(entry.name)
+                    elif entry.is_symlink() and _is_broken_link(entry.path):
+                        if is_image_name(entry.name):
+                            files.append(entry.name)  # decoding gives it a "link" error record
+                        else:
+                            logger.warning("skipping broken symbolic link %s (its target does not exist, "
+                                           "or a link loop)", folder / entry.name)
                     elif entry.is_symlink() and entry.is_dir():
                         if recursive and follow_symlinks and _inside(entry.path, root_real):
                             subdirs.append(entry.name)
@@ -201,6 +220,34 @@ def _inside(link: str, root_real: str) -> bool:
         pass
     logger.info("not following %s: it points outside the input folder (%s)", link, target)
     return False
+
+
+def _broken_link_error(exc: OSError) -> bool:
+    """True for the ``stat`` errors of a broken link: target missing, or a loop (``ELOOP``)."""
+    return isinstance(exc, (FileNotFoundError, NotADirectoryError)) or exc.errno == errno.ELOOP
+
+
+def _is_broken_link(path: str) -> bool:
+    """True when following ``path`` (known to be a symlink) fails: dangling, or a link loop."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return _broken_link_error(exc)
+    return False
+
+
+def _file_key(path: str) -> tuple:
+    """``_identity`` of a file found in a walk; for a broken link, the identity of the link itself.
+
+    Raises:
+        OSError: the entry vanished or cannot be examined.
+    """
+    try:
+        return _identity(path)
+    except OSError as exc:
+        if not (_broken_link_error(exc) and os.path.islink(path)):
+            raise
+        return ("link", *_key(os.lstat(path), path))
 
 
 def _identity(path: str | Path) -> tuple:

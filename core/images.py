@@ -16,6 +16,7 @@ This module must not import torch.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -75,6 +76,16 @@ _EXIF_TRANSPOSE = {
 #: Orientations that swap width and height (transpose, rotate 90/270, transverse).
 _SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
 _WHITE = (255, 255, 255)
+#: Widest aspect ratio (long side / short side) ``load_image`` accepts by default, checked from the
+#: header before any pixel is decoded. CLIP-style image processors scale the *short* side to the
+#: model's input size before cropping, so an 8000x1 PNG of 107 bytes became a 1,792,000x224
+#: intermediate image and a 4.3 GB peak (measured: ``wwts classify`` of that one file with a
+#: 224 px Chinese-CLIP processor). At this limit the intermediate is at most ``200 * S * S``
+#: pixels for an ``S`` px model (10 MP for 224 px). 200 is the limit Qwen2-VL's own image
+#: processor enforces: transformers ``models/qwen2_vl/image_processing_qwen2_vl.py``
+#: ``smart_resize`` raises "absolute aspect ratio must be smaller than 200" when
+#: ``max(h, w) / min(h, w) > 200``. Real panoramas and long screenshots stay far below it.
+MAX_ASPECT_RATIO = 200
 
 #: Serialises the opt-in truncated-image retry, the only place that sets the process-wide
 #: ``ImageFile.LOAD_TRUNCATED_IMAGES`` (Pillow has no per-image switch for it).
@@ -113,6 +124,7 @@ def load_image(
     draft_size: int | None = None,
     max_pixels: int | None = None,
     allow_truncated: bool = False,
+    max_aspect_ratio: float | None = MAX_ASPECT_RATIO,
 ) -> DecodedImage:
     """Decode ``path`` into an 8-bit RGB image with its EXIF orientation applied.
 
@@ -144,25 +156,29 @@ def load_image(
             Pillow's process-wide ``ImageFile.LOAD_TRUNCATED_IMAGES`` under a lock for the length
             of one decode, so a normal-path decode running at that moment in another thread would
             also accept a truncated file; use one value for a whole run.
+        max_aspect_ratio: refuse images whose long side is more than this many times the short
+            side, from the header before decoding (see ``MAX_ASPECT_RATIO``); ``None``: no limit.
 
     Returns:
         A ``DecodedImage``; ``image.mode == "RGB"``.
 
     Raises:
         ImageError: with ``category`` one of
-            ``"not_found"`` (no such file, or a dangling symlink),
+            ``"not_found"`` (no such file),
+            ``"link"`` (a broken symbolic link: its target does not exist, or a link loop),
             ``"not_a_file"`` (a directory, FIFO, socket or device),
             ``"permission"`` (not readable),
             ``"empty"`` (zero bytes),
             ``"unidentified"`` (not an image in a supported format, e.g. HTML saved as ``.jpg``),
             ``"truncated"`` (the file ends before the image data does),
             ``"too_large"`` (more pixels than allowed, or out of memory while decoding),
+            ``"aspect_ratio"`` (long side over ``max_aspect_ratio`` times the short side),
             ``"decode"`` (anything else: corrupt data, unsupported mode, I/O error).
             Never any other exception.
     """
     path = Path(path)
     try:
-        return _load(path, draft_size, max_pixels, allow_truncated)
+        return _load(path, draft_size, max_pixels, allow_truncated, max_aspect_ratio)
     except ImageError:
         raise
     except MemoryError:
@@ -181,16 +197,13 @@ def load_image(
         raise ImageError("decode", _describe(exc)) from None
 
 
-def _load(path: Path, draft_size: int | None, max_pixels: int | None, allow_truncated: bool) -> DecodedImage:
+def _load(path: Path, draft_size: int | None, max_pixels: int | None, allow_truncated: bool,
+          max_aspect_ratio: float | None) -> DecodedImage:
     notes: list[str] = []
     with _open_regular_file(path) as fp:
         im = _identify(fp)
         width, height = im.size
-        limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
-        if limit is not None and width * height > limit:
-            raise ImageError(
-                "too_large", f"{width}x{height} = {width * height} pixels exceeds the limit of {limit}"
-            )
+        _check_size(width, height, max_pixels, max_aspect_ratio)
         try:
             frames = int(getattr(im, "n_frames", 1))
         except Exception:  # counting frames walks the file; a broken later frame is not fatal
@@ -224,6 +237,23 @@ def _load(path: Path, draft_size: int | None, max_pixels: int | None, allow_trun
     return DecodedImage(rgb, width, height, frames, "; ".join(notes) or None)
 
 
+def _check_size(width: int, height: int, max_pixels: int | None, max_aspect_ratio: float | None) -> None:
+    """Refuse, from the header, images over the pixel limit or the aspect-ratio limit.
+
+    Raises:
+        ImageError: ``too_large`` or ``aspect_ratio``.
+    """
+    limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    if limit is not None and width * height > limit:
+        raise ImageError("too_large", f"{width}x{height} = {width * height} pixels exceeds the limit of {limit}")
+    short, long = sorted((width, height))
+    if max_aspect_ratio is not None and short > 0 and long / short > max_aspect_ratio:
+        raise ImageError(
+            "aspect_ratio",
+            f"{width}x{height}: aspect ratio {long / short:.4g}:1 is over the limit of {max_aspect_ratio:g}:1",
+        )
+
+
 def _reduce(im: Image.Image, draft_size: int) -> Image.Image:
     """Box-reduce ``im`` by the largest integer factor keeping its short side >= ``2 * draft_size``."""
     factor = min(im.size) // (2 * draft_size)
@@ -239,13 +269,16 @@ def _open_regular_file(path: Path) -> Iterator[BinaryIO]:
     and the ``open``. For regular files ``O_NONBLOCK`` has no effect on reads.
 
     Raises:
-        ImageError: ``not_found``, ``permission``, ``not_a_file``, ``empty``, or ``decode`` for
-            other ``open`` failures (``ELOOP``, ``ENAMETOOLONG``...).
+        ImageError: ``not_found``, ``link`` (dangling symlink, or ``ELOOP``: a link loop),
+            ``permission``, ``not_a_file``, ``empty``, or ``decode`` for other ``open``
+            failures (``ENAMETOOLONG``...).
     """
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
     try:
         fd = os.open(path, flags)
     except (FileNotFoundError, NotADirectoryError):
+        if os.path.islink(path):
+            raise ImageError("link", f"broken symbolic link: its target {_link_target(path)} does not exist") from None
         raise ImageError("not_found", "no such file") from None
     except IsADirectoryError:
         raise ImageError("not_a_file", "is a directory") from None
@@ -254,6 +287,8 @@ def _open_regular_file(path: Path) -> Iterator[BinaryIO]:
             raise ImageError("not_a_file", "is a directory") from None
         raise ImageError("permission", "permission denied") from None
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ImageError("link", "symbolic link loop (too many levels of symbolic links)") from None
         raise ImageError("decode", f"cannot open: {exc.strerror or exc}") from None
     try:
         st = os.fstat(fd)
@@ -268,6 +303,25 @@ def _open_regular_file(path: Path) -> Iterator[BinaryIO]:
         raise
     with fp:
         yield fp
+
+
+def _link_target(path: Path) -> str:
+    """What the symlink ``path`` points to, quoted, as stored in the link (``readlink``)."""
+    try:
+        return repr(os.readlink(path))
+    except OSError:
+        return "(unreadable)"
+
+
+def read_head(path: Path, size: int = 16) -> bytes:
+    """The first ``size`` bytes of the regular file ``path`` (fewer if it is shorter), or ``b""``
+    when it cannot be opened or is not a regular file (FIFOs are never waited on). For sniffing
+    the format before choosing how to decode; ``load_image`` reports what is wrong with the file."""
+    try:
+        with _open_regular_file(Path(path)) as fp:
+            return fp.read(size)
+    except (ImageError, OSError):
+        return b""
 
 
 def _identify(fp) -> ImageFile.ImageFile:

@@ -96,3 +96,53 @@ def test_several_crashes_among_parallel_decodes_blame_only_the_crashing_files(tm
             except ImageError as exc:
                 outcome[path.name] = exc.category
     assert outcome == {n: "crashed" if n.startswith("crash") else 40 for n in names}
+
+
+def test_an_image_error_in_the_worker_keeps_its_category(tmp_path):
+    """ImageError does not survive pickling as an exception; it must not read as a crash."""
+    bad = tmp_path / "bad.heic"
+    bad.write_bytes(b"not a HEIC file at all")
+    with DecodePool(1) as pool:
+        with pytest.raises(ImageError) as info:
+            pool.submit(bad).result()
+    assert info.value.category == "unidentified"
+
+
+def test_tiff_decodes_in_a_worker_by_name_or_content(tmp_path):
+    named = tmp_path / "a.tif"
+    Image.new("RGB", (40, 20)).save(named, format="TIFF")
+    disguised = tmp_path / "b.jpg"
+    Image.new("RGB", (40, 20)).save(disguised, format="TIFF")
+    plain = tmp_path / "c.jpg"
+    Image.new("RGB", (40, 20)).save(plain, format="JPEG")
+    with DecodePool(2, isolated_load=pid_load) as pool:
+        notes = [pool.submit(p).result().note for p in (named, disguised, plain)]
+    assert notes[0] and notes[1] and str(os.getpid()) not in notes[:2]  # decoded by pid_load
+    assert notes[2] is None  # in a thread of this process
+
+
+def test_what_a_native_decoder_writes_to_stderr_becomes_the_note(tmp_path, capfd):
+    path = tmp_path / "fax.tif"
+    im = Image.new("1", (64, 64), 1)
+    for x in range(0, 64, 3):
+        im.putpixel((x, x // 2), 0)
+    im.save(path, compression="group4")
+    with Image.open(path) as opened:
+        start, length = opened.tag_v2[273][0], opened.tag_v2[279][0]
+    data = bytearray(path.read_bytes())
+    for i in range(start + 2, start + length):
+        data[i] ^= 0xA5
+    path.write_bytes(bytes(data))
+    capfd.readouterr()
+    with DecodePool(1) as pool:
+        decoded = pool.submit(path).result()
+    out, err = capfd.readouterr()
+    assert "Fax4Decode" not in out + err
+    assert decoded.note.startswith("decoder said: Fax4Decode: Bad code word")
+
+
+def test_stderr_summary_is_one_line_of_distinct_lines():
+    from wwts.core.decode import _summarise
+
+    assert _summarise("") == ""
+    assert _summarise("a: x\na: x\n\nb:  y\nc\nd\n") == "decoder said: a: x; b: y; c (+1 more)"

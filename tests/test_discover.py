@@ -174,13 +174,36 @@ def test_followed_symlink_never_leaves_the_input_root(tree):
 
 
 @needs_symlinks
-def test_file_symlinks_are_yielded_once_and_dangling_ones_skipped(tree):
+def test_file_symlinks_are_yielded_once_and_broken_ones_passed_on(tree):
     os.symlink("b.jpg", tree / "photos" / "alias.jpg")  # same file as b.jpg: yielded once
     os.symlink("gone.jpg", tree / "photos" / "dangling.jpg")
+    os.symlink("loop.jpg", tree / "photos" / "loop.jpg")  # a link to itself: ELOOP
     result = found("photos", recursive=False)
-    assert result == ["photos/a.PNG", "photos/alias.jpg", "photos/c.Jpeg"]
-    # a dangling link named explicitly is passed on; decoding reports it
+    # broken links with image names are yielded, so decoding gives each a "link" record
+    assert result == ["photos/a.PNG", "photos/alias.jpg", "photos/c.Jpeg", "photos/dangling.jpg",
+                      "photos/loop.jpg"]
     assert found("photos/dangling.jpg") == ["photos/dangling.jpg"]
+
+
+@needs_symlinks
+def test_broken_links_named_on_the_command_line_are_yielded_not_fatal(tree):
+    os.symlink("loop.jpg", tree / "loop.jpg")
+    os.symlink("a.jpg", tree / "b.jpg")
+    os.symlink("b.jpg", tree / "a.jpg")  # a two-link loop
+    os.symlink("gone", tree / "gone.jpg")
+    assert found("loop.jpg", "a.jpg", "gone.jpg", "photos/b.jpg") == [
+        "loop.jpg", "a.jpg", "gone.jpg", "photos/b.jpg"]
+
+
+@needs_symlinks
+def test_broken_links_without_image_names_are_warned_about(tree, caplog):
+    os.symlink("gone", tree / "photos" / "was_a_folder")
+    os.symlink("self", tree / "photos" / "self")
+    with caplog.at_level(logging.WARNING, logger="wwts.core.discover"):
+        result = found("photos", recursive=False, follow_symlinks=True)
+    assert result == ["photos/a.PNG", "photos/b.jpg", "photos/c.Jpeg"]
+    warned = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert "photos/was_a_folder" in warned and "photos/self" in warned
 
 
 @needs_symlinks

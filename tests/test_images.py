@@ -50,10 +50,17 @@ def test_not_found(tmp_path):
     assert category(tmp_path / "missing.jpg") == "not_found"
 
 
-def test_dangling_symlink_is_not_found(tmp_path):
-    link = tmp_path / "link.jpg"
-    link.symlink_to(tmp_path / "gone.jpg")
-    assert category(link) == "not_found"
+@pytest.mark.skipif(os.name == "nt", reason="symlinks need privileges on Windows")
+def test_broken_symlinks_are_link_errors(tmp_path):
+    dangling = tmp_path / "link.jpg"
+    dangling.symlink_to(tmp_path / "gone.jpg")
+    loop = tmp_path / "loop.jpg"
+    loop.symlink_to("loop.jpg")
+    with pytest.raises(ImageError) as info:
+        load_image(dangling)
+    assert info.value.category == "link" and "gone.jpg" in str(info.value)
+    assert category(loop) == "link"
+    assert category(tmp_path / "missing.jpg") == "not_found"  # no link: still not_found
 
 
 def test_directory_named_like_an_image_is_not_a_file(tmp_path):
@@ -127,6 +134,22 @@ def test_too_large_from_max_pixels(tmp_path):
     Image.new("RGB", (100, 100)).save(path)
     assert category(path, max_pixels=9_999) == "too_large"
     assert load_image(path, max_pixels=10_000).image.size == (100, 100)
+
+
+def test_extreme_aspect_ratio_refused_from_the_header(tmp_path):
+    # a 107-byte 8000x1 PNG: a CLIP processor would scale it to 1,792,000x224 (4.3 GB peak)
+    thin, tall, edge = tmp_path / "thin.png", tmp_path / "tall.png", tmp_path / "edge.png"
+    Image.new("RGB", (8000, 1)).save(thin)
+    Image.new("RGB", (2, 403)).save(tall)
+    Image.new("RGB", (10, 2000)).save(edge)  # exactly 200:1, what Qwen2-VL's processor accepts
+    with pytest.raises(ImageError) as info:
+        load_image(thin, draft_size=224)
+    assert info.value.category == "aspect_ratio"
+    assert "8000x1" in str(info.value) and "200:1" in str(info.value)
+    assert category(tall) == "aspect_ratio"
+    assert load_image(edge).image.size == (10, 2000)
+    assert load_image(thin, max_aspect_ratio=None).image.size == (8000, 1)
+    assert load_image(tall, max_aspect_ratio=300).width == 2
 
 
 def test_decompression_bomb_refused_from_the_header(tmp_path):

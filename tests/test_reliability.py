@@ -43,7 +43,7 @@ LABELS = "人,车,猫"
 FAST = ("--labels", LABELS, "--top-k", "3", "--dtype", "float32", "--threads", "1")
 #: Categories ``core.images`` / ``core.decode`` / the engine put in front of an error message.
 CATEGORIES = {"not_found", "not_a_file", "permission", "empty", "unidentified", "truncated",
-              "too_large", "decode", "crashed", "preprocess", "inference"}
+              "too_large", "decode", "crashed", "preprocess", "inference", "link", "aspect_ratio"}
 ERROR_RE = re.compile(r"^([a-z_]+): \S.*$")
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 NON_UTF8_NAME = b"photo-\xff\xfe-\xe9t\xe9.png"  # Latin-1 bytes: not valid UTF-8
@@ -200,7 +200,8 @@ def write_hostile_folder(folder: Path, exif_samples: Path | None) -> dict:
         skipped.add("pipe.jpg")
     os.symlink(".", folder / "loop")  # a folder link loop: not followed without --follow-symlinks
     os.symlink(folder / "missing.jpg", folder / "dangling.jpg")
-    skipped.update({"loop", "dangling.jpg"})
+    errors["dangling.jpg"] = {"link"}  # issue 10: every broken link named like an image gets a record
+    skipped.add("loop")
     if not IS_ROOT:
         put("unreadable.png", encoded(noise(), "PNG"), {"permission"})
         (folder / "unreadable.png").chmod(0)
