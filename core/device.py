@@ -883,55 +883,8 @@ def empty_cache(device: torch.device) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Expectations and the plan in words
+# The plan in words
 # --------------------------------------------------------------------------------------------
-
-#: CPU throughput measured on the 2-core AVX-512 (with AVX512-BF16) CI-class machine, images/s,
-#: from DESIGN.md: Chinese-CLIP ViT-B/16 image tower at batch 8, and BLIP-base captioning
-#: (384 px, 20 new tokens; float32 measured one image at a time, bf16 at batch 8).
-CPU_REFERENCE = {"cores": 2, ("classify", "float32"): 5.5, ("classify", "bfloat16"): 16.4,
-                 ("caption", "float32"): 0.7, ("caption", "bfloat16"): 2.5}
-
-
-def _vector_factor() -> float:
-    """float32 FLOPs per core relative to the AVX-512 reference, from SIMD width."""
-    cap = ""
-    with contextlib.suppress(Exception):
-        cap = torch.backends.cpu.get_cpu_capability().upper()
-    if "AVX512" in cap:
-        return 1.0
-    if "AVX2" in cap or _is_arm():  # 256-bit FMA (or Arm NEON/SVE cores of similar width)
-        return 0.5
-    return 0.25  # SSE-only x86
-
-
-def cpu_speed_estimate(task: str, threads: int | None = None, dtype: torch.dtype | None = None) -> float | None:
-    """Rough images/s to expect for ``task`` on this CPU: an estimate, not a measurement.
-
-    Scales the DESIGN.md reference numbers (``CPU_REFERENCE``, 2 cores with AVX-512) linearly by
-    the physical cores used (``min(threads, physical_cores())``) and by SIMD width (AVX-512 1,
-    AVX2 or Arm 0.5, older 0.25); the bf16 figure is used only with native bf16. Linear scaling
-    is optimistic on many-core machines, where memory bandwidth limits it; treat the result as
-    "about", within a factor of two.
-
-    Args:
-        task: ``classify`` or ``caption``.
-        threads: torch threads of the run (default: ``resolve_threads()``).
-        dtype: compute dtype (default: what ``--dtype auto`` picks on CPU).
-
-    Returns:
-        Images per second, or ``None`` for an unknown task.
-    """
-    if task not in ("classify", "caption"):
-        return None
-    if dtype is None:
-        dtype = _auto_dtype(torch.device("cpu"))[0]
-    use_bf16 = dtype == torch.bfloat16 and cpu_has_native_bf16()
-    base = CPU_REFERENCE[(task, "bfloat16" if use_bf16 else "float32")]
-    n = threads if threads is not None else resolve_threads()[0]
-    cores = max(1, min(n, physical_cores()))
-    return base * cores / CPU_REFERENCE["cores"] * _vector_factor()
-
 
 def _device_label(device: torch.device) -> str:
     if device.type == "cuda":
