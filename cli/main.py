@@ -5,9 +5,20 @@ Parses options, builds a ``RunConfig``, shows progress and writes results; all l
 is instant. Every ``WwtsError`` becomes one red line on stderr and its exit code, in one place
 (``_fail``).
 
-Exit codes: 0 success · 1 unexpected error · 2 usage, model or device error · 3 finished but
-some images failed · 4 the device failed mid-run (results so far are saved) · 130 / 143
-interrupted by Ctrl-C / SIGTERM.
+Everything shown is data, never rich markup: consoles are ``cli.display.DataConsole`` (paths,
+labels and messages literal, control characters escaped), colour comes from ``Text`` objects.
+
+Exit codes (the README lists the same):
+
+- 0: success (also "nothing to do" on ``--resume``);
+- 1: an unexpected error (a bug: one line, ``WWTS_DEBUG=1`` shows the traceback), or results
+  that could not be written mid-run (disk full: the message names the file holding the records);
+- 2: usage, model, device or output error (bad option, no images, model not found, an ``--out``
+  that cannot be created, is locked by another run, or is corrupt on ``--resume``...), found
+  before any image is processed;
+- 3: the run finished but some images failed (their records hold the error);
+- 4: the device failed mid-run (results so far are saved);
+- 130 / 143: interrupted by Ctrl-C / SIGTERM (results so far are saved).
 """
 
 from __future__ import annotations
@@ -18,14 +29,15 @@ import shlex
 import signal
 import sys
 import warnings
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Iterator, Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
+from wwts.cli.display import DataConsole, records_table, styled
 from wwts.core.errors import WwtsError
 from wwts.core.models import default_model
 
@@ -33,10 +45,32 @@ app = typer.Typer(
     name="wwts",
     help="万物识别 wwts: zero-shot classification (Chinese labels) and captioning of photo folders, "
          "fast on CPU, Apple MPS or NVIDIA CUDA.",
+    epilog="Examples:\n\nwwts classify ./photos --labels 人,车,动物\n\nwwts caption ./photos --out results.csv"
+           "\n\nwwts doctor\n\nwwts classify -h",
     no_args_is_help=True,
     add_completion=False,
     rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"wwts {version('wwts')}")
+        except PackageNotFoundError:  # a source tree that is not installed
+            typer.echo("wwts (version unknown: not installed)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    show_version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                               help="Print the version and exit.")] = False,
+) -> None:
+    """Options that come before the command (``wwts --version``)."""
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_IMAGES_FAILED, EXIT_DEVICE_FAULT = 0, 1, 2, 3, 4
 EXIT_SIGINT, EXIT_SIGTERM = 130, 143
@@ -55,12 +89,12 @@ class Lang(str, Enum):
 
 
 def _stderr() -> Console:
-    return Console(stderr=True, highlight=False)
+    return DataConsole(stderr=True)
 
 
 def _fail(exc: WwtsError, console: Console) -> typer.Exit:
     """One red line on stderr, then exit with the error's code."""
-    console.print(f"[bold red]error:[/] {exc}", soft_wrap=True, markup=True, highlight=False)
+    console.print(styled(("error:", "bold red"), " ", str(exc)))
     return typer.Exit(exc.exit_code)
 
 
@@ -72,7 +106,7 @@ class _ConsoleLogHandler(logging.Handler):
         self.console = console
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.console.print(f"[yellow]warning:[/] {record.getMessage()}", soft_wrap=True, highlight=False)
+        self.console.print(styled(("warning:", "yellow"), " ", record.getMessage()))
 
 
 log = logging.getLogger("wwts.cli")
@@ -85,49 +119,107 @@ def _setup_logging(console: Console) -> None:
 
 
 # -- shared options ------------------------------------------------------------------------------
+# Each option sits in one panel of --help: Inputs, Labels and prompt / Caption, Model and device,
+# Output, Runs.
+
+INPUTS, LABELS, CAPTION, MODEL, OUTPUT, RUNS = ("Inputs", "Labels and prompt", "Caption", "Model and device",
+                                              "Output", "Runs")
 
 InputsArg = Annotated[list[Path], typer.Argument(help="Image files and/or folders.", show_default=False,
                                                  metavar="PATH")]
 ClassifyModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="Hub id or local model folder.",
-                                                         show_default=default_model("classify"))]
+                                                         show_default=default_model("classify"),
+                                                         rich_help_panel=MODEL)]
 CaptionModelOpt = Annotated[Optional[str], typer.Option(
-    "--model", "-m", help="Hub id or local model folder.",
+    "--model", "-m", help="Hub id or local model folder.", rich_help_panel=MODEL,
     show_default=f"{default_model('caption')}; --lang zh: {default_model('caption', 'zh')}")]
-DeviceOpt = Annotated[str, typer.Option("--device", "-d", help="auto, cpu, cuda, cuda:N, mps or xpu.")]
-DTypeOpt = Annotated[DType, typer.Option("--dtype", case_sensitive=False,
-                                         help="Compute dtype; auto picks per device.")]
-BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1,
-                                                 help="Images per forward pass.", show_default="per device")]
-ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", min=1,
-                                                   help="CPU threads for torch.", show_default="physical cores")]
-WorkersOpt = Annotated[Optional[int], typer.Option("--workers", min=1,
-                                                   help="Image decode threads.", show_default="from the cores")]
-OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o",
+DeviceOpt = Annotated[str, typer.Option("--device", "-d", help="auto, cpu, cuda, cuda:N, mps or xpu.",
+                                        rich_help_panel=MODEL)]
+DTypeOpt = Annotated[DType, typer.Option("--dtype", case_sensitive=False, metavar="DTYPE",
+                                         help="auto, float32, float16 or bfloat16; auto picks per device.",
+                                         rich_help_panel=MODEL)]
+BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1, help="Images per forward pass.",
+                                                 show_default="per device", rich_help_panel=MODEL)]
+ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads for torch.",
+                                                   show_default="physical cores", rich_help_panel=MODEL)]
+WorkersOpt = Annotated[Optional[int], typer.Option("--workers", min=1, help="Image decode threads.",
+                                                   show_default="from the cores", rich_help_panel=MODEL)]
+OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", rich_help_panel=OUTPUT,
                                                 help="Write results to .csv, .json or .jsonl (else a table).")]
-OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out file.")]
-RecursiveOpt = Annotated[bool, typer.Option("--recursive/--no-recursive", help="Walk folders recursively.")]
-SymlinksOpt = Annotated[bool, typer.Option("--follow-symlinks", help="Follow directory symlinks (loops are detected).")]
-HiddenOpt = Annotated[bool, typer.Option("--include-hidden", help="Also take hidden files and folders (.*, macOS ._* files) in folder walks.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress and no start line.")]
-TrustOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Allow a model's own Python code (off by default).")]
-ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run: skip images already in --out.")]
-RetryOpt = Annotated[bool, typer.Option("--retry-failed", help="Process again the images whose record in --out has an error.")]
-TruncOpt = Annotated[bool, typer.Option("--allow-truncated", help="Decode truncated files as far as they go (else an error record).")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out file.",
+                                            rich_help_panel=OUTPUT)]
+RecursiveOpt = Annotated[bool, typer.Option("--recursive/--no-recursive", help="Walk folders recursively.",
+                                            rich_help_panel=INPUTS)]
+SymlinksOpt = Annotated[bool, typer.Option("--follow-symlinks", rich_help_panel=INPUTS,
+                                           help="Follow directory symlinks (loops are detected).")]
+HiddenOpt = Annotated[bool, typer.Option("--include-hidden", rich_help_panel=INPUTS, help=(
+    "Also take hidden files and folders (.*, macOS ._* files) in folder walks."))]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress and no start line.",
+                                        rich_help_panel=OUTPUT)]
+TrustOpt = Annotated[bool, typer.Option("--trust-remote-code", rich_help_panel=MODEL,
+                                        help="Allow a model's own Python code (off by default).")]
+ResumeOpt = Annotated[bool, typer.Option("--resume", rich_help_panel=RUNS,
+                                         help="Continue an interrupted run: skip images already in --out.")]
+RetryOpt = Annotated[bool, typer.Option("--retry-failed", rich_help_panel=RUNS,
+                                        help="Process again the images whose record in --out has an error.")]
+TruncOpt = Annotated[bool, typer.Option("--allow-truncated", rich_help_panel=INPUTS,
+                                        help="Decode truncated files as far as they go (else an error record).")]
+
+
 class Quantize(str, Enum):
     int8 = "int8"
 
 
-QuantizeOpt = Annotated[Optional[Quantize], typer.Option("--quantize", case_sensitive=False, help="int8: dynamic int8 Linear layers (CPU only; faster, check agreement with make bench).")]
-MaxPixelsOpt = Annotated[Optional[int], typer.Option("--max-pixels", min=1, help="Refuse larger images from their header.", show_default="Pillow's limit, 89478485")]
+QuantizeOpt = Annotated[Optional[Quantize], typer.Option("--quantize", case_sensitive=False, rich_help_panel=MODEL,
+                                                         help="int8: dynamic int8 Linear layers (CPU only; "
+                                                              "make bench measures speed and agreement).")]
+MaxPixelsOpt = Annotated[Optional[int], typer.Option("--max-pixels", min=1, rich_help_panel=INPUTS,
+                                                     help="Refuse larger images from their header.",
+                                                     show_default="Pillow's limit, 89478485")]
+
+CLASSIFY_EXAMPLES = """Examples:
+
+wwts classify ./photos --labels 人,车,动物
+
+wwts classify ./photos --labels-file labels.txt --top-k 3 --out results.csv
+
+wwts classify a.jpg b.png --labels "cat,dog" --prompt "a photo of a {}" -m openai/clip-vit-base-patch32
+
+wwts classify ./photos --labels 人,车 --out r.jsonl --resume"""
+
+CAPTION_EXAMPLES = """Examples:
+
+wwts caption ./photos --out results.csv
+
+wwts caption ./photos --lang zh --out results.jsonl
+
+wwts caption ./photos -m Salesforce/blip-image-captioning-large --num-beams 3 --max-new-tokens 40"""
+
+DOCTOR_EXAMPLES = """Examples:
+
+wwts doctor
+
+wwts doctor --json > facts.json"""
 
 
-@app.command()
+@app.command(epilog=CLASSIFY_EXAMPLES, help=(
+    "Zero-shot classification of images against Chinese (or any) labels with Chinese-CLIP.\n\n"
+    f"Default model: {default_model('classify')} (--model for another)."))
 def classify(
     inputs: InputsArg,
-    labels: Annotated[Optional[str], typer.Option("--labels", "-l", help="Comma-separated labels, e.g. 人,车,动物 (，also works).")] = None,
-    labels_file: Annotated[Optional[Path], typer.Option("--labels-file", help="One label per line; # comments.")] = None,
-    prompt: Annotated[Optional[str], typer.Option("--prompt", help="Prompt template with {} for the label; \"\" = bare label.", show_default="一张{}的照片。")] = None,
-    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Labels per image (capped at the number of labels).")] = 3,
+    recursive: RecursiveOpt = True,
+    follow_symlinks: SymlinksOpt = False,
+    include_hidden: HiddenOpt = False,
+    allow_truncated: TruncOpt = False,
+    max_pixels: MaxPixelsOpt = None,
+    labels: Annotated[Optional[str], typer.Option("--labels", "-l", rich_help_panel=LABELS, help=(
+        "Comma-separated labels, e.g. 人,车,动物 (，also works)."))] = None,
+    labels_file: Annotated[Optional[Path], typer.Option("--labels-file", rich_help_panel=LABELS,
+                                                        help="One label per line; # comments.")] = None,
+    prompt: Annotated[Optional[str], typer.Option("--prompt", rich_help_panel=LABELS, help=(
+        "Prompt template with {} for the label; \"\" = bare label."), show_default="一张{}的照片。")] = None,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, rich_help_panel=LABELS, help=(
+        "Labels per image (capped at the number of labels)."))] = 3,
     model: ClassifyModelOpt = None,
     device: DeviceOpt = "auto",
     dtype: DTypeOpt = DType.auto,
@@ -136,18 +228,13 @@ def classify(
     workers: WorkersOpt = None,
     out: OutOpt = None,
     overwrite: OverwriteOpt = False,
-    recursive: RecursiveOpt = True,
-    follow_symlinks: SymlinksOpt = False,
-    include_hidden: HiddenOpt = False,
     quiet: QuietOpt = False,
     trust_remote_code: TrustOpt = False,
     resume: ResumeOpt = False,
     retry_failed: RetryOpt = False,
-    allow_truncated: TruncOpt = False,
-    max_pixels: MaxPixelsOpt = None,
     quantize: QuantizeOpt = None,
 ) -> None:
-    """Zero-shot classification of images against Chinese (or any) labels with Chinese-CLIP."""
+    """Zero-shot classification of images against labels (help text: the decorator's ``help``)."""
     from wwts.core.config import parse_labels, read_labels_file
 
     params = dict(locals())
@@ -161,15 +248,28 @@ def classify(
     _run("classify", params, task_fields)
 
 
-@app.command()
+@app.command(epilog=CAPTION_EXAMPLES, help=(
+    "Caption images (English with BLIP by default; --lang zh for Chinese).\n\n"
+    f"Default model: {default_model('caption')}; with --lang zh: {default_model('caption', 'zh')}."))
 def caption(
     inputs: InputsArg,
-    lang: Annotated[Lang, typer.Option("--lang", case_sensitive=False, help="Caption language: en (BLIP) or zh (a Qwen-VL chat model).")] = Lang.en,
-    prompt: Annotated[Optional[str], typer.Option("--prompt", help="Prompt (BLIP: caption prefix; chat models: the instruction).")] = None,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Longest caption, in tokens.")] = 30,
-    min_new_tokens: Annotated[Optional[int], typer.Option("--min-new-tokens", min=0, help="Shortest caption, in tokens.")] = None,
-    num_beams: Annotated[int, typer.Option("--num-beams", min=1, help="Beam search width (1 = greedy).")] = 1,
-    repetition_penalty: Annotated[Optional[float], typer.Option("--repetition-penalty", help="Penalty > 1 discourages repeats.")] = None,
+    recursive: RecursiveOpt = True,
+    follow_symlinks: SymlinksOpt = False,
+    include_hidden: HiddenOpt = False,
+    allow_truncated: TruncOpt = False,
+    max_pixels: MaxPixelsOpt = None,
+    lang: Annotated[Lang, typer.Option("--lang", case_sensitive=False, rich_help_panel=CAPTION, help=(
+        "Caption language: en (BLIP) or zh (a Qwen-VL chat model)."))] = Lang.en,
+    prompt: Annotated[Optional[str], typer.Option("--prompt", rich_help_panel=CAPTION, help=(
+        "Prompt (BLIP: caption prefix; chat models: the instruction)."))] = None,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, rich_help_panel=CAPTION,
+                                                help="Longest caption, in tokens.")] = 30,
+    min_new_tokens: Annotated[Optional[int], typer.Option("--min-new-tokens", min=0, rich_help_panel=CAPTION,
+                                                          help="Shortest caption, in tokens.")] = None,
+    num_beams: Annotated[int, typer.Option("--num-beams", min=1, rich_help_panel=CAPTION,
+                                           help="Beam search width (1 = greedy).")] = 1,
+    repetition_penalty: Annotated[Optional[float], typer.Option("--repetition-penalty", rich_help_panel=CAPTION,
+                                                                help="Penalty > 1 discourages repeats.")] = None,
     model: CaptionModelOpt = None,
     device: DeviceOpt = "auto",
     dtype: DTypeOpt = DType.auto,
@@ -178,18 +278,13 @@ def caption(
     workers: WorkersOpt = None,
     out: OutOpt = None,
     overwrite: OverwriteOpt = False,
-    recursive: RecursiveOpt = True,
-    follow_symlinks: SymlinksOpt = False,
-    include_hidden: HiddenOpt = False,
     quiet: QuietOpt = False,
     trust_remote_code: TrustOpt = False,
     resume: ResumeOpt = False,
     retry_failed: RetryOpt = False,
-    allow_truncated: TruncOpt = False,
-    max_pixels: MaxPixelsOpt = None,
     quantize: QuantizeOpt = None,
 ) -> None:
-    """Caption images (English with BLIP by default; --lang zh for Chinese)."""
+    """Caption images (help text: the decorator's ``help``)."""
     params = dict(locals())
     _run("caption", params, lambda: {
         "lang": lang.value, "prompt": prompt, "max_new_tokens": max_new_tokens,
@@ -218,16 +313,18 @@ def _run(task: str, params: dict, task_fields) -> None:
              resume=params["resume"], retry_failed=params["retry_failed"])
 
 
-@app.command()
+@app.command(epilog=DOCTOR_EXAMPLES)
 def doctor(
     as_json: Annotated[bool, typer.Option("--json", help="Print the facts as one JSON object.")] = False,
+    recalibrate: Annotated[bool, typer.Option(
+        "--recalibrate", help="Measure again whether bf16 is faster than float32 on this CPU (cached otherwise).")] = False,
 ) -> None:
     """Show the hardware, libraries and model cache, and what wwts would do on this machine."""
     from wwts.cli.doctor import doctor_command
     from wwts.core.env import prepare_environment
 
     prepare_environment()
-    doctor_command(as_json, Console(highlight=False))
+    doctor_command(as_json, Console(highlight=False), recalibrate=recalibrate)
 
 
 def _usage(message: str) -> WwtsError:
@@ -236,22 +333,44 @@ def _usage(message: str) -> WwtsError:
     return UsageError(message)
 
 
-def _start_line(run) -> str:
-    info = run.info()
-    return (f"wwts {info['task']}: {run.total} images · model {info['model']} · device {info['device']} · "
-            f"dtype {info['dtype']} · threads {info['threads']} · batch size {info['batch_size']}")
+def _start_line(plan: dict) -> str:
+    """``wwts classify: 20 images · model M · device cpu · dtype float32 · threads 2 · batch size 8``
+    from the plan ``engine.start`` passes to its ``loading`` callback (or ``Run.info()``); with
+    ``--quantize int8`` the dtype reads ``float32 + int8 Linear layers``."""
+    dtype = plan["dtype"] + (f" + {plan['quantize']} Linear layers" if plan.get("quantize") else "")
+    return (f"wwts {plan['task']}: {plan['images']} images · model {plan['model']} · device {plan['device']} · "
+            f"dtype {dtype} · threads {plan['threads']} · batch size {plan['batch_size']}")
 
 
-def _cpu_note(run) -> str | None:
-    if run.device.type != "cpu":
+def _cpu_note(plan: dict) -> str | None:
+    """On the CPU: a line on how to get a faster device. No speed figure: the progress bar and
+    the summary show the speed measured on this machine."""
+    if not plan["device"].startswith("cpu"):
         return None
-    from wwts.core import device as devices
-
-    estimate = devices.cpu_speed_estimate(run.config.task)
-    speed = f" (expect about {estimate:.0f} images/s here)" if estimate else ""
-    int8 = "" if run.config.quantize else " --quantize int8 runs about 1.5x faster on the CPU."
-    return (f"CPU mode is slower than a GPU{speed}.{int8} With an NVIDIA GPU install a CUDA build of torch "
+    int8 = "" if plan.get("quantize") else (" --quantize int8 may be faster on this CPU: `make bench` measures "
+                                            "it and its agreement with float32.")
+    return ("CPU mode: slower than a GPU." + int8 + " With an NVIDIA GPU install a CUDA build of torch "
             "(https://pytorch.org/get-started/locally/); on an Apple-silicon Mac use --device mps.")
+
+
+@contextmanager
+def _loading(console: Console, quiet: bool, plan: dict) -> Iterator[None]:
+    """Held while the model loads: the start line, the CPU note, then "loading model NAME …"
+    (a spinner on a terminal, one plain line otherwise). Nothing with ``--quiet``."""
+    if quiet:
+        yield
+        return
+    console.print(_start_line(plan))
+    note = _cpu_note(plan)
+    if note:
+        console.print(styled((note, "dim")))
+    message = f"loading model {plan['model']} …"
+    if not console.is_terminal:
+        console.print(message)
+        yield
+        return
+    with console.status(styled(message), spinner="dots"):
+        yield
 
 
 #: Run settings that must match for --resume to append to an existing output.
@@ -339,7 +458,7 @@ def _execute(config, *, out: Path | None, overwrite: bool, quiet: bool, console:
         _execute_inner(config, out=out, overwrite=overwrite, quiet=quiet, console=console,
                        resume=resume, retry_failed=retry_failed)
     except KeyboardInterrupt:  # outside the batch loop (model loading, writing the table)
-        console.print("[yellow]interrupted[/]", soft_wrap=True)
+        console.print(styled(("interrupted", "yellow")))
         raise typer.Exit(EXIT_SIGINT)
     except (typer.Exit, typer.Abort):
         raise
@@ -347,12 +466,26 @@ def _execute(config, *, out: Path | None, overwrite: bool, quiet: bool, console:
         if os.environ.get("WWTS_DEBUG"):
             raise
         text = " ".join(str(exc).split())
-        console.print(f"[bold red]unexpected error:[/] {type(exc).__name__}: {text} "
-                      "(set WWTS_DEBUG=1 to see the traceback, and please report it)", soft_wrap=True)
+        console.print(styled(("unexpected error:", "bold red"), f" {type(exc).__name__}: {text} "
+                             "(set WWTS_DEBUG=1 to see the traceback, and please report it)"))
         raise typer.Exit(EXIT_ERROR)
 
 
-def _execute_inner(config, *, out, overwrite, quiet, console, resume, retry_failed) -> None:
+def _execute_inner(config, *, out, overwrite, console, resume, retry_failed, **kwargs) -> None:
+    """Check and lock ``--out`` before anything loads (``core.writers.lock_output``: exit 2 when
+    it cannot be written or another run writes it), and hold the lock for the whole run."""
+    from wwts.core.writers import lock_output
+
+    try:
+        lock = lock_output(out, inputs=config.inputs, overwrite=overwrite, resume=resume or retry_failed)
+    except WwtsError as exc:
+        raise _fail(exc, console)
+    with lock:
+        _execute_locked(config, out=out, overwrite=overwrite, console=console, resume=resume,
+                        retry_failed=retry_failed, **kwargs)
+
+
+def _execute_locked(config, *, out, overwrite, quiet, console, resume, retry_failed) -> None:
     from wwts.core.results import CaptionResult, ClassifyResult
 
     record_type = ClassifyResult if config.task == "classify" else CaptionResult
@@ -368,7 +501,7 @@ def _execute_inner(config, *, out, overwrite, quiet, console, resume, retry_fail
         transformers.logging.disable_progress_bar()  # "Loading weights" bars; hub downloads keep theirs
         huggingface_hub.utils.logging.set_verbosity_error()
         from wwts.core import engine
-        from wwts.core.writers import drop_records, open_writer, output_format, read_existing
+        from wwts.core.writers import drop_records, open_writer, output_format, pending_paths, read_existing
 
         if config.max_pixels:
             from PIL import Image
@@ -389,13 +522,14 @@ def _execute_inner(config, *, out, overwrite, quiet, console, resume, retry_fail
                                 "with the same model and labels", out)
                 _check_settings(out, old_run, _config_settings(config))
                 failed = {r["path"] for r in old_records if r.get("error")}
-                done = {r["path"] for r in old_records} - (failed if retry_failed else set())
                 found = engine.find_images(config)
-                paths = [p for p in found if str(p) not in done]
+                # the same file under any spelling (./a.jpg, $PWD/a.jpg) counts as done
+                paths = pending_paths(found, (r["path"] for r in old_records
+                                              if not (retry_failed and r["path"] in failed)))
                 if not paths:
                     console.print(f"nothing to do: all {len(found)} images are already in {out}", soft_wrap=True)
                     return
-        run = engine.start(config, paths=paths)
+        run = engine.start(config, paths=paths, loading=lambda plan: _loading(console, quiet, plan))
         _check_settings(out, old_run, run.info())
         if retry_failed and failed:
             drop_records(out, record_type, failed)
@@ -403,12 +537,6 @@ def _execute_inner(config, *, out, overwrite, quiet, console, resume, retry_fail
                              resume=resume or retry_failed) if out is not None else None
     except WwtsError as exc:
         raise _fail(exc, console)
-
-    if not quiet:
-        console.print(_start_line(run), soft_wrap=True)
-        note = _cpu_note(run)
-        if note:
-            console.print(f"[dim]{note}[/]", soft_wrap=True)
 
     from wwts.cli.progress import RunProgress
 
@@ -438,54 +566,41 @@ def _execute_inner(config, *, out, overwrite, quiet, console, resume, retry_fail
     stats = run.stats
     if interrupts.signum is not None:
         exit_code = EXIT_SIGINT if interrupts.signum == signal.SIGINT else EXIT_SIGTERM
-        console.print(f"[yellow]interrupted:[/] {stats.images} of {run.total} images done", soft_wrap=True)
+        console.print(styled(("interrupted:", "yellow"), f" {stats.images} of {run.total} images done"))
     if fault is not None:
-        console.print(f"[bold red]error:[/] {fault}", soft_wrap=True)
+        console.print(styled(("error:", "bold red"), f" {fault}"))
         exit_code = fault.exit_code
-    if not quiet or stats.errors or exit_code:
+    # with --out, count only the records really written (not a batch whose write failed)
+    images, errors = ((writer.written, writer.written_errors) if writer is not None
+                      else (stats.images, stats.errors))
+    saved = writer.saved_path if writer is not None else out  # x.json.partial.jsonl when x.json was not published
+    if not quiet or errors or exit_code:
         console.print(
-            f"done: {stats.images} images, {stats.errors} errors, {stats.seconds:.1f} s "
+            f"done: {images} images, {errors} errors, {stats.seconds:.1f} s "
             f"({stats.images_per_s:.2f} images/s; model load {stats.load_s:.1f} s) on {stats.device} "
             f"{str(run.dtype).replace('torch.', '')}, final batch size {stats.batch_size}"
-            + (f" → {out}" if out is not None else ""), soft_wrap=True)
-    if exit_code != EXIT_OK and stats.images < run.total:
+            + (f" → {saved}" if out is not None else ""))
+    if exit_code != EXIT_OK and images < run.total:
         if out is not None:
-            console.print(f"results so far are saved in {out}; to finish the run: "
+            console.print(f"results so far are saved in {saved}; to finish the run: "
                           f"{resume_command(sys.argv[1:])}", soft_wrap=True, markup=False)
         else:
             console.print("nothing was saved (no --out)", soft_wrap=True)
-    if exit_code == EXIT_OK and stats.errors:
+    if exit_code == EXIT_OK and errors:
         exit_code = EXIT_IMAGES_FAILED
     if exit_code != EXIT_OK:
         raise typer.Exit(exit_code)
 
 
 def _print_table(records, task: str) -> None:
-    """Print the records as a rich table on stdout.
+    """Print the records as a table on stdout (``display.records_table``).
 
-    On a terminal the table fits the window (long paths and captions fold). When stdout is a
-    pipe or a file, rich would assume 80 columns and fold paths mid-name, so the table is
-    rendered at its natural width instead: one line per image, paths intact for grep.
+    On a terminal the table fits the window. When stdout is a pipe or a file, rich would assume
+    80 columns and break paths, so the table is rendered at its natural width instead: one line
+    per image, paths intact for grep.
     """
-    console = Console(highlight=False)
-    table = Table(show_lines=False)
-    table.add_column("path", overflow="fold")
-    if task == "classify":
-        table.add_column("label")
-        table.add_column("score", justify="right")
-        table.add_column("top-k")
-    else:
-        table.add_column("caption", overflow="fold")
-    table.add_column("size", justify="right")
-    table.add_column("error", style="red", overflow="fold")
-    for r in records:
-        size = f"{r.width}x{r.height}" if r.width else ""
-        if task == "classify":
-            top = ", ".join(f"{ls.label} {ls.score:.3f}" for ls in r.top_k)
-            score = "" if r.score is None else f"{r.score:.3f}"
-            table.add_row(r.path, r.label or "", score, top, size, r.error or "")
-        else:
-            table.add_row(r.path, r.caption or "", size, r.error or "")
+    console = DataConsole()
+    table = records_table(records, task, one_line=not console.is_terminal)
     if not console.is_terminal:
         natural = console.measure(table, options=console.options.update_width(1_000_000)).maximum
         console.width = max(console.width, natural)

@@ -12,7 +12,11 @@ from typing import Callable
 from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task,
                            TextColumn, TimeElapsedColumn, TimeRemainingColumn)
+from rich.table import Column
 from rich.text import Text
+
+#: Bar width limits in cells: the bar shrinks to fit, and other columns go before it gets narrower.
+BAR_MAX, BAR_MIN = 40, 10
 
 
 class ImagesPerSecondColumn(ProgressColumn):
@@ -31,6 +35,42 @@ class ErrorsColumn(ProgressColumn):
     def render(self, task: Task) -> Text:
         errors = task.fields.get("errors", 0)
         return Text(f"{errors} errors", style="red" if errors else "dim")
+
+
+class EtaColumn(TimeRemainingColumn):
+    """``ETA 0:01:02``: rich's time remaining, labelled."""
+
+    def render(self, task: Task) -> Text:
+        return Text.assemble("ETA ", super().render(task))
+
+
+def progress_columns(width: int, total: int, description: str) -> list[ProgressColumn]:
+    """The progress bar's columns for a console ``width`` cells wide, on one line.
+
+    Columns are kept in order of use (bar, images done / total, errors, images/s, ETA, task
+    name, time elapsed) while they fit with a bar of at least ``BAR_MIN`` cells; the bar takes
+    what is left, up to ``BAR_MAX``. Widths assume at most ``total`` images and 9999.9 images/s.
+    """
+    digits = len(str(total))
+    no_wrap = {"table_column": Column(no_wrap=True)}
+    candidates = [  # (priority, width, column), in display order
+        (5, len(description), TextColumn("[bold]{task.description}", **no_wrap)),
+        (1, 2 * digits + 1, MofNCompleteColumn(**no_wrap)),
+        (3, len("9999.9 images/s"), ImagesPerSecondColumn(**no_wrap)),
+        (2, digits + len(" errors"), ErrorsColumn(**no_wrap)),
+        (6, len("0:00:00"), TimeElapsedColumn(**no_wrap)),
+        (4, len("ETA 0:00:00"), EtaColumn(**no_wrap)),
+    ]
+    kept = {}
+    used = BAR_MIN
+    for priority, cells, column in sorted(candidates, key=lambda c: c[0]):
+        if used + 1 + cells > width:
+            break
+        used += 1 + cells
+        kept[priority] = column
+    bar = BarColumn(bar_width=max(1, min(BAR_MAX, BAR_MIN + width - used)))
+    shown = [column for priority, _, column in candidates if priority in kept]
+    return shown[:1] + [bar] + shown[1:] if 5 in kept else [bar] + shown
 
 
 class RunProgress:
@@ -68,11 +108,9 @@ class RunProgress:
     def __enter__(self) -> "RunProgress":
         self._t0 = self._last_line = self.clock()
         if self.live:
-            self._progress = Progress(
-                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                ImagesPerSecondColumn(), ErrorsColumn(), TimeElapsedColumn(), TextColumn("ETA"),
-                TimeRemainingColumn(), console=self.console, get_time=self.clock, transient=False,
-            )
+            columns = progress_columns(self.console.width, self.total, self.description)
+            self._progress = Progress(*columns, console=self.console, get_time=self.clock,
+                                      transient=False)
             self._progress.start()
             self._task_id = self._progress.add_task(self.description, total=self.total, errors=0)
         return self

@@ -20,11 +20,12 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from contextlib import nullcontext
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, ContextManager, Iterator
 
 import torch
 
@@ -312,10 +313,10 @@ class Run:
     def _to_cpu(self, why: str) -> None:
         old = self.task.device
         cpu = torch.device("cpu")
-        dtype = devices.select_dtype(cpu, "auto")
+        self.batch_size = max(self.batch_size, devices.default_batch_size(cpu, self.config.task))
+        dtype = devices.select_dtype(cpu, "auto", self.batch_size)
         self.task.to(cpu, dtype)
         devices.empty_cache(old)
-        self.batch_size = max(self.batch_size, devices.default_batch_size(cpu, self.config.task))
         self.stats.batch_size = self.batch_size
         self.stats.device = f"{old}→cpu"
         self._event(f"{why}: the rest of the run goes to the CPU ({str(dtype).replace('torch.', '')}, "
@@ -337,12 +338,17 @@ def find_images(config: RunConfig) -> list[Path]:
                          include_hidden=config.include_hidden))
 
 
-def start(config: RunConfig, *, paths: list[Path] | None = None) -> Run:
+def start(config: RunConfig, *, paths: list[Path] | None = None,
+          loading: Callable[[dict[str, Any]], ContextManager[Any]] | None = None) -> Run:
     """Prepare a run: find images, pick and prove the device, set threads, load the model.
 
     Args:
         config: the validated run configuration.
         paths: images to process instead of discovering them (used by ``--resume``).
+        loading: called once everything but the model is settled, with the plan (``task``,
+            ``images``, ``model``, ``device``, ``dtype``, ``quantize``, ``threads``,
+            ``batch_size``); the context manager it returns is held while the model loads (the
+            CLI prints its start line and a "loading model" spinner there).
 
     Returns:
         A ``Run`` ready to iterate.
@@ -363,17 +369,24 @@ def start(config: RunConfig, *, paths: list[Path] | None = None) -> Run:
     if config.quantize and choice.device.type != "cpu":
         raise UsageError(f"--quantize {config.quantize} runs on the CPU only; the device here is "
                          f"{choice.device} (use --device cpu, or leave out --quantize)")
+    batch_size = config.batch_size or devices.default_batch_size(choice.device, config.task)
     # int8 Linear layers take float32 activations: no autocast on top of them.
-    dtype = torch.float32 if config.quantize else devices.select_dtype(choice.device, config.dtype)
+    dtype = torch.float32 if config.quantize else devices.select_dtype(choice.device, config.dtype, batch_size)
     workers = devices.decode_workers(threads, config.decode_workers,
                                      accelerator=choice.device.type != "cpu")
-    batch_size = config.batch_size or devices.default_batch_size(choice.device, config.task)
-    t0 = time.perf_counter()
-    task = load_task(config, choice.device, dtype)
-    if config.quantize == "int8":
-        from wwts.core.models import quantize_int8
+    from wwts.core.models import default_model
 
-        quantize_int8(task.model, task.int8_modules())
-    task.to(choice.device, dtype)
-    load_s = time.perf_counter() - t0
+    plan = {"task": config.task, "images": len(paths),
+            "model": config.model or default_model(config.task, config.lang), "device": str(choice.device),
+            "dtype": str(dtype).replace("torch.", ""), "quantize": config.quantize, "threads": threads,
+            "batch_size": batch_size}
+    with loading(plan) if loading is not None else nullcontext():
+        t0 = time.perf_counter()
+        task = load_task(config, choice.device, dtype)
+        if config.quantize == "int8":
+            from wwts.core.models import quantize_int8
+
+            quantize_int8(task.model, task.int8_modules())
+        task.to(choice.device, dtype)
+        load_s = time.perf_counter() - t0
     return Run(config, paths, task, choice, threads, workers, batch_size, load_s, started)

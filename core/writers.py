@@ -20,10 +20,26 @@ Files next to the output ``OUT`` (all in the same folder, so ``os.replace`` stay
     file in the same folder, fsync-ed and published with ``os.replace``; then the partial file and
     ``OUT.run.json`` are removed. If publishing fails, the old ``OUT`` (if any) is untouched, the
     partial file stays and the error says to rerun with ``--resume``.
+``OUT.lock`` and ``OUT.lock.info``
+    The exclusive lock of the run writing ``OUT`` (``lock_output`` / ``OutputLock``), taken before
+    the model loads and held to the end, and the holder's pid, host, start time and command line,
+    which a second run reads back to say who holds the lock. Both are removed at the end.
+
+A failed ``write`` (disk full) cuts the data file back to the records of the earlier batches and
+marks the writer failed: nothing more is written and a ``.json`` output is not published, so its
+records are in ``OUT.partial.jsonl`` (``ResultWriter.saved_path``); ``ResultWriter.written``
+counts the records really written.
+
+Errors: an output that cannot be used before the run starts (folder not writable, locked by
+another run, corrupt on ``--resume``) raises ``OutputError`` (exit code 2); a write failing
+mid-run raises ``WwtsError`` (exit code 1).
 
 Encodings:
 
-* JSON / JSONL: UTF-8, ``ensure_ascii=False`` (Chinese stays readable). A path decoded from
+* JSON / JSONL: strict JSON (``allow_nan=False``): a record holding a NaN or infinity is written
+  as an error record (``nonfinite: ...``, task fields empty, see ``_finite_record``), in CSV too;
+  such a value in the run section becomes ``null``. UTF-8, ``ensure_ascii=False`` (Chinese stays
+  readable). A path decoded from
   non-UTF-8 bytes holds lone surrogates (``os.fsdecode``, PEP 383 surrogateescape); they are
   written as the JSON escape ``\\udcXX`` (``backslashreplace``), which is valid JSON and reads back
   to the very same ``str``.
@@ -49,31 +65,50 @@ This module does not import torch.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
+import errno
 import io
 import json
+import math
 import os
 import re
+import socket
+import sys
+import time
 import typing
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from wwts.core.errors import UsageError, WwtsError
+from wwts.core.errors import UsageError, WwtsError, describe
 from wwts.core.results import ImageRecord
 
 __all__ = [
     "FORMATS",
+    "OutputError",
+    "OutputLock",
     "ResultWriter",
     "drop_records",
+    "lock_output",
     "open_writer",
     "output_format",
     "partial_path",
+    "pending_paths",
     "read_existing",
     "run_sidecar_path",
 ]
+
+
+class OutputError(WwtsError):
+    """The output cannot be used: its folder cannot be created or written, it is locked by
+    another run, or an existing output to ``--resume`` is unreadable or corrupt. Exit code 2
+    (found before any image is processed). A write that fails mid-run (disk full) stays a plain
+    ``WwtsError`` (exit code 1): the records written so far are kept."""
+
+    exit_code = 2
 
 #: Output formats by file extension (lower case, with the dot).
 FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "jsonl"}
@@ -131,18 +166,76 @@ def partial_path(path: Path) -> Path:
 
 
 def _json_bytes(obj: Any, **kwargs: Any) -> bytes:
-    """UTF-8 JSON; lone surrogates become the JSON escape ``\\udcXX`` (reads back unchanged)."""
-    text = json.dumps(obj, ensure_ascii=False, default=str, **kwargs)
+    """Strict UTF-8 JSON; lone surrogates become the JSON escape ``\\udcXX`` (reads back unchanged).
+
+    Raises:
+        ValueError: ``obj`` holds a NaN or infinity (``allow_nan=False``: strict parsers reject
+            ``NaN``); callers pass values through ``_finite_json`` / ``_finite_record_dict`` first.
+    """
+    text = json.dumps(obj, ensure_ascii=False, allow_nan=False, default=str, **kwargs)
     return text.encode("utf-8", "backslashreplace")
 
 
+def _non_finite(obj: Any, where: str = "") -> list[str]:
+    """Where ``obj`` (a JSON-ready value) holds a NaN or infinity: ``["score", "top_k[0].score"]``."""
+    if isinstance(obj, float):
+        return [] if math.isfinite(obj) else [f"{where or 'value'} is {obj}"]
+    if isinstance(obj, dict):
+        return [w for k, v in obj.items() for w in _non_finite(v, f"{where}.{k}" if where else str(k))]
+    if isinstance(obj, (list, tuple)):
+        return [w for i, v in enumerate(obj) for w in _non_finite(v, f"{where}[{i}]")]
+    return []
+
+
+def _finite_json(obj: Any) -> Any:
+    """``obj`` with every NaN or infinity replaced by ``None`` (for the run section)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_json(v) for v in obj]
+    return obj
+
+
+def _non_finite_error(found: list[str]) -> str:
+    return ("nonfinite: the model gave a non-finite result (" + ", ".join(found[:3])
+            + ("..." if len(found) > 3 else "") + "); no result for this image")
+
+
+def _finite_record(record: ImageRecord) -> ImageRecord:
+    """``record`` itself when every number in it is finite; else an error record for the same
+    image: the fields common to all records (path, size, frames, note) are kept, the task's
+    results (label, score, top_k, caption) are dropped, and ``error`` says which value was not
+    finite (an existing error is kept). A writer never emits ``NaN`` or ``Infinity``."""
+    found = _non_finite(record.to_dict())
+    if not found:
+        return record
+    common = {f.name: getattr(record, f.name) for f in dataclasses.fields(ImageRecord)}
+    common = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in common.items()}
+    common["error"] = record.error or _non_finite_error(found)
+    return type(record)(**common)
+
+
+def _finite_record_dict(record: dict[str, Any]) -> dict[str, Any]:
+    """The same rule as ``_finite_record`` for a record read back from a file (``--resume`` carries
+    old records over; ``json.loads`` accepts ``NaN``): non-finite numbers become ``None`` and the
+    record gets an ``error`` when it has none."""
+    found = _non_finite(record)
+    if not found:
+        return record
+    fixed = _finite_json(record)
+    fixed["error"] = fixed.get("error") or _non_finite_error(found)
+    return fixed
+
+
 def _record_line(record: dict[str, Any]) -> bytes:
-    return _json_bytes(record) + b"\n"
+    return _json_bytes(_finite_record_dict(record)) + b"\n"
 
 
 def _final_json_chunks(run: dict[str, Any], record_lines: Iterable[bytes]) -> Iterator[bytes]:
     """The published ``.json`` document: ``{"run": {...}, "results": [...]}``, one record a line."""
-    yield b'{\n  "run": ' + _json_bytes(run, indent=2).replace(b"\n", b"\n  ") + b',\n  "results": ['
+    yield b'{\n  "run": ' + _json_bytes(_finite_json(run), indent=2).replace(b"\n", b"\n  ") + b',\n  "results": ['
     sep = b"\n    "
     for line in record_lines:
         yield sep + line
@@ -181,14 +274,14 @@ def _parse_top_k(text: str, where: str) -> list[dict[str, Any]]:
     """``"人:0.9120;车:0.0510"`` → ``[{"label": "人", "score": 0.912}, ...]``.
 
     Raises:
-        WwtsError: the cell is not a list of ``label:score`` items.
+        OutputError: the cell is not a list of ``label:score`` items.
     """
     items: list[dict[str, Any]] = []
     pos = 0
     while pos < len(text):
         m = _TOP_K_ITEM_RE.match(text, pos)
         if m is None or m.end() == pos:
-            raise WwtsError(f"{where}: cannot read top_k cell {text!r} (expected 人:0.9120;车:0.0510)")
+            raise OutputError(f"{where}: cannot read top_k cell {text!r} (expected 人:0.9120;车:0.0510)")
         items.append({"label": m.group(1), "score": float(m.group(2))})
         pos = m.end()
     return items
@@ -219,7 +312,7 @@ def _csv_record(cells: dict[str, str], kinds: dict[str, str], where: str) -> dic
     successful record reads as ``""`` (e.g. an empty caption).
 
     Raises:
-        WwtsError: a number or top_k cell that cannot be parsed.
+        OutputError: a number or top_k cell that cannot be parsed.
     """
     ok = cells.get("error", "") == ""
     out: dict[str, Any] = {}
@@ -237,7 +330,7 @@ def _csv_record(cells: dict[str, str], kinds: dict[str, str], where: str) -> dic
             else:
                 out[name] = text
         except ValueError:
-            raise WwtsError(f"{where}: column {name!r} is not a number: {text!r}") from None
+            raise OutputError(f"{where}: column {name!r} is not a number: {text!r}") from None
     return out
 
 
@@ -255,7 +348,7 @@ def _scan_jsonl(path: Path) -> tuple[list[tuple[dict[str, Any], int, int]], int]
         dropped.
 
     Raises:
-        WwtsError: the file cannot be read, or a line other than the last is not a record.
+        OutputError: the file cannot be read, or a line other than the last is not a record.
     """
     data = _read_bytes(path)
     rows: list[tuple[dict[str, Any], int, int]] = []
@@ -277,7 +370,7 @@ def _scan_jsonl(path: Path) -> tuple[list[tuple[dict[str, Any], int, int]], int]
                 if last:
                     break
                 lineno = data.count(b"\n", 0, pos) + 1
-                raise WwtsError(f"{path}: line {lineno} is not a result record ({exc})") from None
+                raise OutputError(f"{path}: line {lineno} is not a result record ({exc})") from None
             rows.append((obj, pos, end))
         good_end = end
         pos = end
@@ -296,7 +389,7 @@ def _scan_csv(
         whose header line itself is torn.
 
     Raises:
-        WwtsError: the file cannot be read, or a row other than the last is malformed.
+        OutputError: the file cannot be read, or a row other than the last is malformed.
         UsageError: the header is not ``fields`` (the file was written by another task).
     """
     data = _read_bytes(path)
@@ -325,7 +418,7 @@ def _scan_csv(
         except csv.Error as exc:
             if consumed >= len(data):  # unterminated quote at the end: torn
                 break
-            raise WwtsError(f"{path}: malformed CSV near line {reader.line_num}: {exc}") from None
+            raise OutputError(f"{path}: malformed CSV near line {reader.line_num}: {exc}") from None
         if not last_line_complete and consumed >= len(data):
             break  # last row without its line break: torn
         if header is None:
@@ -339,7 +432,7 @@ def _scan_csv(
             if len(row) != len(fields):
                 if consumed >= len(data):
                     break
-                raise WwtsError(
+                raise OutputError(
                     f"{path}: line {reader.line_num} has {len(row)} cells, expected {len(fields)}"
                 )
             rows.append((row, start, consumed))
@@ -352,14 +445,14 @@ def _read_bytes(path: Path) -> bytes:
     try:
         return Path(path).read_bytes()
     except OSError as exc:
-        raise WwtsError(f"cannot read {path}: {exc}") from None
+        raise OutputError(f"cannot read {path}: {exc}") from None
 
 
 def _read_json_file(path: Path) -> Any:
     try:
         return json.loads(_read_bytes(path).decode("utf-8-sig"))
     except ValueError as exc:
-        raise WwtsError(f"{path} is not valid JSON: {exc}") from None
+        raise OutputError(f"{path} is not valid JSON: {exc}") from None
 
 
 def _read_run_sidecar(path: Path) -> dict[str, Any] | None:
@@ -368,14 +461,14 @@ def _read_run_sidecar(path: Path) -> dict[str, Any] | None:
         return None
     run = _read_json_file(sidecar)
     if not isinstance(run, dict):
-        raise WwtsError(f"{sidecar} does not hold a run section (a JSON object)")
+        raise OutputError(f"{sidecar} does not hold a run section (a JSON object)")
     return run
 
 
 def _read_final_json(path: Path) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
     doc = _read_json_file(path)
     if not isinstance(doc, dict) or not isinstance(doc.get("results"), list):
-        raise WwtsError(f'{path} is not a wwts result file (expected {{"run": ..., "results": [...]}})')
+        raise OutputError(f'{path} is not a wwts result file (expected {{"run": ..., "results": [...]}})')
     run = doc.get("run")
     return (run if isinstance(run, dict) else None), doc["results"]
 
@@ -398,7 +491,7 @@ def read_existing(
 
     Raises:
         UsageError: bad extension, or a CSV whose header does not match ``record_type``.
-        WwtsError: unreadable or corrupt file.
+        OutputError: unreadable or corrupt file (exit code 2).
     """
     path = Path(path)
     fmt = output_format(path)
@@ -481,7 +574,7 @@ def _atomic_write(path: Path, chunks: Iterable[bytes]) -> None:
 def _write_run_sidecar(path: Path, run: dict[str, Any]) -> None:
     sidecar = run_sidecar_path(path)
     try:
-        _atomic_write(sidecar, [_json_bytes(run, indent=2), b"\n"])
+        _atomic_write(sidecar, [_json_bytes(_finite_json(run), indent=2), b"\n"])
     except OSError as exc:
         raise WwtsError(f"cannot write run settings to {sidecar}: {exc}") from exc
 
@@ -508,6 +601,10 @@ class ResultWriter:
         record_type: the record class every written record must be an instance of.
         run: the run section; ``close(run)`` merges the final statistics into it.
         closed: True after ``close`` or ``abort``.
+        failed: True after a ``write`` failed (disk full...): the file holds exactly the records
+            of the earlier calls, later calls are refused, and ``close`` publishes nothing.
+        written: records written (and fsync-ed) by this writer; ``written_errors``: how many of
+            them hold an error. A batch whose write failed is not counted.
     """
 
     format: str = ""
@@ -517,7 +614,21 @@ class ResultWriter:
         self.record_type = record_type
         self.run: dict[str, Any] = dict(run)
         self.closed = False
-        self._fh: io.BufferedWriter | None = None
+        self.failed = False
+        self.written = 0
+        self.written_errors = 0
+        self._fh: io.RawIOBase | None = None
+
+    @property
+    def data_path(self) -> Path:
+        """The file the records are appended to (``OUT.partial.jsonl`` for ``.json``)."""
+        return self.path
+
+    @property
+    def saved_path(self) -> Path:
+        """Where the records are now: ``path``, or for a ``.json`` run that was not published
+        (write failure, publish failure) its ``OUT.partial.jsonl``."""
+        return self.path
 
     # subclasses: encode records, and what closing means
     def _encode(self, records: Sequence[ImageRecord]) -> bytes:
@@ -529,12 +640,16 @@ class ResultWriter:
     def write(self, records: Sequence[ImageRecord]) -> None:
         """Append ``records`` in the given order, then flush and fsync the file.
 
+        A record holding a NaN or infinity is written as an error record (see ``_finite_record``).
+        When the write fails, the file is cut back to the records of the earlier calls.
+
         Raises:
             TypeError: a record is not an instance of ``record_type``.
-            WwtsError: the writer is closed, or the disk write failed (disk full...).
+            WwtsError: the writer is closed or failed before, or the disk write failed (disk
+                full...); the message names the file that holds the records so far.
         """
-        if self.closed or self._fh is None:
-            raise WwtsError(f"{self.path}: writer is closed")
+        if self.closed or self.failed or self._fh is None:
+            raise WwtsError(f"{self.data_path}: writer is closed")
         if not records:
             return
         for record in records:
@@ -542,24 +657,35 @@ class ResultWriter:
                 raise TypeError(
                     f"{self.path}: expected {self.record_type.__name__} records, got {type(record).__name__}"
                 )
+        records = [_finite_record(r) for r in records]
         data = self._encode(records)
+        fd = self._fh.fileno()
+        size = os.fstat(fd).st_size
         try:
-            self._fh.write(data)
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
+            _write_all(self._fh, data)
+            os.fsync(fd)
         except OSError as exc:
-            raise WwtsError(f"cannot write results to {self.path}: {exc}") from exc
+            self.failed = True
+            with contextlib.suppress(OSError):  # drop a torn batch; --resume would cut it anyway
+                os.ftruncate(fd, size)
+            raise WwtsError(f"cannot write results to {self.data_path}: {describe(exc)}") from exc
+        self.written += len(records)
+        self.written_errors += sum(1 for r in records if r.error)
 
     def close(self, run: dict[str, Any] | None = None) -> None:
         """Finish the output: merge ``run`` into the run section and store it; publish ``.json``.
 
-        Calling it again does nothing.
+        After a failed ``write`` this is ``abort()``: nothing is published. Calling it again does
+        nothing.
 
         Raises:
             WwtsError: the run section or the final ``.json`` could not be written; every record
                 written so far is still on disk (see the module doc).
         """
         if self.closed:
+            return
+        if self.failed:
+            self.abort()
             return
         if run:
             self.run.update(run)
@@ -579,7 +705,7 @@ class ResultWriter:
             try:
                 fh.close()
             except OSError as exc:
-                raise WwtsError(f"cannot write results to {self.path}: {exc}") from exc
+                raise WwtsError(f"cannot write results to {self.data_path}: {exc}") from exc
 
     def __enter__(self) -> ResultWriter:
         return self
@@ -596,18 +722,38 @@ class ResultWriter:
         return f"<{type(self).__name__} {self.format} {str(self.path)!r} {state}>"
 
 
+def _write_all(fh: io.RawIOBase, data: bytes) -> None:
+    """Write all of ``data`` to an unbuffered file (a raw write may take only part of it).
+
+    Raises:
+        OSError: the write failed (``ENOSPC`` when the disk is full...).
+    """
+    view = memoryview(data)
+    while view:
+        n = fh.write(view)
+        if not n:
+            raise OSError(errno.EIO, "the file took no bytes")
+        view = view[n:]
+
+
+def _open_data(path: Path, mode: str) -> io.RawIOBase:
+    """``open(path, mode)`` unbuffered: ``"xb"`` creates (fails if the file exists, so the check
+    and the creation are one step), ``"wb"`` truncates, ``"ab"`` appends."""
+    return open(path, mode, buffering=0)
+
+
 class _JsonlWriter(ResultWriter):
     """JSON Lines: one ``record.to_dict()`` object per line, UTF-8, ``ensure_ascii=False``."""
 
     format = "jsonl"
 
-    def _open(self, data_path: Path, *, resume: bool) -> None:
+    def _open(self, data_path: Path, *, resume: bool, overwrite: bool) -> None:
         if resume and data_path.exists():
             _, good_end = _scan_jsonl(data_path)
             _truncate(data_path, good_end)
-            self._fh = open(data_path, "ab")
+            self._fh = _open_data(data_path, "ab")
         else:
-            self._fh = open(data_path, "wb")
+            self._fh = _open_data(data_path, "wb" if overwrite else "xb")
 
     def _encode(self, records: Sequence[ImageRecord]) -> bytes:
         return b"".join(_record_line(r.to_dict()) for r in records)
@@ -621,17 +767,18 @@ class _CsvWriter(ResultWriter):
 
     format = "csv"
 
-    def _open(self, *, resume: bool) -> None:
+    def _open(self, *, resume: bool, overwrite: bool) -> None:
         fields = self.record_type.csv_fields
+        mode = "wb" if overwrite else "xb"
         if resume and self.path.exists():
             has_header, _, good_end = _scan_csv(self.path, fields)
             if has_header:
                 _truncate(self.path, good_end)
-                self._fh = open(self.path, "ab")
+                self._fh = _open_data(self.path, "ab")
                 return
-        self._fh = open(self.path, "wb")
-        self._fh.write(_BOM + _csv_bytes([fields]))
-        self._fh.flush()
+            mode = "wb"  # an empty file, or only a torn header: start it again
+        self._fh = _open_data(self.path, mode)
+        _write_all(self._fh, _BOM + _csv_bytes([fields]))
         os.fsync(self._fh.fileno())
 
     def _encode(self, records: Sequence[ImageRecord]) -> bytes:
@@ -652,10 +799,18 @@ class _JsonWriter(_JsonlWriter):
     def partial(self) -> Path:
         return partial_path(self.path)
 
-    def _open_json(self, *, resume: bool) -> None:
+    @property
+    def data_path(self) -> Path:
+        return self.partial
+
+    @property
+    def saved_path(self) -> Path:
+        return self.partial if self.partial.exists() else self.path
+
+    def _open_json(self, *, resume: bool, overwrite: bool) -> None:
         partial = self.partial
         if resume and partial.exists():
-            self._open(partial, resume=True)  # an unfinished run: its partial file is the truth
+            self._open(partial, resume=True, overwrite=False)  # an unfinished run: its partial file is the truth
             _write_run_sidecar(self.path, self.run)
             return
         carried = _read_final_json(self.path)[1] if resume and self.path.exists() else None
@@ -664,7 +819,7 @@ class _JsonWriter(_JsonlWriter):
         if carried is not None:
             # Carry the published records over; the partial file appears only when complete.
             _atomic_write(partial, (_record_line(r) for r in carried))
-        self._open(partial, resume=carried is not None)
+        self._open(partial, resume=carried is not None, overwrite=overwrite)
 
     def _final_chunks(self) -> Iterator[bytes]:
         def lines() -> Iterator[bytes]:
@@ -705,7 +860,10 @@ def open_writer(
     """Open the writer for ``path`` (format from its extension) and store the run section.
 
     Args:
-        path: output file; its folder is created if missing.
+        path: output file; its folder is created if missing. Only one run may write it at a
+            time: the CLI holds ``lock_output(path)`` around the whole run, so the existence
+            check here and the creation of the file are one step for other wwts runs; a file
+            created meanwhile by another program is still refused (exclusive create, ``"xb"``).
         record_type: the record class of the run (``ClassifyResult`` / ``CaptionResult``).
         run: the run section (model, device, dtype, batch_size, labels / prompt...); ``close``
             merges the final one into it.
@@ -724,7 +882,8 @@ def open_writer(
             or the output (for ``.json`` also an unfinished ``OUT.partial.jsonl``) exists and
             neither ``overwrite`` nor ``resume`` is given; also a CSV to resume whose header does
             not match ``record_type``.
-        WwtsError: the file or its folder cannot be created, or the existing file is corrupt.
+        OutputError: the file or its folder cannot be created, or the existing file is corrupt
+            (exit code 2).
     """
     path = Path(path)
     fmt = output_format(path)
@@ -734,30 +893,27 @@ def open_writer(
         raise UsageError(f"--out {path} is a folder; give a file name ending in " + ", ".join(FORMATS))
     existing = [p for p in (path, partial_path(path) if fmt == "json" else None) if p and p.exists()]
     if existing and not (overwrite or resume):
-        raise UsageError(
-            f"output {existing[0]} already exists; pass --overwrite to replace it or --resume to continue it"
-        )
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise WwtsError(f"cannot create the folder for {path}: {exc}") from exc
+        raise _exists_error(existing[0])
+    _make_parent(path)
     writer: ResultWriter = {"csv": _CsvWriter, "jsonl": _JsonlWriter, "json": _JsonWriter}[fmt](
         path, record_type, run
     )
     try:
         if isinstance(writer, _JsonWriter):
-            writer._open_json(resume=resume)
+            writer._open_json(resume=resume, overwrite=overwrite)
         else:
             # The data file first: a CSV to resume is checked before the old settings are replaced.
             if isinstance(writer, _CsvWriter):
-                writer._open(resume=resume)
+                writer._open(resume=resume, overwrite=overwrite)
             else:
-                writer._open(path, resume=resume)
+                writer._open(path, resume=resume, overwrite=overwrite)
             _write_run_sidecar(path, writer.run)
     except BaseException as exc:
         writer.abort()
+        if isinstance(exc, FileExistsError):
+            raise _exists_error(Path(exc.filename or path)) from None
         if isinstance(exc, OSError):
-            raise WwtsError(f"cannot open output {path}: {exc}") from exc
+            raise OutputError(f"cannot open output {path}: {describe(exc)}") from exc
         raise
     return writer
 
@@ -780,7 +936,7 @@ def drop_records(path: Path, record_type: type[ImageRecord], paths: set[str]) ->
 
     Raises:
         UsageError: bad extension or CSV header mismatch.
-        WwtsError: unreadable, corrupt or unwritable file.
+        OutputError: unreadable, corrupt or unwritable file (exit code 2).
     """
     path = Path(path)
     fmt = output_format(path)
@@ -794,7 +950,7 @@ def drop_records(path: Path, record_type: type[ImageRecord], paths: set[str]) ->
         run, records = _read_final_json(target)
         kept_records = [r for r in records if r.get("path") not in paths]
         dropped = len(records) - len(kept_records)
-        chunks = list(_final_json_chunks(run or {}, (_json_bytes(r) for r in kept_records)))
+        chunks = list(_final_json_chunks(run or {}, (_record_line(r)[:-1] for r in kept_records)))
     else:
         data = _read_bytes(target)
         if fmt == "jsonl":
@@ -814,5 +970,220 @@ def drop_records(path: Path, record_type: type[ImageRecord], paths: set[str]) ->
     try:
         _atomic_write(target, chunks)
     except OSError as exc:
-        raise WwtsError(f"cannot rewrite {target}: {exc}") from exc
+        raise OutputError(f"cannot rewrite {target}: {exc}") from exc
     return dropped
+
+
+# ----------------------------------------------------------------------------------------------
+# Before the run: check the output, lock it, and find the images still to do
+
+
+def _exists_error(path: Path) -> UsageError:
+    return UsageError(
+        f"output {path} already exists; pass --overwrite to replace it or --resume to continue it"
+    )
+
+
+def _make_parent(path: Path) -> None:
+    """Create the output's folder (and its parents) when missing.
+
+    Raises:
+        OutputError: it cannot be created (a parent is a file, read-only file system...).
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create the folder of --out {path}: {describe(exc)}") from None
+
+
+def _command_line() -> str:
+    return " ".join([Path(sys.argv[0]).name if sys.argv else "wwts", *sys.argv[1:]])
+
+
+class OutputLock:
+    """An exclusive, non-blocking lock on one output file, held for a whole run.
+
+    ``OUT.lock`` is locked with ``filelock.FileLock`` (``flock`` on POSIX, ``msvcrt`` on
+    Windows; the operating system drops the lock when the process dies, so a crash never leaves a
+    stale lock). Right after taking it the holder writes ``OUT.lock.info`` (JSON: ``pid``,
+    ``host``, ``started``, ``command``), which a second run reads back to say who holds the lock.
+    ``release`` removes both files while still holding the lock: a run that opened the old
+    ``OUT.lock`` just before gets a deleted file, which filelock (>= 3.20.4) refuses
+    (``st_nlink == 0``), and it tries again on the new one.
+
+    Use ``lock_output``; an ``OutputLock`` is a context manager that releases on exit.
+    """
+
+    def __init__(self, path: Path, command: str | None = None) -> None:
+        self.path = Path(path)
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
+        self.info_path = self.path.with_name(self.path.name + ".lock.info")
+        self.command = command or _command_line()
+        self._lock: Any = None
+
+    @property
+    def held(self) -> bool:
+        """True between ``acquire`` and ``release``."""
+        return self._lock is not None
+
+    def acquire(self) -> None:
+        """Take the lock at once (timeout 0) and write the holder's details.
+
+        Raises:
+            OutputError: another run holds it (the message names its pid, host, start time and
+                command), or the lock file cannot be created next to the output (read-only file
+                system, no permission...).
+        """
+        from filelock import FileLock, Timeout
+
+        for attempt in range(3):
+            lock = FileLock(str(self.lock_path), timeout=0)
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                if self.lock_path.exists():
+                    raise OutputError(self._held_message()) from None
+                if attempt < 2:
+                    continue  # its holder was just removing it: try again on a new file
+                self._raise_cannot_create(None)
+            except OSError as exc:
+                self._raise_cannot_create(exc)
+            break
+        self._lock = lock
+        info = {"pid": os.getpid(), "host": socket.gethostname(),
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": self.command}
+        try:
+            _atomic_write(self.info_path, [_json_bytes(info, indent=2), b"\n"])
+        except OSError as exc:
+            self.release()
+            self._raise_cannot_create(exc)
+
+    def _raise_cannot_create(self, exc: OSError | None) -> typing.NoReturn:
+        if exc is None:  # filelock gave up without saying why: ask the file system
+            try:
+                os.close(os.open(self.lock_path, os.O_WRONLY | os.O_CREAT, 0o666))
+                os.unlink(self.lock_path)
+                exc = OSError(errno.EAGAIN, "the lock file keeps disappearing")
+            except OSError as probe:
+                exc = probe
+        raise OutputError(
+            f"cannot write next to --out {self.path} (the lock file {self.lock_path.name} cannot "
+            f"be created): {describe(exc)}"
+        ) from None
+
+    def _held_message(self) -> str:
+        for _ in range(20):  # the holder writes its details just after taking the lock
+            if self.info_path.exists() or not self.lock_path.exists():
+                break
+            time.sleep(0.05)
+        try:
+            info = json.loads(self.info_path.read_bytes().decode("utf-8"))
+            who = (f"pid {info['pid']} on {info['host']}, started {info['started']}: "
+                   f"{info['command']}")
+        except (OSError, ValueError, KeyError, TypeError):
+            who = f"no details: {self.info_path.name} is missing or unreadable"
+        return (f"--out {self.path} is being written by another wwts run ({who}); wait for it to "
+                "finish, or choose another --out")
+
+    def release(self) -> None:
+        """Remove ``OUT.lock.info`` and ``OUT.lock``, then release. Idempotent; never raises."""
+        lock, self._lock = self._lock, None
+        if lock is None:
+            return
+        for leftover in (self.info_path, self.lock_path):
+            with contextlib.suppress(OSError):  # Windows: the open lock file cannot be removed
+                leftover.unlink()
+        with contextlib.suppress(Exception):
+            lock.release()
+
+    def __enter__(self) -> OutputLock:
+        if not self.held:
+            self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def lock_output(
+    path: Path | None,
+    *,
+    inputs: Iterable[Path] = (),
+    overwrite: bool = False,
+    resume: bool = False,
+    command: str | None = None,
+) -> contextlib.AbstractContextManager[Any]:
+    """Check that ``path`` can be written and lock it, before the model is loaded.
+
+    In order: the extension (``output_format``), that it is not one of the ``inputs`` image
+    files, not a folder; its folder is created when missing; ``OUT.lock`` is taken (see
+    ``OutputLock``); then, under the lock, an existing output without ``overwrite`` / ``resume``
+    is refused. Use the result as ``with lock_output(...):`` around the whole run.
+
+    Args:
+        path: the ``--out`` file, or ``None`` (no output: a context that does nothing).
+        inputs: the paths given on the command line.
+        overwrite, resume: as given (``--retry-failed`` counts as ``resume``).
+        command: the command line written for other runs to read (default: ``sys.argv``).
+
+    Returns:
+        The held ``OutputLock`` (released by ``with``), or ``contextlib.nullcontext()``.
+
+    Raises:
+        UsageError: bad extension, ``path`` is an input image or a folder, or it exists and
+            neither ``overwrite`` nor ``resume`` is given (exit code 2).
+        OutputError: its folder cannot be created or written, or another run holds the lock
+            (exit code 2).
+    """
+    if path is None:
+        return contextlib.nullcontext()
+    path = Path(path)
+    fmt = output_format(path)
+    resolved = path.resolve()
+    if any(Path(p).is_file() and Path(p).resolve() == resolved for p in inputs):
+        raise UsageError(f"--out {path} is one of the input images")
+    if path.is_dir():
+        raise UsageError(f"--out {path} is a folder; give a file name ending in " + ", ".join(FORMATS))
+    _make_parent(path)
+    lock = OutputLock(path, command)
+    lock.acquire()
+    existing = [p for p in (path, partial_path(path) if fmt == "json" else None) if p and p.exists()]
+    if existing and not (overwrite or resume):
+        lock.release()
+        raise _exists_error(existing[0])
+    return lock
+
+
+def _same_file_key(path: str | os.PathLike[str]) -> str:
+    """The absolute path with symbolic links and ``..`` resolved: one key for every spelling of
+    a file (``ex20/a.jpg``, ``./ex20/a.jpg``, ``$PWD/ex20/a.jpg``, a link to it)."""
+    try:
+        resolved = Path(path).resolve()
+    except (OSError, RuntimeError):  # a symlink loop
+        resolved = Path(os.path.abspath(path))
+    return os.path.normcase(str(resolved))
+
+
+def pending_paths(found: Iterable[Path], done: Iterable[str]) -> list[Path]:
+    """The images of ``found`` that have no record in ``done`` yet, each at most once (``--resume``).
+
+    A file is recognised under any spelling of its path (``_same_file_key``), so a run over
+    ``ex20`` resumed as ``$PWD/ex20`` skips what is done, and a file named twice is taken once.
+    Relative record paths are resolved against the current folder: resume from the folder the
+    run started in, or give absolute paths.
+
+    Args:
+        found: the images discovered now, in processing order.
+        done: the ``path`` strings of the records already in the output.
+
+    Returns:
+        The paths still to process, in ``found`` order.
+    """
+    done_keys = {_same_file_key(p) for p in done}
+    pending: list[Path] = []
+    for p in found:
+        key = _same_file_key(p)
+        if key not in done_keys:
+            done_keys.add(key)
+            pending.append(p)
+    return pending

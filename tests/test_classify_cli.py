@@ -115,8 +115,9 @@ def test_missing_path_exits_2(tiny_clip, tmp_path):
 def test_model_not_cached_and_offline_is_one_clear_line(sample_images):
     result = classify(sample_images, "--labels", LABELS, "--model", "OFA-Sys/chinese-clip-vit-base-patch16")
     assert result.exit_code == 2
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
+    # The start line and "loading model …" come first (printed before loading), then one error line.
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and result.stderr.rstrip().endswith(lines[0]), result.stderr
     assert "--model" in lines[0] and "HF_ENDPOINT" in lines[0] and "not in the local cache" in lines[0]
     assert "Traceback" not in result.output
 

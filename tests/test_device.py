@@ -462,7 +462,7 @@ def test_describe_plan_gives_reasons(monkeypatch):
     assert "cuda:0 (RuntimeError: no kernel image)" in text
     assert "float32 (CPU without native bf16" in text
     assert "2 threads (physical cores)" in text and "batch 8 (default for cpu)" in text
-    assert "images/s" in text
+    assert "images/s" not in text  # no speed is promised that was not measured here
     text = dv.describe_plan("caption", choice, torch.bfloat16, 5, 2)
     assert "5 threads (--threads)" in text and "batch 2 (--batch-size)" in text
     assert "bfloat16 (as requested" in text

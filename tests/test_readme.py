@@ -73,6 +73,8 @@ def test_every_option_the_readme_mentions_exists():
     """Option tables and prose too, not only full command lines; other tools' flags are listed."""
     others = {"--local-dir"}  # hf download (huggingface_hub CLI)
     known = set().union(*(command_flags(c) for c in registered_commands()))
+    group = typer.main.get_command(app)  # wwts --version, and -h / --help on every command
+    known |= {flag for param in group.params for flag in param.opts} | set(group.context_settings["help_option_names"])
     assert {"--labels", "--lang", "--json", "--resume"} <= known
     mentioned = set(re.findall(r"`[^`\n]*?(--[a-z][a-z0-9-]+)", README))
     assert mentioned - others <= known, sorted(mentioned - others - known)
