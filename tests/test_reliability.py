@@ -670,6 +670,9 @@ def second_sigint(tiny_clip, tmp_path_factory):
     with Wwts(["imgs", *FAST, "--model", tiny_clip, "--out", "r.jsonl", "--batch-size", "16",
                "--workers", "1"], cwd=tmp_path) as wwts:
         wwts.wait_for_lines(out)
+        # the first batch is written; let the second one get under way (a signal that lands between
+        # two batches stops the run at once, with nothing in flight to wait for)
+        time.sleep(0.5)
         at_signal = out.read_bytes()
         os.killpg(wwts.pgid, signal.SIGINT)
         time.sleep(0.2)
@@ -918,7 +921,9 @@ def test_model_code_is_not_run_without_trust_remote_code(tiny_clip, tmp_path, mo
     assert result.exit_code == 2, result.output
     assert not marker.exists()
     no_traceback(result.output)
-    assert len([line for line in result.stderr.splitlines() if line.strip()]) == 1, result.stderr
+    # one error line, the last: only the start line and "loading model" come before it
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and result.stderr.strip().splitlines()[-1] == errors[0], result.stderr
 
 
 def test_safetensors_weights_are_preferred(tiny_clip, tmp_path, six_images):
