@@ -474,7 +474,7 @@ def _execute(config, *, out: Path | None, overwrite: bool, quiet: bool, console:
 def _execute_inner(config, *, out, overwrite, console, resume, retry_failed, **kwargs) -> None:
     """Check and lock ``--out`` before anything loads (``core.writers.lock_output``: exit 2 when
     it cannot be written or another run writes it), and hold the lock for the whole run."""
-    from wwts.core.writers import lock_output
+    from wwts.core.output import lock_output
 
     try:
         lock = lock_output(out, inputs=config.inputs, overwrite=overwrite, resume=resume or retry_failed)
@@ -486,7 +486,7 @@ def _execute_inner(config, *, out, overwrite, console, resume, retry_failed, **k
 
 
 def _execute_locked(config, *, out, overwrite, quiet, console, resume, retry_failed) -> None:
-    from wwts.core.results import CaptionResult, ClassifyResult
+    from wwts.core.output import CaptionResult, ClassifyResult
 
     record_type = ClassifyResult if config.task == "classify" else CaptionResult
     try:
@@ -501,7 +501,7 @@ def _execute_locked(config, *, out, overwrite, quiet, console, resume, retry_fai
         transformers.logging.disable_progress_bar()  # "Loading weights" bars; hub downloads keep theirs
         huggingface_hub.utils.logging.set_verbosity_error()
         from wwts.core import engine
-        from wwts.core.writers import drop_records, open_writer, output_format, pending_paths, read_existing
+        from wwts.core.output import drop_records, open_writer, output_format, pending_paths, read_existing
 
         if config.max_pixels:
             from PIL import Image

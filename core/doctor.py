@@ -82,7 +82,7 @@ def system_facts() -> dict:
     try:
         import torch
 
-        from wwts.core.device import torch_build
+        from wwts.core.hardware import torch_build
 
         t["version"] = torch.__version__
         t["build"] = torch_build()
@@ -110,7 +110,7 @@ def cpu_facts() -> dict:
     """
     import psutil
 
-    from wwts.core import device as dv
+    from wwts.core.hardware import device as dv
 
     vm = psutil.virtual_memory()
     return {
@@ -131,7 +131,7 @@ def _cuda_device_rows(driver: dict) -> tuple[list[dict], str | None]:
     """Rows for the CUDA devices torch sees, free memory from NVML when it can match them."""
     import torch
 
-    from wwts.core import device as dv
+    from wwts.core.hardware import device as dv
 
     rows: list[dict] = []
     try:
@@ -184,7 +184,7 @@ def accelerator_facts() -> dict:
         "fallback_env"}, "xpu": {"available", "devices"}}``. GPU rows come from torch when it
         sees CUDA devices, else from the driver with ``torch_visible`` False.
     """
-    from wwts.core import device as dv
+    from wwts.core.hardware import device as dv
 
     driver = _section(dv.nvidia_driver_facts)
     facts: dict[str, Any] = {"nvidia_driver": driver}
@@ -269,7 +269,7 @@ def plan_facts(*, recalibrate: bool = False) -> dict:
         "workload", "key"}`` and each task has ``batch_size``, ``decode_workers`` and ``summary``
         (one line).
     """
-    from wwts.core import device as dv
+    from wwts.core.hardware import device as dv
 
     choice = dv.select_device("auto")
     threads, source = dv.resolve_threads(None)

@@ -41,7 +41,7 @@ def isolated_env(tmp_path_factory, monkeypatch, request):
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
     monkeypatch.delenv("HF_ENDPOINT", raising=False)
     if request.node.get_closest_marker("real_calibration") is None:
-        from wwts.core import calibration
+        from wwts.core.hardware import calibration
 
         monkeypatch.setattr(calibration, "time_block", lambda batch_size, rounds=3: dict(SIMULATED_BF16_TIMES))
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from wwts.core.images import load_image
+from wwts.core.input.decode import load_image
 
 
 def classify(*args):

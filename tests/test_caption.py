@@ -15,10 +15,10 @@ from PIL import Image, ImageDraw
 
 from tests.tiny_caption_models import (build_tiny_blip, build_tiny_blip2, build_tiny_chat_vlm, build_tiny_florence2, build_tiny_git,
                                        build_tiny_vision_encoder_decoder)
-from wwts.core import models
+from wwts.core.models import loader as models
 from wwts.core.config import RunConfig
 from wwts.core.errors import ModelLoadError, UsageError
-from wwts.core.results import CaptionResult
+from wwts.core.output.records import CaptionResult
 from wwts.core.tasks.caption import (CHAT_MAX_PIXELS, CHAT_PROMPTS, CaptionTask, _load_dtype, detect_family,
                                      load_task, resolve_prompt)
 

@@ -228,7 +228,7 @@ def test_animated_gif_records_its_frame_count(tiny_clip, tmp_path):
 
 
 def test_unexpected_error_is_one_line_not_a_traceback(tiny_clip, sample_images, monkeypatch):
-    from wwts.core import engine
+    from wwts.core import engine  # the package the CLI calls
 
     def boom(*args, **kwargs):
         raise RuntimeError("something\nunforeseen")
@@ -282,7 +282,7 @@ def test_scores_are_the_softmax_of_the_models_own_logits(family, tiny_clip, tiny
     from transformers import AutoModel, AutoProcessor
 
     from tests.tiny_models import IMAGE_SIZE, build_tiny_clip
-    from wwts.core.images import load_image
+    from wwts.core.input.decode import load_image
 
     folder = {"chinese-clip": tiny_clip, "siglip": tiny_siglip}.get(family) or build_tiny_clip(tmp_path / "clip")
     labels, template = (["人", "车", "猫"], "一张{}的照片。") if family == "chinese-clip" else (["cat", "dog", "car"], "a photo of a {}.")

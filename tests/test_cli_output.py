@@ -22,7 +22,7 @@ from wwts.cli import main
 from wwts.cli.display import DataConsole, records_table, shown
 from wwts.cli.progress import RunProgress, progress_columns
 from wwts.core.errors import DeviceFault, ModelLoadError
-from wwts.core.results import CaptionResult, ClassifyResult, LabelScore
+from wwts.core.output.records import CaptionResult, ClassifyResult, LabelScore
 
 LABELS = "人,车,动物"
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -75,7 +75,7 @@ def test_missing_bracketed_path_is_named_literally(tiny_clip, tmp_path, monkeypa
 
 
 def test_unexpected_error_with_markup_in_its_text_is_one_literal_line(tiny_clip, sample_images, monkeypatch):
-    from wwts.core import engine
+    from wwts.core import engine  # the package the CLI calls
 
     def boom(*args, **kwargs):
         raise RuntimeError("bad [/x] in [bold]here")
@@ -125,7 +125,7 @@ def test_shown_escapes_only_control_and_bidi_characters():
 # -- 3. a line before the model loads ------------------------------------------------------------
 
 def test_start_line_and_loading_line_come_before_the_model_loads(tiny_clip, sample_images, monkeypatch):
-    from wwts.core import engine
+    from wwts.core.engine import run as engine
 
     def fail_to_load(*args, **kwargs):
         raise ModelLoadError("the model did not load")
@@ -272,7 +272,7 @@ def test_every_exit_code_is_documented():
 
 
 def test_exit_code_4_when_the_device_fails_mid_run(tiny_clip, sample_images, tmp_path, monkeypatch):
-    from wwts.core import engine
+    from wwts.core.engine import run as engine
 
     real = engine.Run.batches
 

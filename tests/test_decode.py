@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from tests.helpers import crashing_load, pid_load
-from wwts.core.decode import DecodePool
+from wwts.core.input.pool import DecodePool
 from wwts.core.errors import ImageError
 
 
@@ -142,7 +142,7 @@ def test_what_a_native_decoder_writes_to_stderr_becomes_the_note(tmp_path, capfd
 
 
 def test_stderr_summary_is_one_line_of_distinct_lines():
-    from wwts.core.decode import _summarise
+    from wwts.core.input.pool import _summarise
 
     assert _summarise("") == ""
     assert _summarise("a: x\na: x\n\nb:  y\nc\nd\n") == "decoder said: a: x; b: y; c (+1 more)"

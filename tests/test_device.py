@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from wwts.core import device as dv
+from wwts.core.hardware import device as dv
 from wwts.core import env
 from wwts.core.errors import DeviceError
 
@@ -113,7 +113,7 @@ def test_failing_probe_falls_through_to_next_most_free_gpu(monkeypatch, no_mps_x
     fake_gpus(monkeypatch, [{"name": "A", "free": 2 * GiB}, {"name": "B", "free": 10 * GiB},
                             {"name": "C", "free": 5 * GiB}])
     probe_log.fail = {"cuda:1"}
-    with caplog.at_level("WARNING", logger="wwts.core.device"):
+    with caplog.at_level("WARNING", logger="wwts.core.hardware.device"):
         choice = dv.select_device("auto")
     assert choice.device == torch.device("cuda", 2)
     assert choice.tried == [("cuda:1", "RuntimeError: simulated failure")]
@@ -246,7 +246,7 @@ def test_mps_defaults_to_float32():
 def _simulate_cpu(monkeypatch, flags: set[str], float32_s: float | None, bfloat16_s: float | None,
                   name: str = "Simulated CPU") -> None:
     """A CPU with these flags whose calibration block takes these times (``None``: it fails)."""
-    from wwts.core import calibration
+    from wwts.core.hardware import calibration
 
     def timing(batch_size, rounds=3):
         if float32_s is None:
@@ -285,7 +285,7 @@ def test_cpu_auto_dtype_without_a_measurement_is_float32(monkeypatch):
 
 
 def test_bf16_calibration_is_cached_per_cpu_flags_torch_threads_and_batch(monkeypatch, keep_torch_threads):
-    from wwts.core import calibration
+    from wwts.core.hardware import calibration
 
     _simulate_cpu(monkeypatch, *ZEN4)
     calls = []
@@ -308,7 +308,7 @@ def test_bf16_calibration_is_cached_per_cpu_flags_torch_threads_and_batch(monkey
 
 
 def test_a_stale_or_foreign_calibration_file_is_ignored(monkeypatch):
-    from wwts.core import calibration
+    from wwts.core.hardware import calibration
 
     _simulate_cpu(monkeypatch, *INTEL_VM)
     path = calibration.cache_file()
@@ -321,7 +321,7 @@ def test_a_stale_or_foreign_calibration_file_is_ignored(monkeypatch):
 
 
 def test_the_suite_never_uses_the_users_cache():
-    from wwts.core import calibration
+    from wwts.core.hardware import calibration
 
     home_cache = Path(os.path.expanduser("~")) / ".cache"
     assert not calibration.cache_file().is_relative_to(home_cache)
@@ -347,7 +347,7 @@ def test_cpu_float16_needs_native_fp16(monkeypatch):
 
 def test_explicit_bf16_on_cpu_without_native_support_is_allowed_with_a_warning(monkeypatch, caplog):
     monkeypatch.setattr(dv, "cpu_flags", lambda: frozenset({"avx2"}))
-    with caplog.at_level("WARNING", logger="wwts.core.device"):
+    with caplog.at_level("WARNING", logger="wwts.core.hardware.device"):
         assert dv.select_dtype(torch.device("cpu"), "bfloat16") == torch.bfloat16
     assert "slower than float32" in caplog.text
 
@@ -443,7 +443,7 @@ def test_decode_workers_rule(monkeypatch, cpus, threads, requested, accel, expec
 
 def test_decode_workers_warns_when_explicit_oversubscribes(monkeypatch, caplog):
     monkeypatch.setattr(dv, "usable_cpus", lambda: 2)
-    with caplog.at_level("WARNING", logger="wwts.core.device"):
+    with caplog.at_level("WARNING", logger="wwts.core.hardware.device"):
         dv.decode_workers(2, 4)
     assert "compete" in caplog.text
 
@@ -571,7 +571,7 @@ def test_default_batch_size_per_device_and_task(device, task, expected):
 
 
 def test_engine_uses_the_device_batch_size_unless_given(tiny_clip, sample_images):
-    from wwts.core import engine
+    from wwts.core.engine import run as engine
     from wwts.core.config import RunConfig
 
     base = dict(task="classify", inputs=(sample_images,), labels=("人", "车"), model=str(tiny_clip), device="cpu")

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from wwts.core.discover import IMAGE_EXTENSIONS, discover, is_image_name
+from wwts.core.input.discover import IMAGE_EXTENSIONS, discover, is_image_name
 from wwts.core.errors import UsageError
-from wwts.core.images import AVIF_SUPPORTED, HEIF_SUPPORTED
+from wwts.core.input.decode import AVIF_SUPPORTED, HEIF_SUPPORTED
 
 SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "exif-samples"
 needs_symlinks = pytest.mark.skipif(os.name == "nt", reason="symlinks need privileges on Windows")
@@ -199,7 +199,7 @@ def test_broken_links_named_on_the_command_line_are_yielded_not_fatal(tree):
 def test_broken_links_without_image_names_are_warned_about(tree, caplog):
     os.symlink("gone", tree / "photos" / "was_a_folder")
     os.symlink("self", tree / "photos" / "self")
-    with caplog.at_level(logging.WARNING, logger="wwts.core.discover"):
+    with caplog.at_level(logging.WARNING, logger="wwts.core.input.discover"):
         result = found("photos", recursive=False, follow_symlinks=True)
     assert result == ["photos/a.PNG", "photos/b.jpg", "photos/c.Jpeg"]
     warned = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
@@ -217,7 +217,7 @@ def test_unreadable_folder_skipped_with_warning(tree, caplog):
     locked = tree / "photos" / "m"
     locked.chmod(0)
     try:
-        with caplog.at_level(logging.WARNING, logger="wwts.core.discover"):
+        with caplog.at_level(logging.WARNING, logger="wwts.core.input.discover"):
             result = found("photos")
     finally:
         locked.chmod(0o755)
@@ -232,7 +232,7 @@ def test_folder_vanishing_during_the_walk_is_skipped(tree, caplog):
     (tree / "photos" / "m" / "1.tif").unlink()
     (tree / "photos" / "m" / "2.gif").unlink()
     (tree / "photos" / "m").rmdir()
-    with caplog.at_level(logging.WARNING, logger="wwts.core.discover"):
+    with caplog.at_level(logging.WARNING, logger="wwts.core.input.discover"):
         rest = [p.as_posix() for p in gen]
     assert rest[-1] == "photos/z/deep/9.webp"
     assert not any("photos/m/" in p for p in rest)

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from wwts.cli.doctor import doctor_command, render
 from wwts.cli.main import app
-from wwts.core import device as dv
+from wwts.core.hardware import device as dv
 from wwts.core import doctor
 
 GiB = 1024**3
@@ -114,7 +114,7 @@ def test_cpu_plan_gives_no_constant_speed_estimate(monkeypatch):
 
 
 def test_doctor_says_when_the_bf16_calibration_was_measured_and_recalibrates(monkeypatch):
-    from wwts.core import calibration
+    from wwts.core.hardware import calibration
 
     _cpu_only(monkeypatch)
     monkeypatch.setattr(dv, "cpu_flags", lambda: frozenset({"avx2", "avx512f", "avx512_bf16"}))

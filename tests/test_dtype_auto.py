@@ -17,8 +17,8 @@ pytestmark = pytest.mark.skipif(platform.machine().lower() in ("arm64", "aarch64
 
 
 def _simulate(monkeypatch, flags: set[str], float32_s: float, bfloat16_s: float) -> list[int]:
-    from wwts.core import calibration
-    from wwts.core import device as dv
+    from wwts.core.hardware import calibration
+    from wwts.core.hardware import device as dv
 
     calls: list[int] = []
     monkeypatch.setattr(dv, "cpu_flags", lambda: frozenset(flags))

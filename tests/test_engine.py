@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from wwts.core import engine
+from wwts.core.engine import run as engine
 from wwts.core.config import RunConfig
 
 
@@ -87,7 +87,7 @@ def test_reduced_precision_agrees_with_float32(tiny_clip, sample_images, variant
 
 
 def test_quantize_needs_the_cpu(tiny_clip, sample_images, monkeypatch):
-    from wwts.core import device as devices
+    from wwts.core.hardware import device as devices
     from wwts.core.errors import UsageError
 
     monkeypatch.setattr(devices, "select_device",

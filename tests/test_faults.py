@@ -11,9 +11,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from wwts.core import engine
+from wwts.core.engine import run as engine
 from wwts.core.config import RunConfig
-from wwts.core.device import DeviceChoice
+from wwts.core.hardware import DeviceChoice
 from wwts.core.errors import DeviceFault
 
 

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from tests.helpers import classify
-from wwts.core.images import MAX_ASPECT_RATIO
+from wwts.core.input.decode import MAX_ASPECT_RATIO
 
 FAST = ("--labels", "人,车", "--dtype", "float32", "--threads", "1")
 needs_symlinks = pytest.mark.skipif(os.name == "nt", reason="symlinks need privileges on Windows")

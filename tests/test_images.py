@@ -19,7 +19,7 @@ from PIL import Image, ImageChops, ImageFile, ImageStat
 
 from tests.helpers import encoded, noise_image, png_claiming
 from wwts.core.errors import ImageError
-from wwts.core.images import HEIF_SUPPORTED, SUPPORTED_FORMATS, DecodedImage, load_image
+from wwts.core.input.decode import HEIF_SUPPORTED, SUPPORTED_FORMATS, DecodedImage, load_image
 
 SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "exif-samples"
 
@@ -483,5 +483,5 @@ def test_parallel_decoding_matches_sequential():
 
 
 def test_module_does_not_import_torch():
-    code = "import sys, wwts.core.images, wwts.core.discover; sys.exit('torch' in sys.modules)"
+    code = "import sys, wwts.core.input; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0

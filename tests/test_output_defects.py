@@ -16,10 +16,10 @@ import pytest
 from PIL import Image
 
 from tests.helpers import classify
-from wwts.core import writers
+from wwts.core.output import writers
 from wwts.core.errors import UsageError
-from wwts.core.results import CaptionResult, ClassifyResult, LabelScore
-from wwts.core.writers import OutputError, OutputLock, lock_output, open_writer, pending_paths, read_existing
+from wwts.core.output.records import CaptionResult, ClassifyResult, LabelScore
+from wwts.core.output.writers import OutputError, OutputLock, lock_output, open_writer, pending_paths, read_existing
 
 FAST = ("--labels", "人,车,狗", "--top-k", "2", "--dtype", "float32", "--threads", "1")
 RUN = {"task": "classify", "model": "m"}
@@ -49,7 +49,7 @@ def six(tmp_path) -> Path:
 @pytest.fixture
 def load_spy(monkeypatch) -> list:
     """Records every ``engine.start`` call (the model loads there) and lets it go on."""
-    from wwts.core import engine
+    from wwts.core.engine import run as engine
 
     calls: list = []
     real = engine.start
@@ -113,7 +113,7 @@ def test_resume_carries_an_old_nan_record_over_as_strict_json(tmp_path):
 
 def test_classify_out_json_with_non_finite_scores_is_strict_json(tiny_clip, six, tmp_path, monkeypatch):
     """The safety net end to end: whatever the task gives, the published file parses strictly."""
-    from wwts.core import engine
+    from wwts.core.engine import run as engine
 
     real = engine.Run.batches
 
@@ -171,7 +171,7 @@ def test_resume_under_an_absolute_spelling_does_not_redo_images(tiny_clip, six, 
 HOLDER = """
 import sys
 from pathlib import Path
-from wwts.core.writers import OutputLock
+from wwts.core.output.writers import OutputLock
 lock = OutputLock(Path(sys.argv[1]), command="wwts classify other-photos --out held.jsonl")
 lock.acquire()
 print("locked", flush=True)
@@ -216,7 +216,7 @@ def test_a_second_run_on_a_locked_out_says_who_holds_it_and_exits_2(tiny_clip, s
 
 
 def test_the_lock_is_held_for_the_whole_run_and_removed_after(tiny_clip, six, tmp_path, monkeypatch):
-    from wwts.core import engine
+    from wwts.core.engine import run as engine
 
     out = tmp_path / "r.json"
     seen = []

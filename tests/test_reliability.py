@@ -33,9 +33,9 @@ import pytest
 from PIL import Image
 
 from tests.helpers import classify, encoded, noise_image, png_claiming
-from wwts.core import engine
-from wwts.core.discover import IMAGE_EXTENSIONS, discover
-from wwts.core.images import AVIF_SUPPORTED, HEIF_SUPPORTED, SUPPORTED_FORMATS
+from wwts.core.engine import run as engine
+from wwts.core.input.discover import IMAGE_EXTENSIONS, discover
+from wwts.core.input.decode import AVIF_SUPPORTED, HEIF_SUPPORTED, SUPPORTED_FORMATS
 
 WWTS = Path(sys.executable).with_name("wwts")
 LABELS = "人,车,猫"
@@ -435,7 +435,7 @@ def test_a_crashing_decoder_costs_one_record(tiny_clip, tmp_path, monkeypatch, c
 
 def test_a_multi_line_decoder_message_becomes_a_one_line_error(tiny_clip, tmp_path, monkeypatch):
     """Some library messages span lines (multiprocessing's, for one); the record's error must not."""
-    from wwts.core import images
+    from wwts.core.input import decode as images
 
     real = images._to_rgb
 
@@ -845,8 +845,8 @@ def test_out_that_is_an_input_image_is_refused(tiny_clip, tmp_path, flags):
 def test_csv_cells_cannot_run_as_formulas(tiny_clip, tmp_path, monkeypatch):
     import csv
 
-    from wwts.core.results import ClassifyResult
-    from wwts.core.writers import read_existing
+    from wwts.core.output.records import ClassifyResult
+    from wwts.core.output.writers import read_existing
 
     folder = tmp_path / "csv"
     folder.mkdir()
@@ -887,8 +887,8 @@ def test_csv_resume_with_odd_names_keeps_each_image_once(tiny_clip, tmp_path, mo
     out.write_bytes(b"\r\n".join(rows[:6]) + b"\r\n" + rows[6][:9])  # 5 records and a torn 6th
     result = classify(".", *FAST, "--model", tiny_clip, "--out", out, "--resume")
     assert result.exit_code == 0, result.output
-    from wwts.core.results import ClassifyResult
-    from wwts.core.writers import read_existing
+    from wwts.core.output.records import ClassifyResult
+    from wwts.core.output.writers import read_existing
 
     _, records = read_existing(out, ClassifyResult)
     assert sorted(os.fsencode(r["path"]) for r in records) == sorted(names)  # each once, bytes intact

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from wwts.core import writers
+from wwts.core.output import writers
 from wwts.core.errors import UsageError, WwtsError
-from wwts.core.results import CaptionResult, ClassifyResult, LabelScore
-from wwts.core.writers import (
+from wwts.core.output.records import CaptionResult, ClassifyResult, LabelScore
+from wwts.core.output.writers import (
     drop_records,
     open_writer,
     output_format,
@@ -457,6 +457,6 @@ def test_writers_does_not_import_torch():
     import subprocess
     import sys
 
-    code = "import sys, wwts.core.writers; print('torch' in sys.modules)"
+    code = "import sys, wwts.core.output; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

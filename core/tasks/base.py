@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import torch
 
 from wwts.core.config import RunConfig
-from wwts.core.results import ImageRecord
+from wwts.core.output import ImageRecord
 
 
 def size_dict(value: Any) -> dict[str, int]:

@@ -49,7 +49,7 @@ import torch
 from wwts.core import models
 from wwts.core.config import RunConfig
 from wwts.core.errors import ModelLoadError, UsageError
-from wwts.core.results import CaptionResult
+from wwts.core.output import CaptionResult
 from wwts.core.tasks.base import Task, size_dict
 
 log = logging.getLogger(__name__)

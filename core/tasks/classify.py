@@ -22,7 +22,7 @@ import torch
 from wwts.core import models
 from wwts.core.config import RunConfig, fill_prompt
 from wwts.core.errors import ModelLoadError
-from wwts.core.results import ClassifyResult, LabelScore
+from wwts.core.output import ClassifyResult, LabelScore
 from wwts.core.tasks.base import Task, size_dict
 
 log = logging.getLogger(__name__)

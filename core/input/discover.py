@@ -27,7 +27,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from wwts.core.errors import UsageError
-from wwts.core.images import AVIF_SUPPORTED, HEIF_SUPPORTED
+from .decode import AVIF_SUPPORTED, HEIF_SUPPORTED
 
 logger = logging.getLogger(__name__)
 

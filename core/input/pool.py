@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from wwts.core.errors import ImageError
-from wwts.core.images import DecodedImage, load_image, read_head
+from .decode import DecodedImage, load_image, read_head
 
 log = logging.getLogger(__name__)
 

@@ -29,13 +29,13 @@ from typing import Any, Callable, ContextManager, Iterator
 
 import torch
 
-from wwts.core import device as devices
+from wwts.core import hardware as devices
 from wwts.core.config import RunConfig
-from wwts.core.decode import DecodePool
-from wwts.core.discover import IMAGE_EXTENSIONS, discover
+from wwts.core.input import DecodePool
+from wwts.core.input import IMAGE_EXTENSIONS, discover
 from wwts.core.errors import DeviceFault, ImageError, UsageError, describe
-from wwts.core.images import DecodedImage
-from wwts.core.results import ImageRecord
+from wwts.core.input import DecodedImage
+from wwts.core.output import ImageRecord
 from wwts.core.tasks.base import Task
 
 log = logging.getLogger("wwts")

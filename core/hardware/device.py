@@ -748,7 +748,7 @@ def cpu_bf16_calibration(batch_size: int = 8, *, refresh: bool = False) -> dict 
         ``{"speedup": float32_s / bfloat16_s, "measured": ISO 8601 UTC time, "float32_s",
         "bfloat16_s", "workload", "key"}``, or ``None`` when it could not be measured.
     """
-    from wwts.core import calibration
+    from . import calibration
 
     key = calibration.calibration_key(cpu_model_name(), cpu_flags(), torch.get_num_threads(), batch_size)
     entry = None if refresh else calibration.cached_entry(key)

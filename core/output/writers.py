@@ -84,7 +84,7 @@ from pathlib import Path
 from typing import Any
 
 from wwts.core.errors import UsageError, WwtsError, describe
-from wwts.core.results import ImageRecord
+from .records import ImageRecord
 
 __all__ = [
     "FORMATS",
