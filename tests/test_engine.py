@@ -87,7 +87,7 @@ def test_reduced_precision_agrees_with_float32(tiny_clip, sample_images, variant
 
 
 def test_quantize_needs_the_cpu(tiny_clip, sample_images, monkeypatch):
-    from wwts.core.hardware import device as devices
+    from wwts.core import hardware as devices  # the package the engine calls
     from wwts.core.errors import UsageError
 
     monkeypatch.setattr(devices, "select_device",
