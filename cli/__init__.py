@@ -1,1 +1,12 @@
-"""wwts command line: typer commands and the rich progress display."""
+"""wwts command line: typer commands and the rich terminal display.
+
+- ``app.py``: the ``wwts`` typer app and its commands (entry point ``wwts.cli.app:main``);
+- ``options.py``: the options, their choices and ``--help`` panels;
+- ``run.py``: runs a classify or caption command (``run_command``): progress, summary, exit codes;
+- ``progress.py``, ``table.py``, ``console.py``, ``doctor_view.py``: what is drawn on the terminal.
+
+Nothing imports ``cli`` (it is the top of the import graph), so this package exports nothing
+itself; it does not import ``app`` either, so that ``python -m wwts.cli.app`` runs it only once.
+"""
+
+__all__: list[str] = []

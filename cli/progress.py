@@ -1,19 +1,24 @@
-"""Progress display: a rich bar with images done / total, images/s, errors and ETA.
+"""Progress of a run on the terminal: the start line and "loading model" while the model loads,
+then a rich bar with images done / total, images/s, errors and ETA.
 
-When the console is not a terminal (a pipe, a log file, CI) the bar becomes a plain line every
-``interval`` seconds; with ``quiet`` nothing is shown. Knows nothing about models.
+When the console is not a terminal (a pipe, a log file, CI) the spinner and the bar become plain
+lines (the bar's every ``interval`` seconds); with ``quiet`` nothing is shown. Knows nothing about
+models beyond the plan's names.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task,
                            TextColumn, TimeElapsedColumn, TimeRemainingColumn)
 from rich.table import Column
 from rich.text import Text
+
+from .console import styled
 
 #: Bar width limits in cells: the bar shrinks to fit, and other columns go before it gets narrower.
 BAR_MAX, BAR_MIN = 40, 10
@@ -137,3 +142,43 @@ class RunProgress:
     def __exit__(self, *exc) -> None:
         if self._progress is not None:
             self._progress.stop()
+
+
+def start_line(plan: dict) -> str:
+    """``wwts classify: 20 images · model M · device cpu · dtype float32 · threads 2 · batch size 8``
+    from the plan ``engine.start`` passes to its ``loading`` callback (or ``Run.info()``); with
+    ``--quantize int8`` the dtype reads ``float32 + int8 Linear layers``."""
+    dtype = plan["dtype"] + (f" + {plan['quantize']} Linear layers" if plan.get("quantize") else "")
+    return (f"wwts {plan['task']}: {plan['images']} images · model {plan['model']} · device {plan['device']} · "
+            f"dtype {dtype} · threads {plan['threads']} · batch size {plan['batch_size']}")
+
+
+def cpu_note(plan: dict) -> str | None:
+    """On the CPU: a line on how to get a faster device (``None`` on other devices). No speed
+    figure: the progress bar and the summary show the speed measured on this machine."""
+    if not plan["device"].startswith("cpu"):
+        return None
+    int8 = "" if plan.get("quantize") else (" --quantize int8 may be faster on this CPU: `make bench` measures "
+                                            "it and its agreement with float32.")
+    return ("CPU mode: slower than a GPU." + int8 + " With an NVIDIA GPU install a CUDA build of torch "
+            "(https://pytorch.org/get-started/locally/); on an Apple-silicon Mac use --device mps.")
+
+
+@contextmanager
+def loading(console: Console, quiet: bool, plan: dict) -> Iterator[None]:
+    """Held while the model loads: the start line, the CPU note, then "loading model NAME …"
+    (a spinner on a terminal, one plain line otherwise). Nothing with ``quiet``."""
+    if quiet:
+        yield
+        return
+    console.print(start_line(plan))
+    note = cpu_note(plan)
+    if note:
+        console.print(styled((note, "dim")))
+    message = f"loading model {plan['model']} …"
+    if not console.is_terminal:
+        console.print(message)
+        yield
+        return
+    with console.status(styled(message), spinner="dots"):
+        yield

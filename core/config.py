@@ -15,12 +15,14 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from wwts.core.errors import UsageError
+from .errors import UsageError
 
 log = logging.getLogger(__name__)
 
 TASKS = ("classify", "caption")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+#: Caption languages (``--lang``): each picks a default model and prompt.
+LANGS = ("en", "zh")
 QUANTIZE = (None, "int8")
 #: Default zero-shot prompt template; Chinese-CLIP's own zero-shot templates are of this form
 #: (OFA-Sys/Chinese-CLIP, cn_clip/eval/data.py, "一张{}的照片。").
@@ -237,8 +239,8 @@ class RunConfig:
                 raise UsageError(f"--top-k must be at least 1, got {self.top_k}")
             validate_prompt_template(self.prompt)
         else:
-            if self.lang not in ("en", "zh"):
-                raise UsageError(f"unknown --lang {self.lang!r}; valid: en, zh")
+            if self.lang not in LANGS:
+                raise UsageError(f"unknown --lang {self.lang!r}; valid: {', '.join(LANGS)}")
             if self.max_new_tokens < 1:
                 raise UsageError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
             if self.num_beams < 1:
@@ -257,3 +259,24 @@ class RunConfig:
     def effective_top_k(self) -> int:
         """``top_k`` capped at the number of labels."""
         return min(self.top_k, len(self.labels)) if self.labels else self.top_k
+
+    def resume_settings(self, model: str) -> dict:
+        """The settings that must match an existing ``--out`` for ``--resume`` to append to it,
+        as far as they are known before the model loads (the dtype and the caption prompt are
+        known only after, and are compared then against ``Run.info()``).
+
+        Args:
+            model: the model name the run uses: ``models.model_for(task, lang, model)`` (passed in
+                because this module is a leaf that imports nothing of wwts but ``errors``).
+
+        Returns:
+            ``task``, ``model`` and ``quantize``; classify adds ``labels`` (a list), ``prompt``
+            (the template used) and ``top_k`` (capped); caption adds ``max_new_tokens`` and
+            ``num_beams``. The keys are those of ``core.output.RESUME_KEYS`` that are known here.
+        """
+        settings = {"task": self.task, "model": model, "quantize": self.quantize}
+        if self.task == "classify":
+            settings.update(labels=list(self.labels), prompt=self.prompt_template, top_k=self.effective_top_k)
+        else:
+            settings.update(max_new_tokens=self.max_new_tokens, num_beams=self.num_beams)
+        return settings

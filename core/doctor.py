@@ -6,36 +6,28 @@ an ``"error"`` line instead of its facts, so ``wwts doctor`` exits 0 on any mach
 one where torch cannot be imported or CUDA is broken. Nothing here prints (``cli.doctor``
 renders), and torch is imported only inside the sections that need it.
 
-GPU facts come from NVML (nvidia-ml-py) where it is installed, which creates no CUDA context;
-only the device that ``--device auto`` would pick is touched by its test operation.
+Every hardware fact is asked of ``hardware``'s public functions (GPU facts from NVML through
+nvidia-ml-py where it is installed, which creates no CUDA context); model facts of ``models``'.
+Only the device that ``--device auto`` would pick is touched by its test operation.
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib.metadata
 import importlib.util
 import os
 import platform
 import sys
-import threading
-import time
-import urllib.error
-import urllib.request
-from pathlib import Path
 from typing import Any, Callable
 
-from wwts.core.errors import describe
+from .errors import describe
+from .models import HUB_TIMEOUT_S, cache_facts
 
 #: Bumped when keys of ``collect()``'s result are renamed or removed.
 SCHEMA_VERSION = 1
-#: Seconds the hub reachability check may take (it runs in a daemon thread, so a slow DNS
-#: lookup cannot hold ``wwts doctor`` longer than this plus half a second).
-HUB_TIMEOUT_S = 2.0
 #: Below this much available RAM, loading a default model (0.6-1 GB of float32 weights, more
 #: while loading) is likely to swap.
 LOW_RAM_BYTES = 2 * 1024**3
-_TRUE = {"1", "ON", "YES", "TRUE"}  # huggingface_hub's ENV_VARS_TRUE_VALUES
 
 
 def _version(dist: str) -> str | None:
@@ -77,25 +69,13 @@ def system_facts() -> dict:
         "pillow": _version("pillow"),
         "pillow_heif": _version("pillow-heif"),
     }
-    t: dict[str, Any] = {"version": _version("torch"), "build": None, "cuda_runtime": None,
-                         "hip_runtime": None, "cudnn": None, "cpu_capability": None, "error": None}
     try:
-        import torch
+        from . import hardware  # imports torch
 
-        from wwts.core.hardware import torch_build
-
-        t["version"] = torch.__version__
-        t["build"] = torch_build()
-        t["cuda_runtime"] = torch.version.cuda
-        t["hip_runtime"] = getattr(torch.version, "hip", None)
-        with contextlib.suppress(Exception):
-            v = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
-            t["cudnn"] = f"{v // 10000}.{(v // 100) % 100}.{v % 100}" if v and v >= 10000 else (
-                f"{v // 1000}.{(v // 100) % 10}.{v % 100}" if v else None)
-        with contextlib.suppress(Exception):
-            t["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+        t = hardware.torch_facts()
     except Exception as exc:
-        t["error"] = describe(exc)
+        t = {"version": _version("torch"), "build": None, "cuda_runtime": None, "hip_runtime": None,
+             "cudnn": None, "cpu_capability": None, "error": describe(exc)}
     facts["torch"] = t
     return facts
 
@@ -110,69 +90,21 @@ def cpu_facts() -> dict:
     """
     import psutil
 
-    from wwts.core.hardware import device as dv
+    from . import hardware as hw
 
     vm = psutil.virtual_memory()
     return {
-        "model": dv.cpu_model_name(),
+        "model": hw.cpu_model_name(),
         "arch": platform.machine(),
         "physical_cores": psutil.cpu_count(logical=False),
         "logical_cores": psutil.cpu_count(logical=True),
-        "usable_cpus": dv.usable_cpus(),
-        "features": dv.cpu_features(),
-        "native_bf16": dv.cpu_has_native_bf16(),
-        "native_fp16": dv.cpu_has_native_fp16(),
+        "usable_cpus": hw.usable_cpus(),
+        "features": hw.cpu_features(),
+        "native_bf16": hw.cpu_has_native_bf16(),
+        "native_fp16": hw.cpu_has_native_fp16(),
         "ram_total": int(vm.total),
         "ram_available": int(vm.available),
     }
-
-
-def _cuda_device_rows(driver: dict) -> tuple[list[dict], str | None]:
-    """Rows for the CUDA devices torch sees, free memory from NVML when it can match them."""
-    import torch
-
-    from wwts.core.hardware import device as dv
-
-    rows: list[dict] = []
-    try:
-        if not torch.cuda.is_available():
-            return rows, None
-        count = torch.cuda.device_count()
-    except Exception as exc:
-        return rows, describe(exc)
-    by_uuid = {g.get("uuid"): g for g in driver.get("gpus", []) if g.get("uuid")}
-    arch_list: list[str] = []
-    with contextlib.suppress(Exception):
-        arch_list = list(torch.cuda.get_arch_list())
-    for i in range(count):
-        row: dict[str, Any] = {"index": i, "device": f"cuda:{i}", "name": None, "capability": None,
-                               "memory_total": None, "memory_free": None, "bf16": None,
-                               "multiprocessors": None, "arch_supported": None, "torch_visible": True,
-                               "source": "torch"}
-        try:
-            props = torch.cuda.get_device_properties(i)
-            row["name"] = props.name
-            row["capability"] = f"{props.major}.{props.minor}"
-            row["memory_total"] = int(props.total_memory)
-            row["multiprocessors"] = getattr(props, "multi_processor_count", None)
-            row["bf16"] = dv._cuda_native_bf16(i)[0]
-            sm = f"sm_{props.major}{props.minor}"
-            if arch_list and not getattr(torch.version, "hip", None):
-                # Supported: a cubin for this exact arch, or PTX (compute_XY) at or below it.
-                ptx = [a for a in arch_list if a.startswith("compute_")]
-                row["arch_supported"] = sm in arch_list or any(
-                    int(a.split("_")[1]) <= props.major * 10 + props.minor for a in ptx if a.split("_")[1].isdigit())
-                row["arch_list"] = arch_list
-            nv = by_uuid.get(dv._norm_uuid(getattr(props, "uuid", "")))
-            if nv is not None and nv.get("memory_free") is not None:
-                row["memory_free"] = nv["memory_free"]
-                row["source"] = "torch+nvml"
-            else:  # creates a CUDA context on this GPU; only when NVML cannot answer
-                row["memory_free"] = int(torch.cuda.mem_get_info(i)[0])
-        except Exception as exc:
-            row["error"] = describe(exc)
-        rows.append(row)
-    return rows, None
 
 
 def accelerator_facts() -> dict:
@@ -184,45 +116,16 @@ def accelerator_facts() -> dict:
         "fallback_env"}, "xpu": {"available", "devices"}}``. GPU rows come from torch when it
         sees CUDA devices, else from the driver with ``torch_visible`` False.
     """
-    from wwts.core.hardware import device as dv
+    from . import hardware as hw  # imports torch
 
-    driver = _section(dv.nvidia_driver_facts)
-    facts: dict[str, Any] = {"nvidia_driver": driver}
-    try:
-        import torch
-    except Exception as exc:
-        facts["cuda"] = {"available": False, "build": None, "device_count": 0, "error": describe(exc)}
-        facts["gpus"] = []
-        return facts
-    rows, error = _cuda_device_rows(driver)
-    facts["cuda"] = {"available": bool(rows), "build": dv.torch_build(), "device_count": len(rows),
-                     "error": error}
-    if not rows:
-        for g in driver.get("gpus", []):
-            rows.append({"index": g["index"], "device": None, "name": g.get("name"),
-                         "capability": g.get("capability"), "memory_total": g.get("memory_total"),
-                         "memory_free": g.get("memory_free"),
-                         "bf16": (int(g["capability"].split(".")[0]) >= 8) if g.get("capability") else None,
-                         "torch_visible": False, "source": driver.get("source")})
-    facts["gpus"] = rows
-    mps = getattr(torch.backends, "mps", None)
-    facts["mps"] = {"built": bool(mps is not None and _safe_call(mps.is_built)),
-                    "available": dv._mps_available(),
-                    "fallback_env": os.environ.get("PYTORCH_ENABLE_MPS_FALLBACK")}
-    xpu: dict[str, Any] = {"available": dv._xpu_available(), "devices": []}
-    if xpu["available"]:
-        with contextlib.suppress(Exception):
-            xpu["devices"] = [{"index": i, "name": torch.xpu.get_device_name(i)}
-                              for i in range(torch.xpu.device_count())]
-    facts["xpu"] = xpu
-    return facts
-
-
-def _safe_call(fn: Callable[[], Any]) -> Any:
-    try:
-        return fn()
-    except Exception:
-        return None
+    driver = _section(hw.nvidia_driver_facts)
+    rows, error = hw.cuda_device_rows(driver)
+    return {"nvidia_driver": driver,
+            "cuda": {"available": bool(rows), "build": hw.torch_build(), "device_count": len(rows), "error": error},
+            "gpus": rows or hw.driver_gpu_rows(driver),
+            "mps": {"built": hw.mps_built(), "available": hw.mps_available(),
+                    "fallback_env": os.environ.get("PYTORCH_ENABLE_MPS_FALLBACK")},
+            "xpu": {"available": hw.xpu_available(), "devices": hw.xpu_devices()}}
 
 
 def runtime_facts() -> dict:
@@ -255,7 +158,7 @@ def plan_facts(*, recalibrate: bool = False) -> dict:
     """What ``wwts classify`` / ``wwts caption`` would use here with default options.
 
     Runs ``select_device("auto")`` (one tiny test op on the chosen accelerator) and the dtype,
-    thread and batch rules of ``core.device``; leaves torch's thread count as it found it.
+    thread and batch rules of ``hardware``; leaves torch's thread count as it found it.
     On a CPU with native bf16 the dtype rests on a measured calibration (``cpu_bf16_calibration``),
     which is measured here if it was never measured, or again with ``recalibrate``.
 
@@ -269,18 +172,18 @@ def plan_facts(*, recalibrate: bool = False) -> dict:
         "workload", "key"}`` and each task has ``batch_size``, ``decode_workers`` and ``summary``
         (one line).
     """
-    from wwts.core.hardware import device as dv
+    from . import hardware as hw
 
-    choice = dv.select_device("auto")
-    threads, source = dv.resolve_threads(None)
-    batch = dv.default_batch_size(choice.device, "classify")
-    with _torch_threads(threads):  # the calibration measures at the run's thread count
+    choice = hw.select_device("auto")
+    threads, source = hw.resolve_threads(None)
+    batch = hw.default_batch_size(choice.device, "classify")
+    with hw.torch_threads(threads):  # the calibration measures at the run's thread count
         calibration = None
-        if choice.device.type == "cpu" and dv.cpu_has_native_bf16():
-            calibration = dv.cpu_bf16_calibration(batch, refresh=recalibrate)
-        dtype = dv.select_dtype(choice.device, "auto", batch)
-        reason = dv.dtype_reason(choice.device, dtype, batch)
-        summaries = {t: dv.describe_plan(t, choice, dtype, threads, dv.default_batch_size(choice.device, t))
+        if choice.device.type == "cpu" and hw.cpu_has_native_bf16():
+            calibration = hw.cpu_bf16_calibration(batch, refresh=recalibrate)
+        dtype = hw.select_dtype(choice.device, "auto", batch)
+        reason = hw.dtype_reason(choice.device, dtype, batch)
+        summaries = {t: hw.describe_plan(t, choice, dtype, threads, hw.default_batch_size(choice.device, t))
                      for t in ("classify", "caption")}
     accel = choice.device.type != "cpu"
     facts: dict[str, Any] = {
@@ -290,129 +193,19 @@ def plan_facts(*, recalibrate: bool = False) -> dict:
         "threads": threads, "threads_source": source,
     }
     for task in ("classify", "caption"):
-        facts[task] = {"batch_size": dv.default_batch_size(choice.device, task),
-                       "decode_workers": dv.decode_workers(threads, None, accelerator=accel),
+        facts[task] = {"batch_size": hw.default_batch_size(choice.device, task),
+                       "decode_workers": hw.decode_workers(threads, None, accelerator=accel),
                        "summary": summaries[task]}
     return facts
-
-
-@contextlib.contextmanager
-def _torch_threads(n: int):
-    """torch's intra-op thread count set to ``n`` for the block, then restored."""
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
-def hub_offline() -> bool:
-    """True when ``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE`` is set to a true value (1/on/yes/true)."""
-    return any(os.environ.get(k, "").strip().upper() in _TRUE for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
-def hub_endpoint() -> str:
-    """The model hub in use: ``HF_ENDPOINT`` (a mirror such as https://hf-mirror.com) or huggingface.co."""
-    return os.environ.get("HF_ENDPOINT", "").strip().rstrip("/") or "https://huggingface.co"
-
-
-def _head(url: str, timeout: float) -> tuple[bool, str]:
-    req = urllib.request.Request(url, method="HEAD", headers={"User-Agent": f"wwts/{_version('wwts')} doctor"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:  # honours HTTPS_PROXY
-            return True, f"HTTP {resp.status}"
-    except urllib.error.HTTPError as exc:  # the server answered: reachable
-        return True, f"HTTP {exc.code}"
-    except Exception as exc:
-        reason = getattr(exc, "reason", None)
-        return False, str(reason) if reason else describe(exc)
-
-
-def hub_status(timeout: float = HUB_TIMEOUT_S) -> dict:
-    """Whether the model hub answers, without waiting more than ``timeout`` (+0.5) seconds.
-
-    Skipped (instant) when offline mode is on. Otherwise one HEAD request to the endpoint runs
-    in a daemon thread; DNS lookups ignore socket timeouts, so the thread is abandoned rather
-    than waited for when it overruns.
-
-    Returns:
-        ``{"endpoint", "offline", "checked", "reachable": bool | None, "detail", "seconds"}``.
-    """
-    endpoint = hub_endpoint()
-    if hub_offline():
-        return {"endpoint": endpoint, "offline": True, "checked": False, "reachable": None,
-                "detail": "offline mode (HF_HUB_OFFLINE): the hub is not contacted", "seconds": 0.0}
-    result: dict[str, Any] = {}
-
-    def worker() -> None:
-        result["reachable"], result["detail"] = _head(endpoint, timeout)
-
-    start = time.monotonic()
-    thread = threading.Thread(target=worker, name="wwts-hub-check", daemon=True)
-    thread.start()
-    thread.join(timeout + 0.5)
-    seconds = round(time.monotonic() - start, 2)
-    if "reachable" not in result:
-        return {"endpoint": endpoint, "offline": False, "checked": True, "reachable": False,
-                "detail": f"no answer within {timeout:g} s", "seconds": seconds}
-    return {"endpoint": endpoint, "offline": False, "checked": True, "reachable": result["reachable"],
-            "detail": result["detail"], "seconds": seconds}
-
-
-def cached_model(repo_id: str, cache_dir: str | os.PathLike) -> dict:
-    """Whether hub model ``repo_id`` is in the hub cache ``cache_dir`` (no network).
-
-    A model counts as cached when its ``config.json`` and at least one weight file
-    (``*.safetensors`` / ``*.bin``) are in the snapshot of its ``main`` ref.
-
-    Returns:
-        ``{"cached": bool, "path": snapshot folder | None, "size_bytes": int | None}``.
-    """
-    from huggingface_hub import try_to_load_from_cache
-
-    found = try_to_load_from_cache(repo_id, "config.json", cache_dir=str(cache_dir))
-    if not isinstance(found, str):
-        return {"cached": False, "path": None, "size_bytes": None}
-    snap = Path(found).parent
-    files = [p for p in snap.rglob("*") if p.is_file()]
-    weights = [p for p in files if p.suffix in (".safetensors", ".bin")]
-    return {"cached": bool(weights), "path": str(snap),
-            "size_bytes": sum(p.stat().st_size for p in files)}
 
 
 def model_facts(cache_dir: str | None = None, *, check_hub: bool = True, hub_timeout: float = HUB_TIMEOUT_S) -> dict:
     """Model cache location, which default models are cached, and the hub's reachability.
 
-    Args:
-        cache_dir: hub cache to inspect (default: ``models.hub_cache_dir()``).
-        check_hub: False skips the network check (``hub["checked"]`` False).
-        hub_timeout: seconds for the check (see ``hub_status``).
-
-    Returns:
-        ``{"cache_dir", "hf_home", "endpoint", "offline", "hub": hub_status(), "defaults":
-        [{"key", "name", "task", "lang", "cached", "path", "size_bytes"}]}``.
+    Gathered by ``models.cache_facts`` (``huggingface_hub.scan_cache_dir`` for the cache); see
+    there for the arguments and the keys of the result.
     """
-    from wwts.core.models import DEFAULT_MODELS, hub_cache_dir
-
-    cache_dir = cache_dir or hub_cache_dir()
-    defaults = []
-    for key, spec in DEFAULT_MODELS.items():
-        row = {"key": key, "name": spec.name, "task": spec.task, "lang": spec.lang}
-        try:
-            row.update(cached_model(spec.name, cache_dir))
-        except Exception as exc:
-            row.update({"cached": False, "path": None, "size_bytes": None, "error": describe(exc)})
-        defaults.append(row)
-    if check_hub:
-        hub = hub_status(hub_timeout)
-    else:
-        hub = {"endpoint": hub_endpoint(), "offline": hub_offline(), "checked": False, "reachable": None,
-               "detail": "not checked", "seconds": 0.0}
-    return {"cache_dir": str(cache_dir), "hf_home": os.environ.get("HF_HOME"), "endpoint": hub_endpoint(),
-            "offline": hub_offline(), "hub": hub, "defaults": defaults}
+    return cache_facts(cache_dir, check_hub=check_hub, hub_timeout=hub_timeout)
 
 
 # --------------------------------------------------------------------------------------------
@@ -431,15 +224,10 @@ def _ver_tuple(text: str | None) -> tuple[int, ...]:
         return ()
 
 
-def warnings_for(facts: dict) -> list[str]:
-    """Advice derived from ``collect()``'s facts: each item one line that says what to do."""
+def _gpu_warnings(torch_facts: dict, acc: dict) -> list[str]:
+    """Warnings about NVIDIA GPUs: a torch build that cannot use them, a driver too old for it,
+    a GPU architecture the build lacks."""
     out: list[str] = []
-    system, cpu, acc = facts.get("system", {}), facts.get("cpu", {}), facts.get("accelerators", {})
-    plan, models = facts.get("plan", {}), facts.get("models", {})
-    torch_facts = system.get("torch", {}) or {}
-    if torch_facts.get("error"):
-        out.append(f"torch cannot be imported ({torch_facts['error']}): reinstall it, "
-                   "see https://pytorch.org/get-started/locally/")
     driver = acc.get("nvidia_driver", {}) or {}
     driver_gpus = driver.get("gpus") or []
     build = torch_facts.get("build")
@@ -464,6 +252,13 @@ def warnings_for(facts: dict) -> list[str]:
         if g.get("arch_supported") is False:
             out.append(f"{g.get('device')} ({g.get('name')}, compute capability {g.get('capability')}) is not supported "
                        f"by this torch build (built for {' '.join(g.get('arch_list', []))}): install a newer torch")
+    return out
+
+
+def _machine_warnings(system: dict, cpu: dict, acc: dict, plan: dict) -> list[str]:
+    """Warnings about the rest of the machine: failed device probes, macOS without MPS, the CPU,
+    threads, RAM and Pillow's HEIF plug-in."""
+    out: list[str] = []
     for dev, reason in plan.get("tried", []) or []:
         out.append(f"{dev} failed its test operation ({reason}); --device auto passes it over")
     if platform.system() == "Darwin" and platform.machine() == "arm64" and not (acc.get("mps") or {}).get("built"):
@@ -485,10 +280,16 @@ def warnings_for(facts: dict) -> list[str]:
         out.append(f"only {_gib(avail)} of RAM is available: loading a model may swap; close other programs")
     if system.get("pillow") and not system.get("pillow_heif"):
         out.append("pillow-heif is not installed: HEIC/HEIF photos (iPhone) cannot be read; pip install pillow-heif")
+    return out
+
+
+def _model_warnings(models: dict) -> list[str]:
+    """Warnings about default models that are not cached and cannot be downloaded."""
+    out: list[str] = []
     missing = [d["name"] for d in models.get("defaults", []) or [] if not d.get("cached")]
     hub = models.get("hub", {}) or {}
     if missing and (models.get("offline") or hub.get("reachable") is False):
-        from wwts.core.models import hub_hint
+        from .models import hub_hint
 
         if models.get("offline"):
             why, fix = "offline mode is on", ("unset HF_HUB_OFFLINE to let wwts download them, "
@@ -496,6 +297,21 @@ def warnings_for(facts: dict) -> list[str]:
         else:
             why, fix = f"the hub ({hub.get('endpoint')}) cannot be reached", hub_hint()
         out.append(f"{why} and these default models are not cached: {', '.join(missing)}; {fix}")
+    return out
+
+
+def warnings_for(facts: dict) -> list[str]:
+    """Advice derived from ``collect()``'s facts: each item one line that says what to do."""
+    out: list[str] = []
+    system, cpu, acc = facts.get("system", {}), facts.get("cpu", {}), facts.get("accelerators", {})
+    plan, models = facts.get("plan", {}), facts.get("models", {})
+    torch_facts = system.get("torch", {}) or {}
+    if torch_facts.get("error"):
+        out.append(f"torch cannot be imported ({torch_facts['error']}): reinstall it, "
+                   "see https://pytorch.org/get-started/locally/")
+    out += _gpu_warnings(torch_facts, acc)
+    out += _machine_warnings(system, cpu, acc, plan)
+    out += _model_warnings(models)
     for name in ("system", "cpu", "accelerators", "runtimes", "plan", "models"):
         if isinstance(facts.get(name), dict) and facts[name].get("error") and len(facts[name]) == 1:
             out.append(f"could not collect {name} facts: {facts[name]['error']}")
@@ -503,15 +319,12 @@ def warnings_for(facts: dict) -> list[str]:
 
 
 def _rosetta() -> bool:
-    """True when this process is x86_64 code translated by Rosetta 2 on Apple silicon."""
-    import subprocess
-
+    """``hardware.running_under_rosetta()``, False when the hardware package cannot be imported."""
     try:
-        out = subprocess.run(["sysctl", "-n", "sysctl.proc_translated"], capture_output=True, text=True,
-                             timeout=2, check=False).stdout.strip()
-    except Exception:
+        from .hardware import running_under_rosetta
+    except Exception:  # torch broken: the other warnings still stand
         return False
-    return out == "1"
+    return running_under_rosetta()
 
 
 def collect(*, check_hub: bool = True, hub_timeout: float = HUB_TIMEOUT_S, cache_dir: str | None = None,

@@ -1,13 +1,19 @@
-"""Process environment defaults that must be in place before torch is imported.
+"""Process-wide settings, in one place: environment defaults and library switches, set once per run.
 
-This module must not import torch (directly or through other wwts modules): the CLI calls
-``prepare_environment()`` first, then imports torch.
+The CLI calls ``prepare_environment()`` before torch is imported, then ``configure_libraries(config)``
+once the run's options are checked; the engine and the tasks never change process-wide state.
+This module must not import torch at module level (directly or through other wwts modules).
 """
 
 from __future__ import annotations
 
 import os
 import platform
+import warnings
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .config import RunConfig
 
 
 def mps_may_be_used() -> bool:
@@ -25,3 +31,27 @@ def prepare_environment() -> None:
     """
     if mps_may_be_used():
         os.environ.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")
+
+
+def configure_libraries(config: RunConfig) -> None:
+    """Set the libraries' process-wide switches for a run of ``config``. Idempotent.
+
+    - transformers and huggingface_hub log errors only, and transformers draws no "Loading
+      weights" bars (hub downloads keep theirs): wwts shows its own start line and progress.
+    - Pillow's warnings (bad EXIF and the like) are ignored: they become per-image notes or errors.
+    - With ``config.max_pixels``, Pillow's ``Image.MAX_IMAGE_PIXELS`` is set to it: Pillow refuses
+      images over twice its limit before wwts' own header check would run.
+
+    Imports transformers (and so torch): call it after ``prepare_environment()``.
+    """
+    warnings.filterwarnings("ignore", module="PIL")
+    import huggingface_hub
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    huggingface_hub.utils.logging.set_verbosity_error()
+    if config.max_pixels:
+        from PIL import Image
+
+        Image.MAX_IMAGE_PIXELS = config.max_pixels

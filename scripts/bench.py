@@ -493,7 +493,7 @@ def table(rows: list[Row], seed: Row | None, pipe: Row | None, cap_seed: Row | N
 def machine_facts(python: str) -> tuple[list[str], str]:
     """Machine lines from ``wwts doctor --json`` (fallback: platform/psutil) and their source."""
     try:
-        r = subprocess.run([python, "-m", "wwts.cli.main", "doctor", "--json"], capture_output=True,
+        r = subprocess.run([python, "-m", "wwts.cli.app", "doctor", "--json"], capture_output=True,
                            text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
         doc = json.loads(r.stdout[r.stdout.index("{"):])
         s, c, plan = doc.get("system", {}), doc.get("cpu", {}), doc.get("plan", {})
@@ -654,7 +654,7 @@ def main(argv: list[str] | None = None) -> int:
 
     python = sys.executable
     venv_wwts = Path(python).with_name("wwts")
-    wwts = [str(venv_wwts)] if venv_wwts.exists() else [python, "-m", "wwts.cli.main"]
+    wwts = [str(venv_wwts)] if venv_wwts.exists() else [python, "-m", "wwts.cli.app"]
     models = args.models.resolve()
     clip = (args.clip_model or models / CLIP_DIR).resolve()
     blip = models / BLIP_DIR

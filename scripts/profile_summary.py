@@ -22,12 +22,12 @@ import sys
 
 #: phase -> regexes matched against a frame "func (file:line)"
 PHASES = {
-    "imports (module loading)": [r"^_find_and_load ", r"^<module> \(cli/main"],
+    "imports (module loading)": [r"^_find_and_load ", r"^<module> \(cli/app"],
     "model load (from_pretrained)": [r"from_pretrained", r"core/models.py"],
     "label text encoding": [r"text_features", r"get_text_features", r"_text_inputs"],
-    "image preprocess (processor)": [r"ClassifyTask\.preprocess", r"CaptionTask\.preprocess",
+    "image preprocess (processor)": [r"ClassifyTask\.prepare", r"CaptionTask\.collate",
                                      r"image_processing", r"preprocess \(transformers"],
-    "model forward": [r"Run\._forward", r"\.generate \(", r"get_image_features"],
+    "model forward": [r"run_model \(", r"\.generate \(", r"get_image_features"],
     "waiting for decoded images": [r"Future\.result", r"wait \(threading", r"as_completed",
                                    r"DecodePool\.", r"Queue\.get"],
     "image decode (PIL, any thread)": [r"ImageFile\.load", r"decoder\.decode", r"Image\.draft",

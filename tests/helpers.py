@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from wwts.core.input.decode import load_image
+from wwts.core.input import load_image
 
 
 def classify(*args):
@@ -21,7 +21,7 @@ def classify(*args):
     decode worker processes that import ``crashing_load`` / ``pid_load`` stay light."""
     from typer.testing import CliRunner
 
-    from wwts.cli.main import app
+    from wwts.cli.app import app
 
     return CliRunner().invoke(app, ["classify", *map(str, args)])
 

@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 
 from tests.tiny_caption_models import (build_tiny_blip, build_tiny_blip2, build_tiny_chat_vlm, build_tiny_florence2, build_tiny_git,
                                        build_tiny_vision_encoder_decoder)
-from wwts.core.models import loader as models
+from wwts.core import models
 from wwts.core.config import RunConfig
 from wwts.core.errors import ModelLoadError, UsageError
 from wwts.core.output.records import CaptionResult
@@ -90,11 +90,17 @@ def _load(tmp_path: Path, model: Path, dtype: torch.dtype = torch.float32, **kwa
     return task
 
 
+def _captions(task: CaptionTask, outputs) -> list[dict]:
+    """The task fields ``task.postprocess`` sets on blank base records: ``[{"caption": str}]``."""
+    bases = [CaptionResult(path=f"{i}.jpg") for i in range(outputs.sequences.shape[0])]
+    return [{"caption": record.caption} for record in task.postprocess(outputs, bases)]
+
+
 def _run(task: CaptionTask, batch: list[Image.Image]):
     inputs = task.preprocess(batch)
     with torch.inference_mode():
         outputs = task.forward(inputs)
-    return inputs, outputs, task.postprocess(outputs)
+    return inputs, outputs, _captions(task, outputs)
 
 
 # --- family detection and prompts (configs only, no weights) ----------------------------------
@@ -333,7 +339,7 @@ def test_bfloat16_autocast_and_beam_search(kind, tiny_models, images, tmp_path):
     inputs = task.preprocess(images[:2])
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         outputs = task.forward(inputs)
-    captions = task.postprocess(outputs)
+    captions = _captions(task, outputs)
     assert len(captions) == 2 and all(isinstance(c["caption"], str) for c in captions)
     assert task.generate_kwargs["num_beams"] == 2 and task.generate_kwargs["do_sample"] is False
 

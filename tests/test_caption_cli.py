@@ -8,7 +8,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from wwts.cli.main import app
+from wwts.cli.app import app
 
 runner = CliRunner()
 

@@ -18,9 +18,11 @@ from typer.testing import CliRunner
 
 from tests.conftest import ROOT
 from tests.helpers import classify
-from wwts.cli import main
-from wwts.cli.display import DataConsole, records_table, shown
-from wwts.cli.progress import RunProgress, progress_columns
+from wwts.cli import run as cli_run
+from wwts.cli.app import app
+from wwts.cli.console import ConsoleLogHandler, DataConsole, shown
+from wwts.cli.progress import RunProgress, cpu_note, loading, progress_columns
+from wwts.cli.table import print_records, records_table
 from wwts.core.errors import DeviceFault, ModelLoadError
 from wwts.core.output.records import CaptionResult, ClassifyResult, LabelScore
 
@@ -90,10 +92,10 @@ def test_unexpected_error_with_markup_in_its_text_is_one_literal_line(tiny_clip,
 
 def test_warnings_and_captions_with_markup_are_literal(capsys):
     console, buf = data_terminal(200)
-    handler = main._ConsoleLogHandler(console)
+    handler = ConsoleLogHandler(console)
     handler.emit(logging.LogRecord("wwts", logging.WARNING, __file__, 1, "cannot read %s", ("x[/x]",), None))
     assert "warning: cannot read x[/x]" in buf.getvalue()
-    main._print_table([CaptionResult(path="[a]/b.jpg", caption="[unused16105] 一只猫", width=2, height=2)],
+    print_records([CaptionResult(path="[a]/b.jpg", caption="[unused16105] 一只猫", width=2, height=2)],
                       "caption")
     out = capsys.readouterr().out
     assert "[unused16105] 一只猫" in out and "[a]/b.jpg" in out
@@ -125,7 +127,7 @@ def test_shown_escapes_only_control_and_bidi_characters():
 # -- 3. a line before the model loads ------------------------------------------------------------
 
 def test_start_line_and_loading_line_come_before_the_model_loads(tiny_clip, sample_images, monkeypatch):
-    from wwts.core.engine import run as engine
+    from wwts.core.engine import plan as engine  # where start() looks load_task up
 
     def fail_to_load(*args, **kwargs):
         raise ModelLoadError("the model did not load")
@@ -146,7 +148,7 @@ def test_loading_shows_a_spinner_on_a_terminal():
     spinners = []
     real_status = console.status
     console.status = lambda text, **kw: spinners.append(str(text)) or real_status(text, **kw)
-    with main._loading(console, False, plan):
+    with loading(console, False, plan):
         assert spinners == ["loading model M …"], spinners
     assert "wwts classify: 3 images · model M · device cuda:0" in buf.getvalue()
 
@@ -179,11 +181,11 @@ def test_cpu_note_wraps_at_word_boundaries_at_60_columns():
     console, buf = data_terminal(60)
     plan = {"task": "classify", "images": 3, "model": "OFA-Sys/chinese-clip-vit-base-patch16", "device": "cpu",
             "dtype": "float32", "quantize": None, "threads": 2, "batch_size": 8}
-    with main._loading(console, False, plan):
+    with loading(console, False, plan):
         pass
     lines = screen_lines(buf.getvalue())
     assert all(len(line) <= 60 for line in lines), lines
-    note = main._cpu_note(plan)
+    note = cpu_note(plan)
     shown_words = " ".join(lines).split()
     for word in note.split():
         assert word in shown_words, word  # not broken across lines
@@ -222,20 +224,20 @@ def test_table_error_column_only_when_needed():
 # -- 6. help -------------------------------------------------------------------------------------
 
 def test_version():
-    result = CliRunner().invoke(main.app, ["--version"])
+    result = CliRunner().invoke(app, ["--version"])
     assert result.exit_code == 0 and result.output.strip() == f"wwts {version('wwts')}"
 
 
 @pytest.mark.parametrize("command", ["classify", "caption", "doctor"])
 def test_every_command_takes_h_and_shows_examples(command):
-    short = CliRunner().invoke(main.app, [command, "-h"], env={"COLUMNS": "100"})
+    short = CliRunner().invoke(app, [command, "-h"], env={"COLUMNS": "100"})
     assert short.exit_code == 0, short.output
-    assert short.output == CliRunner().invoke(main.app, [command, "--help"], env={"COLUMNS": "100"}).output
+    assert short.output == CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "100"}).output
     assert "Examples" in short.output and f"wwts {command}" in short.output
 
 
 def test_classify_help_has_panels_and_shows_the_default_model_at_80_columns():
-    text = CliRunner().invoke(main.app, ["classify", "--help"], env={"COLUMNS": "80", "TERMINAL_WIDTH": "80"}).output
+    text = CliRunner().invoke(app, ["classify", "--help"], env={"COLUMNS": "80", "TERMINAL_WIDTH": "80"}).output
     for panel in ("Inputs", "Labels and prompt", "Model and device", "Output", "Runs"):
         assert f"─ {panel} ─" in text, panel
     assert "OFA-Sys/chinese-clip-vit-base-patch16" in text
@@ -261,13 +263,13 @@ def _codes(text: str) -> set[int]:
 
 
 def test_every_exit_code_is_documented():
-    codes = {v for k, v in vars(main).items() if k.startswith("EXIT_")}
+    codes = {v for k, v in vars(cli_run).items() if k.startswith("EXIT_")}
     assert codes == {0, 1, 2, 3, 4, 130, 143}
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     section = readme[readme.index("### Exit codes"):]
     section = section[:section.index("\n#")]
     assert codes <= _codes(section), codes - _codes(section)
-    docstring = main.__doc__[main.__doc__.index("Exit codes"):]
+    docstring = cli_run.__doc__[cli_run.__doc__.index("Exit codes"):]
     assert codes <= _codes(docstring), codes - _codes(docstring)
 
 

@@ -25,7 +25,7 @@ def test_results_in_submission_order(sample_images):
     paths = sorted(sample_images.glob("*.jpg")) + sorted(sample_images.glob("*.png"))
     with DecodePool(3, draft_size=64) as pool:
         futures = [pool.submit(p) for p in paths]
-        decoded = [f.result() for f in futures]
+        decoded = [f.result().decoded for f in futures]
     for p, d in zip(paths, decoded):
         assert (d.width, d.height) == Image.open(p).size
         assert d.image.mode == "RGB"
@@ -58,11 +58,11 @@ def test_a_crashing_decoder_costs_one_record(tmp_path):
     good2 = _heif_like(tmp_path, "z.heic", (10, 200, 10))
     with DecodePool(3, isolated_load=crashing_load) as pool:
         futures = [pool.submit(p) for p in (good1, crash, good2)]
-        first = futures[0].result()
+        first = futures[0].result().decoded
         with pytest.raises(ImageError) as info:
             futures[1].result()
-        last = futures[2].result()
-        after = pool.submit(good1).result()  # the pool works again after the crash
+        last = futures[2].result().decoded
+        after = pool.submit(good1).result().decoded  # the pool works again after the crash
     assert info.value.category == "crashed"
     assert first.image.getpixel((0, 0)) == (200, 30, 30)
     assert last.image.getpixel((0, 0)) == (10, 200, 10)
@@ -74,14 +74,14 @@ def test_real_heic_decodes_in_the_worker_process(exif_samples):
     if not heic.exists():
         pytest.skip("no sample HEIC")
     with DecodePool(1, draft_size=224) as pool:
-        d = pool.submit(heic).result()
+        d = pool.submit(heic).result().decoded
     assert d.image.mode == "RGB" and d.height > d.width  # portrait after orientation
 
 
 def test_heif_decodes_spread_over_as_many_processes_as_threads(tmp_path):
     paths = [_heif_like(tmp_path, f"{i}.heic") for i in range(6)]
     with DecodePool(3, isolated_load=pid_load) as pool:
-        pids = {f.result().note for f in [pool.submit(p) for p in paths]}
+        pids = {f.result().decoded.note for f in [pool.submit(p) for p in paths]}
     assert len(pids) > 1 and str(os.getpid()) not in pids
 
 
@@ -92,7 +92,7 @@ def test_several_crashes_among_parallel_decodes_blame_only_the_crashing_files(tm
     with DecodePool(3, isolated_load=crashing_load) as pool:
         for path, future in [(p, pool.submit(p)) for p in paths]:
             try:
-                outcome[path.name] = future.result().width
+                outcome[path.name] = future.result().decoded.width
             except ImageError as exc:
                 outcome[path.name] = exc.category
     assert outcome == {n: "crashed" if n.startswith("crash") else 40 for n in names}
@@ -116,7 +116,7 @@ def test_tiff_decodes_in_a_worker_by_name_or_content(tmp_path):
     plain = tmp_path / "c.jpg"
     Image.new("RGB", (40, 20)).save(plain, format="JPEG")
     with DecodePool(2, isolated_load=pid_load) as pool:
-        notes = [pool.submit(p).result().note for p in (named, disguised, plain)]
+        notes = [pool.submit(p).result().decoded.note for p in (named, disguised, plain)]
     assert notes[0] and notes[1] and str(os.getpid()) not in notes[:2]  # decoded by pid_load
     assert notes[2] is None  # in a thread of this process
 
@@ -135,7 +135,7 @@ def test_what_a_native_decoder_writes_to_stderr_becomes_the_note(tmp_path, capfd
     path.write_bytes(bytes(data))
     capfd.readouterr()
     with DecodePool(1) as pool:
-        decoded = pool.submit(path).result()
+        decoded = pool.submit(path).result().decoded
     out, err = capfd.readouterr()
     assert "Fax4Decode" not in out + err
     assert decoded.note.startswith("decoder said: Fax4Decode: Bad code word")
@@ -146,3 +146,28 @@ def test_stderr_summary_is_one_line_of_distinct_lines():
 
     assert _summarise("") == ""
     assert _summarise("a: x\na: x\n\nb:  y\nc\nd\n") == "decoder said: a: x; b: y; c (+1 more)"
+
+
+def test_transform_runs_on_the_decode_thread_and_gives_a_sample(sample_images, tmp_path):
+    from wwts.core.input.pool import Sample
+
+    path = sorted(sample_images.glob("*.jpg"))[0]
+    threads = []
+
+    def transform(image):
+        threads.append(threading.current_thread().name)
+        if image.size == (7, 7):
+            raise ValueError("no 7x7 images")
+        return ("inputs", image.size)
+
+    seven = tmp_path / "seven.png"
+    Image.new("RGB", (7, 7)).save(seven)
+    with DecodePool(1, transform=transform) as pool:
+        sample = pool.submit(path).result()
+        with pytest.raises(ImageError) as info:
+            pool.submit(seven).result()
+    assert isinstance(sample, Sample) and sample.inputs[0] == "inputs"
+    assert sample.decoded.image is None  # only the inputs wait in the window
+    assert (sample.decoded.width, sample.decoded.height) == Image.open(path).size
+    assert info.value.category == "preprocess" and "no 7x7 images" in str(info.value)
+    assert all(name.startswith("wwts-decode") for name in threads)

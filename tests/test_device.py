@@ -1,7 +1,7 @@
-"""Device, dtype and thread choice (core.device) and the pre-import environment (core.env).
+"""Device, dtype and thread choice (core.hardware) and the pre-import environment (core.env).
 
 No GPU is needed: CUDA / MPS / XPU are simulated by monkeypatching torch's queries and
-``wwts.core.device.probe``; CPU flags by monkeypatching ``cpu_flags``.
+``wwts.core.hardware.select.probe``; CPU flags by monkeypatching ``hardware.cpu.cpu_flags``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from wwts.core.hardware import device as dv
+from wwts.core import hardware as dv
+from wwts.core.hardware import cpu, nvidia
+from wwts.core.hardware import select as sel
 from wwts.core import env
 from wwts.core.errors import DeviceError
 
@@ -46,7 +48,7 @@ def fake_gpus(monkeypatch, gpus, *, cuda_version="12.4", arch_list=("sm_80", "sm
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: list(arch_list))
     monkeypatch.setattr(torch.version, "cuda", cuda_version)
-    monkeypatch.setattr(dv, "nvml_facts", lambda: None)
+    monkeypatch.setattr(nvidia, "nvml_facts", lambda: None)
 
 
 @pytest.fixture
@@ -64,7 +66,7 @@ def probe_log(monkeypatch):
         log.calls.append(str(device))
         return "RuntimeError: simulated failure" if str(device) in log.fail else None
 
-    monkeypatch.setattr(dv, "probe", probe)
+    monkeypatch.setattr(sel, "probe", probe)
     return log
 
 
@@ -113,7 +115,7 @@ def test_failing_probe_falls_through_to_next_most_free_gpu(monkeypatch, no_mps_x
     fake_gpus(monkeypatch, [{"name": "A", "free": 2 * GiB}, {"name": "B", "free": 10 * GiB},
                             {"name": "C", "free": 5 * GiB}])
     probe_log.fail = {"cuda:1"}
-    with caplog.at_level("WARNING", logger="wwts.core.hardware.device"):
+    with caplog.at_level("WARNING", logger="wwts.core.hardware.select"):
         choice = dv.select_device("auto")
     assert choice.device == torch.device("cuda", 2)
     assert choice.tried == [("cuda:1", "RuntimeError: simulated failure")]
@@ -129,7 +131,7 @@ def test_free_memory_comes_from_nvml_matched_by_uuid(monkeypatch, no_mps_xpu, pr
 
     monkeypatch.setattr(torch.cuda, "mem_get_info", no_context)
     # NVML lists GPUs in PCI order: B first. Its UUIDs carry a "GPU-" prefix torch's lack.
-    monkeypatch.setattr(dv, "nvml_facts", lambda: {"gpus": [
+    monkeypatch.setattr(nvidia, "nvml_facts", lambda: {"gpus": [
         {"index": 0, "uuid": "bbbb", "memory_free": 3 * GiB},
         {"index": 1, "uuid": "aaaa", "memory_free": 7 * GiB}]})
     assert dv.cuda_free_memory() == {0: 7 * GiB, 1: 3 * GiB}
@@ -153,7 +155,7 @@ def test_cuda_query_that_raises_is_recorded_and_auto_falls_back(monkeypatch, no_
 
 
 def test_explicit_cuda_on_this_cpu_only_build_is_one_clear_error(monkeypatch):
-    monkeypatch.setattr(dv, "nvidia_driver_facts", lambda: {"gpus": []})
+    monkeypatch.setattr(nvidia, "nvidia_driver_facts", lambda: {"gpus": []})
     if torch.cuda.is_available():  # pragma: no cover - only on a GPU machine
         pytest.skip("this machine has CUDA")
     with pytest.raises(DeviceError) as info:
@@ -167,7 +169,7 @@ def test_explicit_cuda_on_this_cpu_only_build_is_one_clear_error(monkeypatch):
 def test_explicit_cuda_error_names_the_gpu_the_driver_sees(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.version, "cuda", None)
-    monkeypatch.setattr(dv, "nvidia_driver_facts", lambda: {"gpus": [{"name": "NVIDIA GeForce RTX 4090"}]})
+    monkeypatch.setattr(nvidia, "nvidia_driver_facts", lambda: {"gpus": [{"name": "NVIDIA GeForce RTX 4090"}]})
     with pytest.raises(DeviceError, match=r"NVIDIA GPU is present \(NVIDIA GeForce RTX 4090\).*CPU-only"):
         dv.select_device("cuda:0")
 
@@ -253,8 +255,8 @@ def _simulate_cpu(monkeypatch, flags: set[str], float32_s: float | None, bfloat1
             raise RuntimeError("simulated: no bf16 kernels")
         return {"float32": float32_s, "bfloat16": bfloat16_s}
 
-    monkeypatch.setattr(dv, "cpu_flags", lambda: frozenset(flags))
-    monkeypatch.setattr(dv, "cpu_model_name", lambda: name)
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset(flags))
+    monkeypatch.setattr(cpu, "cpu_model_name", lambda: name)
     monkeypatch.setattr(calibration, "time_block", timing)
 
 
@@ -298,7 +300,7 @@ def test_bf16_calibration_is_cached_per_cpu_flags_torch_threads_and_batch(monkey
     dv.cpu_bf16_calibration(4)  # another batch size: measured
     torch.set_num_threads(1)
     dv.cpu_bf16_calibration(8)  # another thread count: measured
-    monkeypatch.setattr(dv, "cpu_flags", lambda: frozenset(ZEN4[0] | {"amx_bf16"}))
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset(ZEN4[0] | {"amx_bf16"}))
     dv.cpu_bf16_calibration(8)  # the same CPU name with other flags (a VM moved host): measured
     assert calls == [8, 4, 8, 8]
     dv.cpu_bf16_calibration(8, refresh=True)  # doctor --recalibrate
@@ -338,16 +340,16 @@ def test_real_calibration_measures_a_ratio(keep_torch_threads):
 
 
 def test_cpu_float16_needs_native_fp16(monkeypatch):
-    monkeypatch.setattr(dv, "cpu_flags", lambda: frozenset({"avx2", "avx512f", "avx512_bf16"}))
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset({"avx2", "avx512f", "avx512_bf16"}))
     with pytest.raises(DeviceError, match="--dtype float16 is not usable on cpu.*bfloat16"):
         dv.select_dtype(torch.device("cpu"), "float16")
-    monkeypatch.setattr(dv, "cpu_flags", lambda: frozenset({"avx512f", "avx512_fp16"}))
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset({"avx512f", "avx512_fp16"}))
     assert dv.select_dtype(torch.device("cpu"), "float16") == torch.float16
 
 
 def test_explicit_bf16_on_cpu_without_native_support_is_allowed_with_a_warning(monkeypatch, caplog):
-    monkeypatch.setattr(dv, "cpu_flags", lambda: frozenset({"avx2"}))
-    with caplog.at_level("WARNING", logger="wwts.core.hardware.device"):
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset({"avx2"}))
+    with caplog.at_level("WARNING", logger="wwts.core.hardware.dtype"):
         assert dv.select_dtype(torch.device("cpu"), "bfloat16") == torch.bfloat16
     assert "slower than float32" in caplog.text
 
@@ -396,7 +398,7 @@ def keep_torch_threads():
 
 def test_threads_default_to_physical_cores(monkeypatch, keep_torch_threads):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(dv, "physical_cores", lambda: 3)
+    monkeypatch.setattr(cpu, "physical_cores", lambda: 3)
     assert dv.resolve_threads() == (3, "physical cores")
     assert dv.configure_threads() == 3
     assert torch.get_num_threads() == 3
@@ -415,14 +417,14 @@ def test_omp_num_threads_is_respected_and_explicit_wins(monkeypatch, keep_torch_
 
 def test_bad_omp_num_threads_is_ignored(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "lots")
-    monkeypatch.setattr(dv, "physical_cores", lambda: 4)
+    monkeypatch.setattr(cpu, "physical_cores", lambda: 4)
     assert dv.resolve_threads() == (4, "physical cores")
 
 
 def test_usable_cpus_respects_a_cgroup_quota(monkeypatch):
-    monkeypatch.setattr(dv, "_cgroup_cpu_limit", lambda: 1.5)
+    monkeypatch.setattr(cpu, "_cgroup_cpu_limit", lambda: 1.5)
     assert dv.usable_cpus() <= 2
-    monkeypatch.setattr(dv, "_cgroup_cpu_limit", lambda: 0.5)
+    monkeypatch.setattr(cpu, "_cgroup_cpu_limit", lambda: 0.5)
     assert dv.usable_cpus() == 1
     assert dv.physical_cores() == 1
 
@@ -437,13 +439,13 @@ def test_usable_cpus_respects_a_cgroup_quota(monkeypatch):
     (2, 2, 3, False, 3),        # explicit wins
 ])
 def test_decode_workers_rule(monkeypatch, cpus, threads, requested, accel, expected):
-    monkeypatch.setattr(dv, "usable_cpus", lambda: cpus)
+    monkeypatch.setattr(cpu, "usable_cpus", lambda: cpus)
     assert dv.decode_workers(threads, requested, accelerator=accel) == expected
 
 
 def test_decode_workers_warns_when_explicit_oversubscribes(monkeypatch, caplog):
-    monkeypatch.setattr(dv, "usable_cpus", lambda: 2)
-    with caplog.at_level("WARNING", logger="wwts.core.hardware.device"):
+    monkeypatch.setattr(cpu, "usable_cpus", lambda: 2)
+    with caplog.at_level("WARNING", logger="wwts.core.hardware.cpu"):
         dv.decode_workers(2, 4)
     assert "compete" in caplog.text
 
@@ -453,8 +455,8 @@ def test_decode_workers_warns_when_explicit_oversubscribes(monkeypatch, caplog):
 
 def test_describe_plan_gives_reasons(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(dv, "physical_cores", lambda: 2)
-    monkeypatch.setattr(dv, "cpu_flags", lambda: frozenset({"avx2"}))
+    monkeypatch.setattr(cpu, "physical_cores", lambda: 2)
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset({"avx2"}))
     choice = dv.DeviceChoice(torch.device("cpu"), True, [("cuda:0", "RuntimeError: no kernel image")],
                              "every accelerator failed its test")
     text = dv.describe_plan("classify", choice, torch.float32, 2, 8)
@@ -512,9 +514,9 @@ def test_nvml_that_cannot_start_means_none(monkeypatch):
 
 
 def test_nvidia_smi_output_is_parsed(monkeypatch):
-    monkeypatch.setattr(dv.shutil, "which", lambda name: "/usr/bin/nvidia-smi")
+    monkeypatch.setattr(nvidia.shutil, "which", lambda name: "/usr/bin/nvidia-smi")
     out = "0, NVIDIA GeForce RTX 3090, GPU-1234, 24576, 20000, 535.104\n"
-    monkeypatch.setattr(dv.subprocess, "run",
+    monkeypatch.setattr(nvidia.subprocess, "run",
                         lambda *a, **k: subprocess.CompletedProcess(a, 0, stdout=out, stderr=""))
     facts = dv.nvidia_smi_facts()
     assert facts["driver_version"] == "535.104"
@@ -524,12 +526,12 @@ def test_nvidia_smi_output_is_parsed(monkeypatch):
 
 
 def test_nvidia_smi_timeout_means_none(monkeypatch):
-    monkeypatch.setattr(dv.shutil, "which", lambda name: "/usr/bin/nvidia-smi")
+    monkeypatch.setattr(nvidia.shutil, "which", lambda name: "/usr/bin/nvidia-smi")
 
     def hang(*a, **k):
         raise subprocess.TimeoutExpired("nvidia-smi", k.get("timeout"))
 
-    monkeypatch.setattr(dv.subprocess, "run", hang)
+    monkeypatch.setattr(nvidia.subprocess, "run", hang)
     assert dv.nvidia_smi_facts() is None
 
 
@@ -571,7 +573,7 @@ def test_default_batch_size_per_device_and_task(device, task, expected):
 
 
 def test_engine_uses_the_device_batch_size_unless_given(tiny_clip, sample_images):
-    from wwts.core.engine import run as engine
+    from wwts.core import engine
     from wwts.core.config import RunConfig
 
     base = dict(task="classify", inputs=(sample_images,), labels=("人", "车"), model=str(tiny_clip), device="cpu")

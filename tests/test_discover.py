@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from wwts.core.input.discover import IMAGE_EXTENSIONS, discover, is_image_name
 from wwts.core.errors import UsageError
-from wwts.core.input.decode import AVIF_SUPPORTED, HEIF_SUPPORTED
+from wwts.core.input import AVIF_SUPPORTED, HEIF_SUPPORTED, IMAGE_EXTENSIONS, discover, is_image_name
 
 SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "exif-samples"
 needs_symlinks = pytest.mark.skipif(os.name == "nt", reason="symlinks need privileges on Windows")

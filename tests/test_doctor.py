@@ -15,10 +15,12 @@ import torch
 from rich.console import Console
 from typer.testing import CliRunner
 
-from wwts.cli.doctor import doctor_command, render
-from wwts.cli.main import app
-from wwts.core.hardware import device as dv
-from wwts.core import doctor
+from wwts.cli.doctor_view import doctor_command, render
+from wwts.cli.app import app
+from wwts.core.hardware import cpu, nvidia
+from wwts.core.hardware import select as sel
+from wwts.core import doctor, models
+from wwts.core.models import hub
 
 GiB = 1024**3
 TOP_KEYS = {"schema", "system", "cpu", "accelerators", "runtimes", "plan", "models", "warnings"}
@@ -48,9 +50,9 @@ def fake_gpus(monkeypatch, gpus, arch_list=TORCH_ARCHS):
     monkeypatch.setattr(torch.version, "cuda", "12.4")
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     monkeypatch.setattr(torch.xpu, "is_available", lambda: False)
-    monkeypatch.setattr(dv, "nvml_facts", lambda: None)
-    monkeypatch.setattr(dv, "nvidia_smi_facts", lambda timeout=3.0: None)
-    monkeypatch.setattr(dv, "probe", lambda device: None)
+    monkeypatch.setattr(nvidia, "nvml_facts", lambda: None)
+    monkeypatch.setattr(nvidia, "nvidia_smi_facts", lambda timeout=3.0: None)
+    monkeypatch.setattr(sel, "probe", lambda device: None)
 
 
 def fake_pynvml(monkeypatch, name="NVIDIA GeForce RTX 4090"):
@@ -117,7 +119,7 @@ def test_doctor_says_when_the_bf16_calibration_was_measured_and_recalibrates(mon
     from wwts.core.hardware import calibration
 
     _cpu_only(monkeypatch)
-    monkeypatch.setattr(dv, "cpu_flags", lambda: frozenset({"avx2", "avx512f", "avx512_bf16"}))
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset({"avx2", "avx512f", "avx512_bf16"}))
     calls = []
     monkeypatch.setattr(calibration, "time_block",
                         lambda b, rounds=3: calls.append(b) or {"float32": 0.16, "bfloat16": 0.10})
@@ -226,9 +228,9 @@ def test_hub_check_is_skipped_when_offline(monkeypatch):
     def must_not_run(*a, **k):
         raise AssertionError("the hub was contacted in offline mode")
 
-    monkeypatch.setattr(doctor, "_head", must_not_run)
+    monkeypatch.setattr(hub, "_head", must_not_run)
     start = time.monotonic()
-    status = doctor.hub_status()
+    status = models.hub_status()
     assert time.monotonic() - start < 0.1
     assert status["offline"] is True and status["checked"] is False and status["reachable"] is None
 
@@ -244,27 +246,27 @@ def test_hub_check_gives_up_after_its_timeout(monkeypatch):
         time.sleep(5)
         return True, "HTTP 200"
 
-    monkeypatch.setattr(doctor, "_head", hang)
+    monkeypatch.setattr(hub, "_head", hang)
     start = time.monotonic()
-    status = doctor.hub_status(timeout=0.2)
+    status = models.hub_status(timeout=0.2)
     assert time.monotonic() - start < 1.5
     assert status["reachable"] is False and status["checked"] is True and "0.2 s" in status["detail"]
     assert seen == {"url": "https://hf-mirror.example", "timeout": 0.2}
-    assert doctor.HUB_TIMEOUT_S <= 2.5
+    assert models.HUB_TIMEOUT_S <= 2.5
 
 
 def test_hub_check_reports_an_answer(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-    monkeypatch.setattr(doctor, "_head", lambda url, timeout: (True, "HTTP 200"))
-    status = doctor.hub_status()
+    monkeypatch.setattr(hub, "_head", lambda url, timeout: (True, "HTTP 200"))
+    status = models.hub_status()
     assert status["reachable"] is True and status["detail"] == "HTTP 200" and status["offline"] is False
 
 
 def test_unreachable_hub_with_uncached_models_suggests_a_mirror(monkeypatch, tmp_path):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-    monkeypatch.setattr(doctor, "_head", lambda url, timeout: (False, "Name or service not known"))
+    monkeypatch.setattr(hub, "_head", lambda url, timeout: (False, "Name or service not known"))
     facts = doctor.collect(cache_dir=str(tmp_path))
     assert any("cannot be reached" in w and "HF_ENDPOINT=https://hf-mirror.com" in w for w in facts["warnings"])
 
@@ -273,7 +275,7 @@ def test_unreachable_mirror_already_set_is_not_suggested_again(monkeypatch, tmp_
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     monkeypatch.setenv("HF_ENDPOINT", "https://hf-mirror.com")
-    monkeypatch.setattr(doctor, "_head", lambda url, timeout: (False, "Name or service not known"))
+    monkeypatch.setattr(hub, "_head", lambda url, timeout: (False, "Name or service not known"))
     facts = doctor.collect(cache_dir=str(tmp_path))
     warning = next(w for w in facts["warnings"] if "cannot be reached" in w)
     assert "export HF_ENDPOINT" not in warning and "unset HF_ENDPOINT" in warning
@@ -321,6 +323,6 @@ def test_doctor_command_tables():
 
 
 def test_cli_doctor_does_not_import_torch_at_import_time():
-    code = "import sys, wwts.cli.doctor, wwts.core.doctor; print('torch' in sys.modules)"
+    code = "import sys, wwts.cli.doctor_view, wwts.core.doctor; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

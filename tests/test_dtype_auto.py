@@ -1,7 +1,7 @@
 """``--dtype auto`` end to end on simulated CPUs: the suite's outcome never depends on the real one.
 
-The calibration's timing (``core.calibration.time_block``) and the CPU's flags are simulated, so
-these tests give the same result on an Intel VM, an AMD EPYC or an Arm laptop.
+The calibration's timing (``core.hardware.calibration.time_block``) and the CPU's flags are
+simulated, so these tests give the same result on an Intel VM, an AMD EPYC or an Arm laptop.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ pytestmark = pytest.mark.skipif(platform.machine().lower() in ("arm64", "aarch64
 
 def _simulate(monkeypatch, flags: set[str], float32_s: float, bfloat16_s: float) -> list[int]:
     from wwts.core.hardware import calibration
-    from wwts.core.hardware import device as dv
+    from wwts.core.hardware import cpu
 
     calls: list[int] = []
-    monkeypatch.setattr(dv, "cpu_flags", lambda: frozenset(flags))
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset(flags))
     monkeypatch.setattr(calibration, "time_block",
                         lambda b, rounds=3: calls.append(b) or {"float32": float32_s, "bfloat16": bfloat16_s})
     return calls

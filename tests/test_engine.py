@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from wwts.core.engine import run as engine
+from wwts.core import engine
 from wwts.core.config import RunConfig
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from wwts.core.engine import run as engine
+from wwts.core import engine
+from wwts.core.engine import batch as engine_batch
 from wwts.core.config import RunConfig
 from wwts.core.hardware import DeviceChoice
 from wwts.core.errors import DeviceFault
@@ -39,7 +40,7 @@ def _simulated_run(tiny_clip, sample_images, monkeypatch, *, device: str, auto: 
         return real_forward(inputs)
 
     monkeypatch.setattr(task, "forward", forward)
-    monkeypatch.setattr(engine.Run, "_move", lambda self, inputs: inputs)
+    monkeypatch.setattr(engine_batch, "to_device", lambda inputs, device: inputs)
     return run, calls
 
 

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from tests.helpers import classify
-from wwts.core.input.decode import MAX_ASPECT_RATIO
+from wwts.core.input import MAX_ASPECT_RATIO
 
 FAST = ("--labels", "人,车", "--dtype", "float32", "--threads", "1")
 needs_symlinks = pytest.mark.skipif(os.name == "nt", reason="symlinks need privileges on Windows")
@@ -73,7 +73,7 @@ def tiny_git(tmp_path_factory):
 def test_extreme_aspect_ratio_is_refused_before_the_processor_caption(tiny_git, tmp_path, capfd):
     from typer.testing import CliRunner
 
-    from wwts.cli.main import app
+    from wwts.cli.app import app
 
     folder = tmp_path / "thin"
     thin_images(folder)

@@ -1,4 +1,4 @@
-"""Tests of core.images.load_image: categories of failure, orientation, draft decode, modes, HEIC.
+"""Tests of core.input.load_image: categories of failure, orientation, draft decode, modes, HEIC.
 
 Generated files go to tmp_path; real camera files come from ../shared/data/exif-samples (skipped
 when absent).
@@ -19,7 +19,7 @@ from PIL import Image, ImageChops, ImageFile, ImageStat
 
 from tests.helpers import encoded, noise_image, png_claiming
 from wwts.core.errors import ImageError
-from wwts.core.input.decode import HEIF_SUPPORTED, SUPPORTED_FORMATS, DecodedImage, load_image
+from wwts.core.input import HEIF_SUPPORTED, SUPPORTED_FORMATS, DecodedImage, load_image
 
 SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "exif-samples"
 

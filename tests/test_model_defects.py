@@ -14,7 +14,7 @@ import torch
 
 from tests.helpers import classify
 from tests.tiny_caption_models import build_tiny_blip
-from wwts.core.models import loader as models
+from wwts.core import models
 from wwts.core.config import RunConfig, fill_prompt, parse_labels, read_labels_file, validate_prompt_template
 from wwts.core.errors import ModelLoadError, UsageError
 
@@ -59,7 +59,7 @@ def test_classify_refuses_an_image_classifier(sample_images, tmp_path):
 
 
 def test_nonfinite_probabilities_become_error_records(tiny_clip, sample_images):
-    from wwts.core.engine import run as engine
+    from wwts.core import engine
 
     run = engine.start(RunConfig(task="classify", inputs=(sample_images,), labels=("人", "车"),
                                  model=str(tiny_clip), device="cpu", dtype="float32"))
@@ -91,7 +91,7 @@ def test_good_prompt_templates_pass(prompt):
 
 
 def test_labels_with_braces_stay_literal(tiny_clip, sample_images):
-    from wwts.core.engine import run as engine
+    from wwts.core import engine
 
     assert fill_prompt("一张{}的照片。", "{0}{}") == "一张{0}{}的照片。"
     run = engine.start(RunConfig(task="classify", inputs=(sample_images / "astronaut.jpg",), labels=("{0}", "a{}b"),
@@ -103,7 +103,7 @@ def test_labels_with_braces_stay_literal(tiny_clip, sample_images):
 
 
 def test_label_longer_than_the_text_tower_is_truncated_with_one_warning(tiny_clip, sample_images, caplog):
-    from wwts.core.engine import run as engine
+    from wwts.core import engine
 
     long_label = "猫" * 600  # 600 tokens; the tiny text tower has 64 positions
     with caplog.at_level(logging.WARNING, logger="wwts"):
@@ -258,7 +258,7 @@ def test_unreachable_default_hub_still_suggests_a_mirror(monkeypatch):
 def test_lang_zh_with_blip_says_it_captions_in_its_own_language(tiny_blip, sample_images):
     from typer.testing import CliRunner
 
-    from wwts.cli.main import app
+    from wwts.cli.app import app
 
     result = CliRunner().invoke(app, ["caption", str(sample_images / "astronaut.jpg"), "--lang", "zh",
                                       "-m", str(tiny_blip), "--max-new-tokens", "3"])

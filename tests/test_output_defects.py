@@ -18,8 +18,8 @@ from PIL import Image
 from tests.helpers import classify
 from wwts.core.output import writers
 from wwts.core.errors import UsageError
-from wwts.core.output.records import CaptionResult, ClassifyResult, LabelScore
-from wwts.core.output.writers import OutputError, OutputLock, lock_output, open_writer, pending_paths, read_existing
+from wwts.core.output import (CaptionResult, ClassifyResult, LabelScore, OutputError, OutputLock, drop_records,
+                              lock_output, open_writer, pending_paths, read_existing, run_sidecar_path)
 
 FAST = ("--labels", "人,车,狗", "--top-k", "2", "--dtype", "float32", "--threads", "1")
 RUN = {"task": "classify", "model": "m"}
@@ -49,7 +49,7 @@ def six(tmp_path) -> Path:
 @pytest.fixture
 def load_spy(monkeypatch) -> list:
     """Records every ``engine.start`` call (the model loads there) and lets it go on."""
-    from wwts.core.engine import run as engine
+    from wwts.core import engine  # the package the CLI calls
 
     calls: list = []
     real = engine.start
@@ -91,7 +91,7 @@ def test_a_non_finite_score_becomes_an_error_record_in_strict_json(tmp_path, fmt
         assert run["images_per_s"] is None
     elif fmt == "jsonl":
         records = strict_jsonl(out)
-        strict_json(writers.run_sidecar_path(out).read_bytes())
+        strict_json(run_sidecar_path(out).read_bytes())
     else:
         records = read_existing(out, ClassifyResult)[1]
     bad, good = records
@@ -155,7 +155,7 @@ def test_resume_under_an_absolute_spelling_does_not_redo_images(tiny_clip, six, 
     _, records = read_existing(out, ClassifyResult)
     assert len(records) == 6
     # keep 2 records, as if the run had been interrupted
-    assert writers.drop_records(out, ClassifyResult, {r["path"] for r in records[2:]}) == 4
+    assert drop_records(out, ClassifyResult, {r["path"] for r in records[2:]}) == 4
     result = classify(str(tmp_path / "ex"), *FAST, "--model", tiny_clip, "--out", out, "--resume")
     assert result.exit_code == 0, result.output
     _, records = read_existing(out, ClassifyResult)
@@ -171,7 +171,7 @@ def test_resume_under_an_absolute_spelling_does_not_redo_images(tiny_clip, six, 
 HOLDER = """
 import sys
 from pathlib import Path
-from wwts.core.output.writers import OutputLock
+from wwts.core.output import OutputLock
 lock = OutputLock(Path(sys.argv[1]), command="wwts classify other-photos --out held.jsonl")
 lock.acquire()
 print("locked", flush=True)
@@ -260,13 +260,13 @@ def test_lock_info_names_the_holder(tmp_path):
 def test_creating_the_output_is_atomic_with_the_existence_check(tmp_path, monkeypatch):
     """A file that appears between the check and the creation is refused, not truncated."""
     out = tmp_path / "r.jsonl"
-    real = writers._make_parent
+    real = writers.make_parent
 
     def racing(path):
         real(path)
         out.write_text("someone else's data\n")
 
-    monkeypatch.setattr(writers, "_make_parent", racing)
+    monkeypatch.setattr(writers, "make_parent", racing)
     with pytest.raises(UsageError, match="already exists"):
         open_writer(out, CaptionResult, RUN)
     assert out.read_text() == "someone else's data\n"

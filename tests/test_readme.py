@@ -10,7 +10,7 @@ import typer
 from typer.testing import CliRunner
 
 from tests.conftest import ROOT
-from wwts.cli.main import app
+from wwts.cli.app import app
 
 runner = CliRunner()
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -63,7 +63,7 @@ def test_ci_runs_the_readme_test_command():
 
 
 def test_help_does_not_import_torch():
-    code = ("import sys; from wwts.cli.main import app; "
+    code = ("import sys; from wwts.cli.app import app; "
             "assert 'torch' not in sys.modules, 'torch imported'; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr

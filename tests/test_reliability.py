@@ -1,6 +1,6 @@
 """Reliability end to end (issue 6): hostile files, Ctrl-C / SIGTERM, resume — no crash, no lost result.
 
-Every test here goes through the command line: ``typer.testing.CliRunner`` on ``wwts.cli.main.app``
+Every test here goes through the command line: ``typer.testing.CliRunner`` on ``wwts.cli.app.app``
 in-process, or a subprocess of the installed ``wwts`` script for the signal tests. The unit-level
 behaviour of each part has its own tests (test_images.py, test_discover.py, test_writers.py,
 test_decode.py); these check that the parts hold together: one record per image, a one-line
@@ -33,7 +33,7 @@ import pytest
 from PIL import Image
 
 from tests.helpers import classify, encoded, noise_image, png_claiming
-from wwts.core.engine import run as engine
+from wwts.core.engine import plan as engine, run as engine_run
 from wwts.core.input.discover import IMAGE_EXTENSIONS, discover
 from wwts.core.input.decode import AVIF_SUPPORTED, HEIF_SUPPORTED, SUPPORTED_FORMATS
 
@@ -418,7 +418,7 @@ def test_a_crashing_decoder_costs_one_record(tiny_clip, tmp_path, monkeypatch, c
 
     if not HEIF_SUPPORTED:
         pytest.skip("no HEIF support: .heic files are not picked up")
-    monkeypatch.setattr(engine, "DecodePool", functools.partial(engine.DecodePool, isolated_load=crashing_load))
+    monkeypatch.setattr(engine_run, "DecodePool", functools.partial(engine_run.DecodePool, isolated_load=crashing_load))
     folder = tmp_path / "phone"
     folder.mkdir()
     for name in ("a.heic", "crash.heic", "z.heic", "plain.png"):
@@ -435,16 +435,16 @@ def test_a_crashing_decoder_costs_one_record(tiny_clip, tmp_path, monkeypatch, c
 
 def test_a_multi_line_decoder_message_becomes_a_one_line_error(tiny_clip, tmp_path, monkeypatch):
     """Some library messages span lines (multiprocessing's, for one); the record's error must not."""
-    from wwts.core.input import decode as images
+    from wwts.core.input import pixels
 
-    real = images._to_rgb
+    real = pixels.to_rgb
 
     def to_rgb(im):
         if im.size == (33, 33):
             raise ValueError("cannot convert this one\n    detail on a second line\n")
         return real(im)
 
-    monkeypatch.setattr(images, "_to_rgb", to_rgb)
+    monkeypatch.setattr(pixels, "to_rgb", to_rgb)
     folder = tmp_path / "imgs"
     folder.mkdir()
     noise((33, 33)).save(folder / "odd.png")
@@ -697,7 +697,7 @@ def test_second_sigint_exits_at_once(second_sigint):
 def test_after_the_first_signal_the_handler_stays_until_the_process_ends():
     """The run may end on its own between two Ctrl-C (the batch in flight was quick); the second
     one must still exit at once, not raise KeyboardInterrupt into the summary or the shutdown."""
-    from wwts.cli.main import _Interrupts
+    from wwts.cli.run import Interrupts as _Interrupts
 
     class FakeRun:
         stopped = False
@@ -846,7 +846,7 @@ def test_csv_cells_cannot_run_as_formulas(tiny_clip, tmp_path, monkeypatch):
     import csv
 
     from wwts.core.output.records import ClassifyResult
-    from wwts.core.output.writers import read_existing
+    from wwts.core.output import read_existing
 
     folder = tmp_path / "csv"
     folder.mkdir()
@@ -888,7 +888,7 @@ def test_csv_resume_with_odd_names_keeps_each_image_once(tiny_clip, tmp_path, mo
     result = classify(".", *FAST, "--model", tiny_clip, "--out", out, "--resume")
     assert result.exit_code == 0, result.output
     from wwts.core.output.records import ClassifyResult
-    from wwts.core.output.writers import read_existing
+    from wwts.core.output import read_existing
 
     _, records = read_existing(out, ClassifyResult)
     assert sorted(os.fsencode(r["path"]) for r in records) == sorted(names)  # each once, bytes intact

@@ -1,4 +1,4 @@
-"""Tests for wwts.core.writers: formats, escaping, durability, atomic publish, resume, retry."""
+"""Tests for wwts.core.output: formats, escaping, durability, atomic publish, resume, retry."""
 
 from __future__ import annotations
 
@@ -6,21 +6,27 @@ import csv
 import dataclasses
 import io
 import json
+import logging
 from pathlib import Path
 
 import pytest
 
-from wwts.core.output import writers
 from wwts.core.errors import UsageError, WwtsError
-from wwts.core.output.records import CaptionResult, ClassifyResult, LabelScore
-from wwts.core.output.writers import (
+from wwts.core.output import (
+    RESUME_KEYS,
+    CaptionResult,
+    ClassifyResult,
+    LabelScore,
     drop_records,
+    check_settings,
     open_writer,
     output_format,
     partial_path,
+    plan_resume,
     read_existing,
     run_sidecar_path,
 )
+from wwts.core.output import atomic
 
 BOM = b"\xef\xbb\xbf"
 FORMATS = ["csv", "json", "jsonl"]
@@ -264,7 +270,7 @@ def test_json_publish_is_atomic(tmp_path, monkeypatch):
     def broken_replace(src, dst):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(writers.os, "replace", broken_replace)
+    monkeypatch.setattr(atomic.os, "replace", broken_replace)
     with pytest.raises(WwtsError, match="--resume") as info:
         w.close()
     assert "could not publish" in str(info.value)
@@ -460,3 +466,72 @@ def test_writers_does_not_import_torch():
     code = "import sys, wwts.core.output; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.fixture
+def wwts_log(caplog, monkeypatch):
+    """Records of the ``wwts`` logger, even when an earlier CLI test stopped its propagation."""
+    monkeypatch.setattr(logging.getLogger("wwts"), "propagate", True)
+    with caplog.at_level(logging.WARNING, logger="wwts"):
+        yield caplog
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_plan_resume_skips_done_images_and_retries_failed_ones(tmp_path, monkeypatch, fmt):
+    monkeypatch.chdir(tmp_path)
+    out = _out(tmp_path, fmt)
+    done = [ClassifyResult(path="a.jpg", label="人", score=0.5, top_k=[LabelScore("人", 0.5)]),
+            ClassifyResult(path="b.jpg", error="truncated: image file is truncated")]
+    w = open_writer(out, ClassifyResult, RUN)
+    w.write(done)
+    w.abort()  # an interrupted run: .json keeps its partial file
+    found = [Path("a.jpg"), tmp_path / "b.jpg", Path("c.jpg")]
+    settings = {k: RUN[k] for k in ("task", "model", "labels", "prompt")}
+
+    plan = plan_resume(out, ClassifyResult, found, settings, retry_failed=False)
+    assert plan.paths == [Path("c.jpg")]
+    assert plan.old_run == RUN and plan.failed == {"b.jpg"}
+
+    plan = plan_resume(out, ClassifyResult, found, settings, retry_failed=True)
+    assert plan.paths == [tmp_path / "b.jpg", Path("c.jpg")]  # any spelling of b.jpg
+    assert plan.failed == {"b.jpg"}
+
+
+def test_plan_resume_without_an_output_plans_everything(tmp_path):
+    found = [tmp_path / "a.jpg", tmp_path / "a.jpg", tmp_path / "b.jpg"]
+    plan = plan_resume(tmp_path / "none.jsonl", ClassifyResult, found, {"task": "caption"}, retry_failed=True)
+    assert plan.paths == [tmp_path / "a.jpg", tmp_path / "b.jpg"]  # each image once
+    assert plan.old_run is None and plan.failed == set()
+
+
+def test_plan_resume_refuses_other_settings(tmp_path):
+    out = tmp_path / "r.csv"
+    with open_writer(out, ClassifyResult, RUN) as w:
+        w.write(classify_records()[:1])
+    other = {"task": "classify", "model": RUN["model"], "labels": ["猫"], "prompt": RUN["prompt"]}
+    with pytest.raises(UsageError) as info:
+        plan_resume(out, ClassifyResult, [tmp_path / "x.jpg"], other, retry_failed=False)
+    assert str(info.value) == (f"{out} was made with other settings (labels: ['人', '车'] in the file, "
+                               "['猫'] now): use another --out, or --overwrite to start over")
+
+
+def test_plan_resume_warns_when_the_settings_file_is_missing(tmp_path, wwts_log):
+    out = tmp_path / "r.jsonl"
+    with open_writer(out, ClassifyResult, RUN) as w:
+        w.write(classify_records()[:1])
+    run_sidecar_path(out).unlink()
+    plan = plan_resume(out, ClassifyResult, [tmp_path / "x.jpg"], {"labels": ["猫"]}, retry_failed=False)
+    assert plan.old_run is None and plan.paths == [tmp_path / "x.jpg"]
+    assert [r.getMessage() for r in wwts_log.records] == [
+        f"{out} has no run settings file next to it: cannot check that it was made with the same "
+        "model and labels"]
+
+
+def test_check_settings_names_each_differing_setting(tmp_path):
+    out = tmp_path / "r.jsonl"
+    check_settings(out, None, {"task": "classify"})  # nothing stored: nothing to compare
+    check_settings(out, {"task": "classify", "device": "cpu"}, {"task": "classify", "device": "cuda"})
+    old = {"task": "classify", "model": "m", "top_k": 3}
+    with pytest.raises(UsageError, match=r"model: 'm' in the file, 'n' now; top_k: 3 in the file, 5 now"):
+        check_settings(out, old, {"task": "classify", "model": "n", "top_k": 5, "dtype": None})
+    assert "device" not in RESUME_KEYS and {"task", "model", "labels", "prompt"} <= set(RESUME_KEYS)

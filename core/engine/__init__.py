@@ -1,5 +1,18 @@
-"""The batching engine: plan a run, run it, recover from device faults."""
+"""The batching engine: plan a run, run it, recover from device faults.
 
-from .run import (load_task, RunStats, Run, find_images, start)
+- ``plan``: ``start(config)`` (what a run will do: images, device, threads, dtype, batch size,
+  the loaded task), ``find_images``.
+- ``run``: ``Run``, the batch loop over the decode pool, and its ``RunStats``.
+- ``batch``: ``process_batch(task, items)``, decoded images in, records out (what a Ray Data
+  actor would call).
+- ``recovery``: ``Recovery``, OOM back-off, MPS fallback, poisoned CUDA → ``DeviceFault``.
 
-__all__ = ['load_task', 'RunStats', 'Run', 'find_images', 'start']
+``load_task`` is ``core.tasks.load_task``, re-exported because the engine's users call it.
+"""
+
+from .batch import Item, process_batch
+from .plan import find_images, load_task, start
+from .recovery import Recovery
+from .run import Run, RunStats
+
+__all__ = ["start", "find_images", "load_task", "Run", "RunStats", "process_batch", "Item", "Recovery"]

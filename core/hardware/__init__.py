@@ -1,5 +1,44 @@
-"""Hardware facts and choices: CPU, NVIDIA GPUs, device selection, dtype policy."""
+"""Hardware facts and choices: CPU, NVIDIA GPUs, device selection, dtype policy.
 
-from .device import (TORCH_INSTALL_URL, cpu_model_name, cpu_flags, CPU_FEATURES, cpu_features, cpu_has_native_bf16, cpu_has_native_fp16, usable_cpus, physical_cores, resolve_threads, configure_threads, CPU_DECODE_CAP, ACCEL_DECODE_CAP, decode_workers, nvml_facts, nvidia_smi_facts, nvidia_driver_facts, torch_build, probe, cuda_free_memory, available_summary, DeviceChoice, select_device, DTYPE_NAMES, cuda_capability, BF16_MIN_SPEEDUP, cpu_bf16_calibration, cpu_bf16_speedup, select_dtype, dtype_reason, DEFAULT_BATCH_SIZES, default_batch_size, autocast, is_oom_error, empty_cache, describe_plan)
+Modules, by job:
 
-__all__ = ['TORCH_INSTALL_URL', 'cpu_model_name', 'cpu_flags', 'CPU_FEATURES', 'cpu_features', 'cpu_has_native_bf16', 'cpu_has_native_fp16', 'usable_cpus', 'physical_cores', 'resolve_threads', 'configure_threads', 'CPU_DECODE_CAP', 'ACCEL_DECODE_CAP', 'decode_workers', 'nvml_facts', 'nvidia_smi_facts', 'nvidia_driver_facts', 'torch_build', 'probe', 'cuda_free_memory', 'available_summary', 'DeviceChoice', 'select_device', 'DTYPE_NAMES', 'cuda_capability', 'BF16_MIN_SPEEDUP', 'cpu_bf16_calibration', 'cpu_bf16_speedup', 'select_dtype', 'dtype_reason', 'DEFAULT_BATCH_SIZES', 'default_batch_size', 'autocast', 'is_oom_error', 'empty_cache', 'describe_plan']
+- ``cpu``: CPU model and instruction sets, usable CPUs (affinity, cgroup quota), physical cores,
+  torch threads, the decode pool size.
+- ``nvidia``: NVIDIA GPUs as the driver (NVML, nvidia-smi) and torch see them; bf16 capability.
+- ``select``: the torch build, ``probe`` and ``select_device`` (a proven device), MPS / XPU
+  availability, default batch sizes, out-of-memory handling.
+- ``dtype``: the dtype policy (``select_dtype``, ``autocast``) and the CPU bf16 calibration it
+  rests on; ``calibration`` measures and caches that.
+- ``plan``: the plan (device, dtype, threads, batch) in words.
+"""
+
+from .cpu import (ACCEL_DECODE_CAP, CPU_DECODE_CAP, CPU_FEATURES, configure_threads, cpu_features, cpu_flags,
+                  cpu_has_native_bf16, cpu_has_native_fp16, cpu_model_name, decode_workers, physical_cores,
+                  resolve_threads, running_under_rosetta, torch_threads, usable_cpus)
+from .dtype import (BF16_MIN_SPEEDUP, DTYPE_NAMES, autocast, cpu_bf16_calibration, cpu_bf16_speedup, dtype_reason,
+                    select_dtype)
+from .nvidia import (cuda_capability, cuda_device_rows, cuda_free_memory, cuda_native_bf16, driver_gpu_rows,
+                     norm_uuid, nvidia_driver_facts, nvidia_smi_facts, nvml_facts)
+from .plan import describe_plan
+from .select import (DEFAULT_BATCH_SIZES, TORCH_INSTALL_URL, DeviceChoice, available_summary, default_batch_size,
+                     empty_cache, is_oom_error, mps_available, mps_built, probe, select_device, torch_build,
+                     torch_facts, xpu_available, xpu_devices)
+
+__all__ = [
+    # cpu
+    "ACCEL_DECODE_CAP", "CPU_DECODE_CAP", "CPU_FEATURES", "configure_threads", "cpu_features", "cpu_flags",
+    "cpu_has_native_bf16", "cpu_has_native_fp16", "cpu_model_name", "decode_workers", "physical_cores",
+    "resolve_threads", "running_under_rosetta", "torch_threads", "usable_cpus",
+    # nvidia
+    "cuda_capability", "cuda_device_rows", "cuda_free_memory", "cuda_native_bf16", "driver_gpu_rows", "norm_uuid",
+    "nvidia_driver_facts", "nvidia_smi_facts", "nvml_facts",
+    # select
+    "DEFAULT_BATCH_SIZES", "TORCH_INSTALL_URL", "DeviceChoice", "available_summary", "default_batch_size",
+    "empty_cache", "is_oom_error", "mps_available", "mps_built", "probe", "select_device", "torch_build",
+    "torch_facts", "xpu_available", "xpu_devices",
+    # dtype
+    "BF16_MIN_SPEEDUP", "DTYPE_NAMES", "autocast", "cpu_bf16_calibration", "cpu_bf16_speedup", "dtype_reason",
+    "select_dtype",
+    # plan
+    "describe_plan",
+]

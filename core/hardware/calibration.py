@@ -7,11 +7,13 @@ once — one ViT-B/16 encoder block (the shape of Chinese-CLIP's image tower, an
 text tower: hidden 768, MLP 3072, 12 heads) at the run's batch size, in float32 and under bf16
 autocast exactly as the run would use it — and caches the ratio.
 
-The cache is ``$XDG_CACHE_HOME/wwts/cpu-dtype.json`` (``~/.cache/wwts/cpu-dtype.json``). Each
-entry is keyed by everything that decides the answer: the CPU's full model name, a digest of its
-flags, the torch version, the thread count and the batch size, so a VM image moved to another
-host, a torch upgrade or another ``--threads`` measures anew. ``wwts doctor --recalibrate``
-measures again on demand; ``wwts doctor`` shows when the value in use was measured.
+The cache is ``cpu-dtype.json`` in wwts' user cache folder (platformdirs' ``user_cache_dir``:
+``$XDG_CACHE_HOME/wwts`` or ``~/.cache/wwts`` on Linux, ``~/Library/Caches/wwts`` on macOS,
+``%LOCALAPPDATA%\\wwts\\Cache`` on Windows). Each entry is keyed by everything that decides the
+answer: the CPU's full model name, a digest of its flags, the torch version, the thread count and
+the batch size, so a VM image moved to another host, a torch upgrade or another ``--threads``
+measures anew. ``wwts doctor --recalibrate`` measures again on demand; ``wwts doctor`` shows
+when the value in use was measured.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from platformdirs import user_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +45,12 @@ MAX_CALIBRATION_BATCH = 8
 
 
 def cache_file() -> Path:
-    """``$XDG_CACHE_HOME/wwts/cpu-dtype.json`` (``~/.cache/wwts/cpu-dtype.json`` when unset)."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "wwts" / "cpu-dtype.json"
+    """``cpu-dtype.json`` in ``platformdirs.user_cache_dir("wwts")``: on Linux
+    ``$XDG_CACHE_HOME/wwts/cpu-dtype.json`` (``~/.cache/wwts/cpu-dtype.json`` when unset).
+
+    Read at each call, so a changed ``XDG_CACHE_HOME`` (the test suite's fixture) is honoured.
+    """
+    return Path(user_cache_dir("wwts", appauthor=False)) / "cpu-dtype.json"
 
 
 def calibration_key(cpu_name: str, flags: frozenset[str], threads: int, batch_size: int) -> str:
@@ -77,7 +83,7 @@ class _Block(torch.nn.Module):
 
 def time_block(batch_size: int, rounds: int = 3) -> dict[str, float]:
     """Seconds for one forward of ``_Block`` on ``(batch, 197, 768)`` float32 input, best of
-    ``rounds`` after one warm-up, in float32 and under CPU bf16 autocast (as ``core.device.autocast``
+    ``rounds`` after one warm-up, in float32 and under CPU bf16 autocast (as ``dtype.autocast``
     runs the model). About 22 GFLOP at batch 8: 0.1-0.3 s per float32 pass on 2 cores.
 
     Returns:

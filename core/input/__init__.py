@@ -1,7 +1,38 @@
-"""Finding images, decoding them, and the decode pool."""
+"""Finding images, decoding them, and the decode pool.
 
-from .discover import (IMAGE_EXTENSIONS, is_image_name, discover, is_hidden)
-from .decode import (SUPPORTED_FORMATS, HEIF_SUPPORTED, AVIF_SUPPORTED, MAX_ASPECT_RATIO, DecodedImage, load_image, read_head)
-from .pool import (ISOLATED_EXTENSIONS, needs_isolation, isolated_decode, DecodePool)
+Modules: ``discover`` (inputs → image paths, stable order), ``decode`` (path → RGB
+``DecodedImage`` or ``ImageError``), ``pixels`` (EXIF orientation, any mode → 8-bit RGB, draft
+reduce), ``pool`` (decodes in threads or isolated worker processes ahead of the model).
+Nothing in this package imports torch.
+"""
 
-__all__ = ['IMAGE_EXTENSIONS', 'is_image_name', 'discover', 'is_hidden', 'SUPPORTED_FORMATS', 'HEIF_SUPPORTED', 'AVIF_SUPPORTED', 'MAX_ASPECT_RATIO', 'DecodedImage', 'load_image', 'read_head', 'ISOLATED_EXTENSIONS', 'needs_isolation', 'isolated_decode', 'DecodePool']
+from .decode import (
+    AVIF_SUPPORTED,
+    HEIF_SUPPORTED,
+    MAX_ASPECT_RATIO,
+    SUPPORTED_FORMATS,
+    DecodedImage,
+    load_image,
+    read_head,
+)
+from .discover import IMAGE_EXTENSIONS, discover, is_hidden, is_image_name
+from .pool import ISOLATED_EXTENSIONS, DecodePool, Sample, isolated_decode, needs_isolation
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "is_image_name",
+    "discover",
+    "is_hidden",
+    "SUPPORTED_FORMATS",
+    "HEIF_SUPPORTED",
+    "AVIF_SUPPORTED",
+    "MAX_ASPECT_RATIO",
+    "DecodedImage",
+    "load_image",
+    "read_head",
+    "ISOLATED_EXTENSIONS",
+    "needs_isolation",
+    "isolated_decode",
+    "DecodePool",
+    "Sample",
+]

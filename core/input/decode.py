@@ -3,8 +3,9 @@
 ``load_image`` is the only entry point. It opens the file itself (a FIFO, socket or directory is
 refused from ``fstat`` before any read, so it can never hang), identifies it against an explicit
 list of formats, refuses decompression bombs from the header, optionally DCT-scales JPEGs while
-decoding (``Image.draft``), applies the EXIF orientation, and converts every mode to 8-bit RGB.
-Every failure becomes an ``ImageError(category, message)``; no other exception leaves it.
+decoding (``Image.draft``), then has ``pixels`` apply the EXIF orientation and convert every
+mode to 8-bit RGB. Every failure becomes an ``ImageError(category, message)``; no other exception
+leaves it.
 
 Thread safety: the engine calls ``load_image`` from a thread pool (Pillow releases the GIL while
 decoding). Nothing here mutates module-level state of Pillow on the normal path; the one exception
@@ -26,11 +27,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
-from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError, features
+from PIL import Image, ImageFile, UnidentifiedImageError, features
 
-from wwts.core.errors import ImageError
+from ..errors import ImageError
+from . import pixels
+from .pixels import one_line
 
 logger = logging.getLogger(__name__)
 
@@ -62,20 +65,6 @@ AVIF_SUPPORTED: bool = "AVIF" in SUPPORTED_FORMATS
 #: Formats whose ``draft()`` makes decoding cheaper: JPEG/MPO scale the DCT by 1/2, 1/4 or 1/8;
 #: pillow-heif's picks an embedded thumbnail that is a scaled copy of the image, if one is big enough.
 _DRAFT_FORMATS = frozenset({"JPEG", "MPO", "HEIF"})
-#: EXIF/TIFF tag 274 (Orientation) values 2-8 and the transposition that undoes each (TIFF 6.0
-#: section 8 "Orientation"; CIPA DC-008 Exif 2.32, 4.6.4 A). 1 is upright.
-_EXIF_TRANSPOSE = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
-#: Orientations that swap width and height (transpose, rotate 90/270, transverse).
-_SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
-_WHITE = (255, 255, 255)
 #: Widest aspect ratio (long side / short side) ``load_image`` accepts by default, checked from the
 #: header before any pixel is decoded. CLIP-style image processors scale the *short* side to the
 #: model's input size before cropping, so an 8000x1 PNG of 107 bytes became a 1,792,000x224
@@ -99,15 +88,13 @@ class DecodedImage:
     Attributes:
         image: the pixels, mode ``"RGB"``, EXIF orientation applied. When ``load_image`` was given
             ``draft_size`` it may be smaller than ``width`` x ``height`` (short side still at least
-            ``2 * draft_size`` unless the original is smaller). The decode pool sets it to ``None``
-            once ``inputs`` holds the model inputs made from it.
+            ``2 * draft_size`` unless the original is smaller). ``None`` in a decode pool's
+            ``Sample`` once the task's transform has made model inputs from it.
         width: width in pixels of the original, full-resolution image after EXIF orientation.
         height: height in pixels, likewise.
         frames: number of frames (animated GIF/WebP/PNG) or images (multi-page TIFF, MPO, HEIF
             sequences) in the file; only the first (for HEIF: the primary) one is decoded.
         note: a non-fatal remark, e.g. ``"EXIF orientation unreadable; used unrotated"``.
-        inputs: model inputs prepared from ``image`` on the decode thread (set by the engine's
-            decode pool when the task preprocesses image by image), else ``None``.
     """
 
     image: Image.Image | None
@@ -115,7 +102,6 @@ class DecodedImage:
     height: int
     frames: int = 1
     note: str | None = None
-    inputs: Any = None
 
 
 def load_image(
@@ -193,12 +179,13 @@ def load_image(
         raise ImageError("too_large", str(exc)) from None
     except Exception as exc:  # the contract: every failure becomes an ImageError
         if _is_truncation(exc):
-            raise ImageError("truncated", _describe(exc)) from None
-        raise ImageError("decode", _describe(exc)) from None
+            raise ImageError("truncated", one_line(exc)) from None
+        raise ImageError("decode", one_line(exc)) from None
 
 
 def _load(path: Path, draft_size: int | None, max_pixels: int | None, allow_truncated: bool,
           max_aspect_ratio: float | None) -> DecodedImage:
+    """``load_image`` without its exception mapping: open, check the header, decode, upright, RGB."""
     notes: list[str] = []
     with _open_regular_file(path) as fp:
         im = _identify(fp)
@@ -218,22 +205,14 @@ def _load(path: Path, draft_size: int | None, max_pixels: int | None, allow_trun
             im = _load_truncated(fp, draft_size)
             notes.append("file is truncated; decoded the part that is there")
 
-    orientation, note = _orientation(im)
+    im, swapped, note = pixels.upright(im)
     if note:
         notes.append(note)
-    elif orientation != 1:
-        try:
-            im = ImageOps.exif_transpose(im)
-        except Exception as exc:
-            # exif_transpose transposes first, then rewrites the EXIF block without the tag; a
-            # malformed unrelated tag can make that rewrite fail. The pixels only need the tag.
-            im = im.transpose(_EXIF_TRANSPOSE[orientation])
-            notes.append(f"EXIF data malformed ({_describe(exc)}); orientation {orientation} applied")
-        if orientation in _SWAPPING_ORIENTATIONS:
-            width, height = height, width
-    rgb = _to_rgb(im)
+    if swapped:
+        width, height = height, width
+    rgb = pixels.to_rgb(im)
     if draft_size:
-        rgb = _reduce(rgb, draft_size)
+        rgb = pixels.reduce_for(rgb, draft_size)
     return DecodedImage(rgb, width, height, frames, "; ".join(notes) or None)
 
 
@@ -252,12 +231,6 @@ def _check_size(width: int, height: int, max_pixels: int | None, max_aspect_rati
             "aspect_ratio",
             f"{width}x{height}: aspect ratio {long / short:.4g}:1 is over the limit of {max_aspect_ratio:g}:1",
         )
-
-
-def _reduce(im: Image.Image, draft_size: int) -> Image.Image:
-    """Box-reduce ``im`` by the largest integer factor keeping its short side >= ``2 * draft_size``."""
-    factor = min(im.size) // (2 * draft_size)
-    return im.reduce(factor) if factor >= 2 else im
 
 
 @contextmanager
@@ -350,74 +323,7 @@ def _load_truncated(fp, draft_size: int | None) -> ImageFile.ImageFile:
     return im
 
 
-def _orientation(im: Image.Image) -> tuple[int, str | None]:
-    """EXIF orientation tag (1-8, 1 when absent) and a note when it cannot be read or is invalid.
-
-    pillow-heif applies the HEIF rotation/mirroring (``irot``/``imir``) while decoding and resets
-    the EXIF/XMP orientation to 1 (pillow_heif.misc.set_orientation), so HEIC files are not
-    rotated twice here.
-    """
-    try:
-        value = im.getexif().get(ExifTags.Base.Orientation, 1)
-    except Exception as exc:
-        return 1, f"EXIF orientation unreadable ({_describe(exc)}); used unrotated"
-    if value == 0:  # written by some cameras for "unknown"; not in the spec, treated as upright
-        return 1, None
-    if isinstance(value, int) and (value == 1 or value in _EXIF_TRANSPOSE):
-        return value, None
-    return 1, f"EXIF orientation {value!r} is not 1-8; used unrotated"
-
-
-def _to_rgb(im: Image.Image) -> Image.Image:
-    """Convert any Pillow mode to 8-bit ``RGB``.
-
-    Transparency (``RGBA``, ``LA``, ``PA``, ``P`` with a ``transparency`` entry, premultiplied
-    ``RGBa``/``La``) is composited onto white. 16-bit ``I;16*`` is divided by 256; 32-bit ``I`` and
-    float ``F`` are mapped linearly onto 0-255 from the range ``_rescale`` picks, never clamped to white.
-    ``CMYK``, ``YCbCr``, ``1``, ``L``, plain ``P`` go through ``Image.convert`` (no colour
-    management: ICC profiles are ignored).
-    """
-    mode = im.mode
-    if mode == "RGB":
-        return im
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in im.info):
-        rgba = im.convert("RGBA")
-        background = Image.new("RGB", rgba.size, _WHITE)
-        background.paste(rgba, mask=rgba.getchannel("A"))
-        return background
-    if mode.startswith("I;16"):
-        return im.convert("I").point(lambda x: x * (1 / 256)).convert("L").convert("RGB")
-    if mode in ("I", "F"):
-        return _rescale(im).convert("RGB")
-    return im.convert("RGB")
-
-
-def _rescale(im: Image.Image) -> Image.Image:
-    """Map a 32-bit ``I`` or ``F`` image linearly to ``L``.
-
-    The source range is ``[min(lo, 0), top]`` where ``top`` is 1.0 for ``F`` data within 0-1
-    (normalised floats), else 255 for data within 0-255, else the actual maximum ``hi``; so
-    ``top >= 1 > low`` and the range is never empty.
-    """
-    lo, hi = im.getextrema()
-    low = min(lo, 0)
-    if im.mode == "F" and hi <= 1.0:
-        top = 1.0
-    elif hi <= 255:
-        top = 255
-    else:
-        top = hi
-    scale = 255.0 / (top - low)
-    offset = -low * scale
-    return im.point(lambda x: x * scale + offset).convert("L")
-
-
 def _is_truncation(exc: BaseException) -> bool:
     """True for Pillow's "image file is truncated" family of errors (JPEG, PNG, GIF, TIFF)."""
     return isinstance(exc, (OSError, SyntaxError, EOFError)) and "truncated" in str(exc).lower()
 
-
-def _describe(exc: BaseException) -> str:
-    """``"Type: message"`` on one line (records promise a one-line error; some messages span lines)."""
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

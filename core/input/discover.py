@@ -3,7 +3,7 @@
 ``discover`` walks each input with ``os.scandir`` (one folder's listing in memory at a time),
 depth-first: the matching files of a folder sorted by name, then its subfolders in sorted order.
 It never opens a file, so a FIFO or socket named ``x.jpg`` cannot hang it; decoding is
-``core.images``' job. Hidden entries (names starting with ``.``, and on Windows the hidden
+the job of ``decode.load_image``. Hidden entries (names starting with ``.``, and on Windows the hidden
 attribute) are skipped in folder walks unless asked for, as ``fd`` and ``ripgrep`` do: macOS writes
 an AppleDouble ``._IMG_0001.jpg`` beside every photo copied to a FAT/exFAT/SMB volume, and without
 this rule each one would come back as a failed image.
@@ -26,13 +26,13 @@ import stat
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from wwts.core.errors import UsageError
+from ..errors import UsageError
 from .decode import AVIF_SUPPORTED, HEIF_SUPPORTED
 
 logger = logging.getLogger(__name__)
 
 #: File extensions (lower case, with the dot) that folder walks pick up. HEIF/HEIC and AVIF are
-#: included only when ``core.images`` can decode them (pillow-heif / Pillow built with libavif).
+#: included only when ``decode.load_image`` can decode them (pillow-heif / Pillow built with libavif).
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
     | ({".heic", ".heif"} if HEIF_SUPPORTED else set())

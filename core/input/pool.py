@@ -29,12 +29,12 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
-from wwts.core.errors import ImageError
+from ..errors import ImageError
 from .decode import DecodedImage, load_image, read_head
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,21 @@ def needs_isolation(path: Path) -> bool:
         return True
     head = read_head(path, 12)
     return head[:4] in _TIFF_MAGIC or head[4:8] == b"ftyp"
+
+
+@dataclass(frozen=True)
+class Sample:
+    """What a decode pool's future gives: one decoded image and its model inputs.
+
+    Attributes:
+        decoded: the ``DecodedImage`` (size, frames, note). When the pool has a ``transform``,
+            its ``image`` is ``None``: only ``inputs`` waits in the window, not the pixels.
+        inputs: ``transform(decoded image)`` (e.g. the task's ``prepare``: ``pixel_values
+            (1, 3, H, W)`` for classify, the image itself for caption); ``None`` without a transform.
+    """
+
+    decoded: DecodedImage
+    inputs: Any = None
 
 
 @dataclass
@@ -150,10 +165,10 @@ def _worker_init() -> None:
 
 
 class DecodePool:
-    """Decode paths into ``DecodedImage`` objects on worker threads (HEIF/AVIF/TIFF in processes).
+    """Decode paths on worker threads (HEIF/AVIF/TIFF in processes) into ``Sample`` objects.
 
     Args:
-        workers: decode threads (see ``core.device.decode_workers``); also the most worker
+        workers: decode threads (see ``core.hardware.decode_workers``); also the most worker
             processes for HEIF/AVIF/TIFF (spawned when the first such file comes; see
             ``needs_isolation``).
         draft_size: model input side in pixels, for draft decoding (``None``: full size).
@@ -161,19 +176,19 @@ class DecodePool:
         allow_truncated: decode truncated files as far as they go instead of failing.
         isolated_load: the function run in the worker process, through ``isolated_decode``
             (tests replace it with one that crashes); must be importable by name.
-        prepare: optional ``DecodedImage -> model inputs`` run on the decode thread right after
-            decoding (the task's per-image preprocessing); its result is stored in ``.inputs``.
-            An exception there becomes ``ImageError("preprocess", ...)``.
+        transform: optional ``PIL.Image -> model inputs`` run on the decode thread right after
+            decoding (the task's ``prepare``); its result is the ``Sample``'s ``inputs``. An
+            exception there becomes ``ImageError("preprocess", ...)``.
 
-    ``submit(path)`` returns a ``Future`` whose result is a ``DecodedImage`` or raises
-    ``ImageError``; it never raises anything else. ``shutdown()`` cancels what has not started
-    and waits for the threads; it is safe to call twice.
+    ``submit(path)`` returns a ``Future`` whose result is a ``Sample`` or raises ``ImageError``;
+    it never raises anything else. ``shutdown()`` cancels what has not started and waits for the
+    threads; it is safe to call twice.
     """
 
     def __init__(self, workers: int, *, draft_size: int | None = None, max_pixels: int | None = None,
                  allow_truncated: bool = False, isolated_load: Callable[..., DecodedImage] = load_image,
-                 prepare: Callable[[DecodedImage], Any] | None = None) -> None:
-        self._prepare = prepare
+                 transform: Callable[[Any], Any] | None = None) -> None:
+        self._transform = transform
         self._load = partial(load_image, draft_size=draft_size, max_pixels=max_pixels,
                              allow_truncated=allow_truncated)
         self._isolated = partial(isolated_decode, isolated_load, draft_size=draft_size,
@@ -186,19 +201,19 @@ class DecodePool:
         self._closed = False
 
     def submit(self, path: Path) -> Future:
-        """Start decoding ``path``; returns a ``Future[DecodedImage]``."""
-        return self._threads.submit(self._prepared, Path(path))
+        """Start decoding ``path``; returns a ``Future[Sample]``."""
+        return self._threads.submit(self._sample, Path(path))
 
-    def _prepared(self, path: Path) -> DecodedImage:
+    def _sample(self, path: Path) -> Sample:
         # load_image raises only ImageError; the format sniff runs here, off the caller's thread
         decoded = self._decode_isolated(path) if needs_isolation(path) else self._load(path)
-        if self._prepare is not None:
-            try:
-                decoded.inputs = self._prepare(decoded)
-            except Exception as exc:
-                raise ImageError("preprocess", f"{type(exc).__name__}: {exc}") from None
-            decoded.image = None  # only the model inputs wait in the window, not the pixels
-        return decoded
+        if self._transform is None:
+            return Sample(decoded)
+        try:
+            inputs = self._transform(decoded.image)
+        except Exception as exc:
+            raise ImageError("preprocess", f"{type(exc).__name__}: {exc}") from None
+        return Sample(replace(decoded, image=None), inputs)
 
     @staticmethod
     def _new_process_pool(workers: int) -> ProcessPoolExecutor:

@@ -1,5 +1,25 @@
-"""Model registry, hub access and loading."""
+"""Models: the default-model registry, the Hugging Face hub (cache, offline mode, mirrors) and loading.
 
-from .loader import (ModelSpec, DEFAULT_MODELS, LOCAL_COPY_HINT, OFFLINE_HINT, hub_hint, offline_message, default_model, parse_model_name, hub_cache_dir, cached_snapshot, download, resolve, load_config, weights_format, load, quantize_int8)
+- ``registry``: ``DEFAULT_MODELS`` as data, ``model_for`` (the one resolver of the model a run
+  uses), ``parse_model_name`` (hub id or local folder).
+- ``hub``: cache folder, cached snapshots, downloads, offline mode and mirror hints, the hub
+  reachability check and the cache facts ``wwts doctor`` reports.
+- ``loader``: ``load`` / ``load_config`` (``from_pretrained``), ``weights_format``, ``quantize_int8``.
+"""
 
-__all__ = ['ModelSpec', 'DEFAULT_MODELS', 'LOCAL_COPY_HINT', 'OFFLINE_HINT', 'hub_hint', 'offline_message', 'default_model', 'parse_model_name', 'hub_cache_dir', 'cached_snapshot', 'download', 'resolve', 'load_config', 'weights_format', 'load', 'quantize_int8']
+from .hub import (HUB_TIMEOUT_S, LOCAL_COPY_HINT, OFFLINE_HINT, cache_facts, cached_model, cached_snapshot,
+                  download, hub_cache_dir, hub_endpoint, hub_hint, hub_offline, hub_status, offline_message,
+                  scan_cache)
+from .loader import load, load_config, quantize_int8, resolve, weights_format
+from .registry import DEFAULT_MODELS, ModelSpec, default_model, model_for, parse_model_name
+
+__all__ = [
+    # registry
+    "ModelSpec", "DEFAULT_MODELS", "default_model", "model_for", "parse_model_name",
+    # hub
+    "HUB_TIMEOUT_S", "LOCAL_COPY_HINT", "OFFLINE_HINT", "hub_hint", "offline_message", "hub_cache_dir",
+    "hub_offline", "hub_endpoint", "hub_status", "cached_snapshot", "download", "scan_cache",
+    "cached_model", "cache_facts",
+    # loader
+    "resolve", "load_config", "weights_format", "load", "quantize_int8",
+]

@@ -1,191 +1,34 @@
-"""Model registry and loading: the only module that calls ``from_pretrained``.
+"""Model loading: the only module that calls ``from_pretrained``.
 
-Default models are data (``DEFAULT_MODELS``), in the manner of open_clip's ``pretrained.py``.
-``load`` accepts a hub id or a local folder, reads the local cache first (no network call when
-the model is already there), and turns every loading failure into one ``ModelLoadError`` line
-that says what to do.
+``load`` accepts a hub id or a local folder (``registry.parse_model_name``), reads the local hub
+cache first (no network call when the model is already there, ``hub.cached_snapshot``), else
+downloads it once (``hub.download``), and turns every loading failure into one
+``ModelLoadError`` line that says what to do. ``quantize_int8`` is the optional int8 step.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from wwts.core.errors import ModelLoadError, describe
+from ..errors import ModelLoadError, describe
+from . import hub
+from .registry import parse_model_name
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """A default model.
-
-    Attributes:
-        name: hub id.
-        task: ``classify`` or ``caption``.
-        lang: language of labels/captions it is meant for.
-        note: why it is the default, with its source (documentation for readers of this table).
-    """
-
-    name: str
-    task: str
-    lang: str
-    note: str
-
-
-DEFAULT_MODELS: dict[str, ModelSpec] = {
-    "classify": ModelSpec(
-        "OFA-Sys/chinese-clip-vit-base-patch16", "classify", "zh",
-        "Chinese-CLIP ViT-B/16 (Yang et al. 2022, arXiv:2211.01335): Chinese text tower, 188M params",
-    ),
-    "caption": ModelSpec(
-        "Salesforce/blip-image-captioning-base", "caption", "en",
-        "BLIP base (Li et al. 2022, arXiv:2201.12086), COCO captioning, 247M params",
-    ),
-    "caption-zh": ModelSpec(
-        "Qwen/Qwen3-VL-2B-Instruct", "caption", "zh",
-        "Qwen3-VL 2B instruct (Qwen team 2025, Apache-2.0): the smallest Qwen-VL chat model, answers in "
-        "Chinese; at wwts' 448x448 pixel budget about half the compute of Qwen2-VL-2B per image "
-        "(0.4B vs 0.7B vision tower, 196 vs 256 visual tokens)",
-    ),
-}
-
-LOCAL_COPY_HINT = ("use a local copy with --model ./model-folder (one saved by save_pretrained or "
-                   "`hf download REPO --local-dir DIR`)")
-OFFLINE_HINT = f"{LOCAL_COPY_HINT}, or a hub mirror: export HF_ENDPOINT=https://hf-mirror.com"
-
-
-def hub_hint() -> str:
-    """What to do when the hub cannot be used, for the endpoint in use.
-
-    With ``HF_ENDPOINT`` already set the user is not told to set it: the hint names the endpoint
-    in use and how to go back to huggingface.co. Without it, the mirror is suggested.
-    """
-    endpoint = os.environ.get("HF_ENDPOINT", "").strip()
-    if not endpoint:
-        return OFFLINE_HINT
-    return (f"check the hub at HF_ENDPOINT={endpoint} (or `unset HF_ENDPOINT` to use huggingface.co), "
-            f"or {LOCAL_COPY_HINT}")
-
-
-def offline_message(repo_id: str, cache: str) -> str:
-    """The one line for a hub id that is not cached while offline mode is on: which variable turned
-    it on, how to turn it off, and where downloads would come from."""
-    on = [k for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-          if os.environ.get(k, "").strip().upper() in ("1", "ON", "YES", "TRUE")]
-    var = on[0] if on else "HF_HUB_OFFLINE"
-    endpoint = os.environ.get("HF_ENDPOINT", "").strip()
-    source = (f"downloads would then come from HF_ENDPOINT={endpoint}" if endpoint else
-              "if huggingface.co is blocked, also export HF_ENDPOINT=https://hf-mirror.com")
-    return (f"model {repo_id!r} is not in the local cache ({cache}) and offline mode is on "
-            f"({var}={os.environ.get(var, '').strip() or '1'}), so it cannot be downloaded: turn offline mode off "
-            f"with `unset {var}` (or {var}=0; {source}), or {LOCAL_COPY_HINT}")
-
-
-def default_model(task: str, lang: str = "en") -> str:
-    """Hub id of the default model for ``task`` (``caption`` with ``lang="zh"`` → Chinese default)."""
-    key = "caption-zh" if task == "caption" and lang == "zh" else task
-    return DEFAULT_MODELS[key].name
-
-
-def parse_model_name(name: str) -> tuple[str, bool]:
-    """Return ``(source, is_local)``: a local folder (resolved path) or a hub id ``owner/name``.
-
-    Raises:
-        ModelLoadError: ``name`` looks like a path (starts with ``.``, ``/``, ``~`` or exists)
-            but is not a folder with a ``config.json``.
-    """
-    expanded = os.path.expanduser(name)
-    p = Path(expanded)
-    looks_like_path = name.startswith((".", "/", "~", "\\")) or name.count("/") > 1 or ":" in name
-    if p.is_dir():
-        if not (p / "config.json").is_file():
-            raise ModelLoadError(f"model folder {name} has no config.json: not a transformers model folder")
-        return str(p.resolve()), True
-    if p.exists() or looks_like_path:
-        raise ModelLoadError(f"model folder {name} does not exist or is not a folder")
-    return name, False
-
-
-def hub_cache_dir() -> str:
-    """The Hugging Face hub cache folder in use (honours ``HF_HUB_CACHE`` / ``HF_HOME``)."""
-    try:
-        from huggingface_hub import constants
-
-        return str(constants.HF_HUB_CACHE)
-    except Exception:
-        return os.path.expanduser("~/.cache/huggingface/hub")
-
-
-#: Files a transformers model never needs from the hub (other frameworks' weights, exports).
-_IGNORE_ALWAYS = ["*.h5", "*.msgpack", "*.ot", "*.onnx", "*.tflite", "*.mlmodel", "*.gguf",
-                  "onnx/*", "coreml/*", "openvino/*", "flax_model*", "tf_model*", "rust_model*"]
-
-
-def cached_snapshot(repo_id: str) -> str | None:
-    """Folder of ``repo_id``'s snapshot in the local hub cache, or ``None`` (no network)."""
-    from huggingface_hub import snapshot_download
-
-    try:
-        return snapshot_download(repo_id, local_files_only=True)
-    except Exception:
-        return None
-
-
-def download(repo_id: str) -> str:
-    """Download ``repo_id`` into the hub cache (huggingface_hub's progress bars) and return its folder.
-
-    The hub is first asked once, with a 3 s limit, whether it answers at all, so an unreachable hub
-    costs seconds and one clear line instead of minutes of retries. Safetensors weights are
-    preferred: when the repository has them, ``*.bin`` / ``*.pt`` files are not downloaded.
-
-    Raises:
-        ModelLoadError: offline mode, hub unreachable, no such repository, or a gated one.
-    """
-    cache = hub_cache_dir()
-    from wwts.core.doctor import hub_offline, hub_status
-
-    if hub_offline():
-        raise ModelLoadError(offline_message(repo_id, cache))
-
-    status = hub_status(timeout=3.0)
-    if not status.get("reachable"):
-        raise ModelLoadError(f"model {repo_id!r} is not in the local cache ({cache}) and the model hub "
-                             f"({status.get('endpoint')}) cannot be reached ({status.get('detail')}): "
-                             f"{hub_hint()}")
-    from huggingface_hub import HfApi, snapshot_download
-    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
-
-    try:
-        files = HfApi().list_repo_files(repo_id)
-        ignore = list(_IGNORE_ALWAYS)
-        if any(f.endswith(".safetensors") for f in files):
-            ignore += ["*.bin", "*.pt", "*.pth"]
-        log.warning("downloading %s from %s into %s", repo_id, status.get("endpoint"), cache)
-        return snapshot_download(repo_id, ignore_patterns=ignore)
-    except GatedRepoError:  # a subclass of RepositoryNotFoundError: first
-        raise ModelLoadError(f"model {repo_id!r} is gated: accept its licence on the hub and log in "
-                             "(`hf auth login`), or pass a local folder with --model") from None
-    except RepositoryNotFoundError:
-        raise ModelLoadError(f"no model {repo_id!r} on the hub ({status.get('endpoint')}): check the "
-                             "name, or pass a local folder with --model") from None
-    except Exception as exc:
-        raise ModelLoadError(f"downloading model {repo_id!r} failed ({describe(exc)}): {hub_hint()}") from None
 
 
 def resolve(name: str) -> str:
     """A local folder holding model ``name``: the folder itself, the cached snapshot, or a download.
 
     Raises:
-        ModelLoadError: see ``parse_model_name`` and ``download``.
+        ModelLoadError: see ``registry.parse_model_name`` and ``hub.download``.
     """
     source, is_local = parse_model_name(name)
     if is_local:
         return source
-    return cached_snapshot(source) or download(source)
+    return hub.cached_snapshot(source) or hub.download(source)
 
 
 def load_config(name: str, *, trust_remote_code: bool = False) -> Any:

@@ -1,12 +1,15 @@
 """The task adapter interface the engine drives.
 
-A task turns a mini-batch of decoded RGB images into result fields in three stages, each a plain
-function of the previous stage's output (the shape of transformers' ``Pipeline.preprocess /
-_forward / postprocess``, src/transformers/pipelines/base.py):
+A task turns images into records in four stages, each a plain function of the previous stage's
+output (the shape of transformers' ``Pipeline.preprocess / _forward / postprocess``,
+src/transformers/pipelines/base.py, with preprocessing split at the image boundary):
 
-``preprocess(images) -> inputs`` (CPU tensors) → the engine moves ``inputs`` to the device and
-calls ``forward(inputs) -> outputs`` under ``torch.inference_mode()`` and autocast →
-``postprocess(outputs) -> list[dict]`` (one dict of task fields per image, in input order).
+``prepare(image) -> item`` runs per image on the decode threads, in parallel with the model →
+``collate(items) -> inputs`` joins a mini-batch into CPU tensors → the engine moves ``inputs`` to
+the device and calls ``forward(inputs) -> outputs`` under ``torch.inference_mode()`` and autocast →
+``postprocess(outputs, bases) -> records`` completes the engine's base records (path, size,
+frames, note already set) with the task's fields, or with an error for a row that cannot be
+trusted.
 
 The engine owns device moves, dtype/autocast, OOM back-off and CPU fallback; a task never does
 file I/O or printing.
@@ -19,8 +22,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from wwts.core.config import RunConfig
-from wwts.core.output import ImageRecord
+from ..config import RunConfig
+from ..output import ImageRecord
 
 
 def size_dict(value: Any) -> dict[str, int]:
@@ -77,29 +80,36 @@ class Task(ABC):
         self.dtype = dtype
         self.setup()
 
-    @abstractmethod
-    def preprocess(self, images: list) -> dict[str, torch.Tensor]:
-        """``images``: B RGB ``PIL.Image`` objects → CPU tensors, e.g. ``pixel_values (B, 3, H, W)``."""
-
-    #: True when ``preprocess`` may run on one image at a time: the engine then calls it on the
-    #: decode threads, in parallel with the model, and joins the results with ``collate``.
-    per_image_preprocess: ClassVar[bool] = False
-
     def int8_modules(self) -> set[str] | None:
         """Submodules ``--quantize int8`` quantizes (``None``: every Linear layer of the model)."""
         return None
 
-    def collate(self, items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        """Join per-image ``preprocess`` outputs (each with batch dimension 1) into one batch."""
-        return {key: torch.cat([item[key] for item in items]) for key in items[0]}
+    @abstractmethod
+    def prepare(self, image: Any) -> Any:
+        """One RGB ``PIL.Image`` → what ``collate`` takes for it. Runs on a decode thread (no
+        device work, no shared mutable state); an exception becomes that image's
+        ``preprocess`` error."""
+
+    @abstractmethod
+    def collate(self, items: list[Any]) -> dict[str, torch.Tensor]:
+        """B ``prepare`` results → CPU model inputs, e.g. ``pixel_values (B, 3, H, W)``."""
+
+    def preprocess(self, images: list) -> dict[str, torch.Tensor]:
+        """B RGB images → model inputs: ``collate([prepare(image) for image in images])``."""
+        return self.collate([self.prepare(image) for image in images])
 
     @abstractmethod
     def forward(self, inputs: dict[str, torch.Tensor]) -> Any:
         """Run the model on ``inputs`` (already on ``self.device``). Called under inference mode."""
 
     @abstractmethod
-    def postprocess(self, outputs: Any) -> list[dict[str, Any]]:
-        """Turn ``forward``'s output into B dicts of record fields, in input order."""
+    def postprocess(self, outputs: Any, bases: list[ImageRecord]) -> list[ImageRecord]:
+        """``forward``'s output for B images → B completed records, in input order.
+
+        ``bases`` are ``record_type`` records holding path, width, height, frames and note; each
+        result is a copy (``dataclasses.replace``) with the task's fields set, or with ``error``
+        set for a row that cannot be trusted (e.g. non-finite scores).
+        """
 
     def run_info(self) -> dict[str, Any]:
         """Task settings worth recording in the output's ``run`` section (labels, prompt...)."""

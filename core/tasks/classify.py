@@ -15,15 +15,18 @@ the scores of all models comparable and summing to 1.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from dataclasses import replace
+from typing import Any, Hashable, Sequence
 
 import torch
 
-from wwts.core import models
-from wwts.core.config import RunConfig, fill_prompt
-from wwts.core.errors import ModelLoadError
-from wwts.core.output import ClassifyResult, LabelScore
-from wwts.core.tasks.base import Task, size_dict
+from .. import models
+from ..backends import ImageEncoder, TextEncoder, TorchImageEncoder, TorchTextEncoder
+from ..config import RunConfig, fill_prompt
+from ..errors import ModelLoadError
+from ..output import ClassifyResult, LabelScore
+from ..store import EmbeddingStore, NullStore
+from .base import Task, size_dict
 
 log = logging.getLogger(__name__)
 
@@ -35,35 +38,33 @@ _DUAL_ENCODER_HELP = ("zero-shot classification needs a contrastive dual encoder
                       "or SigLIP (image and text towers with a learned logit_scale)")
 
 
-def _as_features(output: Any) -> torch.Tensor:
-    """The projected embedding from ``get_image_features`` / ``get_text_features``.
-
-    transformers 4.x returns a ``(B, D)`` tensor; 5.x returns a ``BaseModelOutputWithPooling``
-    whose ``pooler_output`` is the projected ``(B, D)`` embedding.
-    """
-    if isinstance(output, torch.Tensor):
-        return output
-    pooled = getattr(output, "pooler_output", None)
-    if isinstance(pooled, torch.Tensor):
-        return pooled
-    raise TypeError(f"cannot find the embedding in a {type(output).__name__}")
-
-
 class ClassifyTask(Task):
     """Zero-shot classification of a mini-batch against the run's labels.
 
-    ``preprocess``: B images → ``{"pixel_values": (B, 3, S, S) float32}``.
+    ``prepare``: one image → ``pixel_values (1, 3, S, S)`` float32 (the model's image processor).
+    ``collate``: B of those → ``{"pixel_values": (B, 3, S, S)}``.
     ``forward``: → ``(B, L)`` float32 probabilities over the L labels (softmax of the logits).
-    ``postprocess``: → B dicts with ``label``, ``score`` and ``top_k`` (K best, best first).
+    ``postprocess``: → B records with ``label``, ``score`` and ``top_k`` (K best, best first).
+
+    The towers run through the backend seam (``image_encoder`` / ``text_encoder``, rebuilt by
+    ``setup`` after every move); image embeddings are looked up in ``store`` first when the batch
+    carries keys (``NullStore`` by default: every embedding is computed).
+
+    Attributes:
+        image_encoder: the ``ImageEncoder`` in use (``TorchImageEncoder`` after ``setup``).
+        text_encoder: the ``TextEncoder`` the label prompts were encoded with.
+        store: the ``EmbeddingStore`` asked before the image encoder.
     """
 
     name = "classify"
     record_type = ClassifyResult
-    per_image_preprocess = True
 
     def __init__(self, config: RunConfig, model: torch.nn.Module, processor: Any,
-                 device: torch.device, dtype: torch.dtype) -> None:
+                 device: torch.device, dtype: torch.dtype, *, store: EmbeddingStore | None = None) -> None:
         super().__init__(config, model, processor, device, dtype)
+        self.store: EmbeddingStore = store if store is not None else NullStore()
+        self.image_encoder: ImageEncoder | None = None
+        self.text_encoder: TextEncoder | None = None
         self.labels = list(config.labels)
         self.prompts = [fill_prompt(config.prompt_template, label) for label in self.labels]
         self.top_k = config.effective_top_k
@@ -72,10 +73,13 @@ class ClassifyTask(Task):
 
     @property
     def image_processor(self) -> Any:
+        """The processor's image part (the processor itself when it is an image processor)."""
         return getattr(self.processor, "image_processor", self.processor)
 
     @property
     def input_size(self) -> int | None:
+        """Side in pixels of the model's input: the image processor's crop / size, else the
+        vision config's ``image_size``."""
         ip = self.image_processor
         for attr in ("crop_size", "size"):
             size = size_dict(getattr(ip, attr, None))
@@ -130,60 +134,79 @@ class ClassifyTask(Task):
         return names or None
 
     def setup(self) -> None:
-        """Encode the label prompts once: ``text_features`` ``(L, D)``, float32, L2-normalised.
+        """Build the encoders for the current device and dtype, and encode the label prompts once:
+        ``text_features`` ``(L, D)``, float32, L2-normalised (in float32, whatever the run's dtype).
 
         After a move to another device the cached features are moved, not recomputed.
         """
+        self.image_encoder = TorchImageEncoder(self.model, self.device, self.dtype)
+        self.text_encoder = TorchTextEncoder(self.model, self.device, torch.float32)
         if self._cpu_text_features is not None:
             self.text_features = self._cpu_text_features.to(self.device)
             return
-        inputs = {k: v.to(self.device) for k, v in self._text_inputs().items()}
-        with torch.inference_mode():
-            feats = _as_features(self.model.get_text_features(**inputs)).float()
-        feats = feats / feats.norm(dim=-1, keepdim=True)
+        feats = self.text_encoder.encode(self._text_inputs())
         self._cpu_text_features = feats.cpu()
         self.text_features = feats
 
-    def preprocess(self, images: list) -> dict[str, torch.Tensor]:
-        """B RGB images → ``{"pixel_values": (B, 3, S, S)}`` through the model's image processor."""
-        out = self.image_processor(images=images, return_tensors="pt")
-        return {"pixel_values": out["pixel_values"]}
+    def prepare(self, image: Any) -> torch.Tensor:
+        """One RGB image → ``pixel_values (1, 3, S, S)`` float32 through the model's image processor."""
+        return self.image_processor(images=[image], return_tensors="pt")["pixel_values"]
 
-    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """``pixel_values (B, 3, S, S)`` → probabilities ``(B, L)`` float32 (rows sum to 1)."""
-        feats = _as_features(self.model.get_image_features(pixel_values=inputs["pixel_values"]))
+    def collate(self, items: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """B ``(1, 3, S, S)`` tensors → ``{"pixel_values": (B, 3, S, S)}``."""
+        return {"pixel_values": torch.cat(items)}
+
+    def image_features(self, pixel_values: torch.Tensor, keys: Sequence[Hashable] | None = None) -> torch.Tensor:
+        """``pixel_values (B, 3, S, S)`` → ``(B, D)`` float32 L2-normalised image embeddings.
+
+        With ``keys`` (one per image), embeddings ``store`` holds are taken from it and only the
+        others go through ``image_encoder`` (and are then put in the store).
+        """
+        if keys is None:
+            return self.image_encoder.encode(pixel_values)
+        found = self.store.get(keys)
+        missing = [i for i, key in enumerate(keys) if key not in found]
+        if missing:
+            fresh = self.image_encoder.encode(pixel_values if len(missing) == len(keys) else pixel_values[missing])
+            self.store.put({keys[i]: row.cpu() for i, row in zip(missing, fresh)})
+            found = {**found, **{keys[i]: row for i, row in zip(missing, fresh)}}
+        return torch.stack([found[key].to(self.device, torch.float32) for key in keys])
+
+    def forward(self, inputs: dict[str, Any]) -> torch.Tensor:
+        """``pixel_values (B, 3, S, S)`` (and optional store ``keys``, B of them) → probabilities
+        ``(B, L)`` float32 (rows sum to 1)."""
+        feats = self.image_features(inputs["pixel_values"], inputs.get("keys"))
         # Scoring in float32 outside autocast: CPU autocast would run this matmul and the
         # softmax in bf16 (scores summing to 0.999, and top-1 flips between close labels).
         with torch.autocast(device_type=self.device.type, enabled=False):
-            feats = feats.float()
-            feats = feats / feats.norm(dim=-1, keepdim=True)
             scale = self.model.logit_scale.float().exp()
             logits = scale * feats @ self.text_features.T  # (B, L)
             return logits.softmax(dim=-1)
 
-    def postprocess(self, outputs: torch.Tensor) -> list[dict[str, Any]]:
-        """``(B, L)`` probabilities → B dicts of ``label``, ``score``, ``top_k``.
+    def postprocess(self, outputs: torch.Tensor, bases: list[ClassifyResult]) -> list[ClassifyResult]:
+        """``(B, L)`` probabilities → B records with ``label``, ``score``, ``top_k``.
 
-        A row holding NaN or infinity (broken weights, an overflow in half precision) becomes
-        ``{"error": "nonfinite: ..."}``: never a NaN score.
+        A row holding NaN or infinity (broken weights, an overflow in half precision) becomes an
+        ``error`` ``"nonfinite: ..."``: never a NaN score.
         """
         probs = outputs.float().cpu()
         finite = torch.isfinite(probs).all(dim=-1).tolist()
         values, indices = probs.topk(self.top_k, dim=-1)
-        fields: list[dict[str, Any]] = []
-        for ok, vals, idxs in zip(finite, values.tolist(), indices.tolist()):
+        records: list[ClassifyResult] = []
+        for base, ok, vals, idxs in zip(bases, finite, values.tolist(), indices.tolist()):
             if not ok:
-                fields.append({"error": self._nonfinite_error()})
+                records.append(replace(base, error=self._nonfinite_error()))
                 continue
             top = [LabelScore(self.labels[i], float(v)) for v, i in zip(vals, idxs)]
-            fields.append({"label": top[0].label, "score": top[0].score, "top_k": top})
-        return fields
+            records.append(replace(base, label=top[0].label, score=top[0].score, top_k=top))
+        return records
 
     def _nonfinite_error(self) -> str:
         hint = "" if self.dtype == torch.float32 else "; try --dtype float32"
         return f"nonfinite: the model gave NaN or infinite scores for this image{hint}"
 
     def run_info(self) -> dict[str, Any]:
+        """``{"labels", "prompt", "top_k"}`` of this run."""
         return {"labels": self.labels, "prompt": self.config.prompt_template, "top_k": self.top_k}
 
 
@@ -196,7 +219,7 @@ def load_task(config: RunConfig, device: torch.device, dtype: torch.dtype) -> Cl
             read), or the loaded model lacks ``get_image_features`` / ``get_text_features`` /
             ``logit_scale``.
     """
-    name = config.model or models.default_model("classify")
+    name = models.model_for("classify", config.lang, config.model)
     check_architecture(name, models.load_config(name, trust_remote_code=config.trust_remote_code))
     # float32 weights whatever the checkpoint stores (transformers 5 keeps the checkpoint's dtype
     # by default); bf16/fp16 come from autocast, so norms and softmax stay float32.

@@ -230,7 +230,7 @@ def doctor_command(as_json: bool, console: Console, *, recalibrate: bool = False
     Never raises for a machine problem (``collect()`` turns each into a fact or a warning), so
     the command exits 0 on any machine.
     """
-    from wwts.core.doctor import collect
+    from ..core.doctor import collect
 
     facts = collect(recalibrate=recalibrate)
     if as_json:

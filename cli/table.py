@@ -1,16 +1,12 @@
-"""Showing user data on a terminal: literal text, escaped control characters, tables that fit.
+"""The records as a table on the terminal: whole labels and scores, paths broken after a ``/``.
 
-Paths, labels, captions and error messages are data. Nothing here reads them as rich markup, and
-control characters in them (a file named ``"\\x1b[2Jclear.jpg"``) are shown escaped (``\\x1b``)
-so they cannot move the cursor or clear the screen. Files written with ``--out`` keep the real
-text: only what is shown on the terminal is escaped.
+Everything in a cell is data: shown literally, control characters escaped (``console.shown``).
 """
 
 from __future__ import annotations
 
 import os
 import re
-import unicodedata
 from typing import Iterable, Sequence
 
 from rich.cells import cell_len, chop_cells
@@ -19,57 +15,7 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-#: Format characters that reorder or hide text (bidirectional overrides and isolates).
-_BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f")
-
-
-def shown(text: str, *, keep_newlines: bool = False) -> str:
-    """``text`` with control characters written as escapes (``\\x1b``, ``\\n``, ``\\u202e``).
-
-    Escapes C0/C1 control characters (Unicode category Cc: ESC, BEL, CR, DEL...) and the
-    bidirectional formatting characters; every other character, CJK included, is kept.
-
-    Args:
-        text: any text (a path, a label, an error message).
-        keep_newlines: keep ``"\\n"`` as a line break (multi-line messages).
-    """
-    if text.isprintable():
-        return text
-    out = []
-    for ch in text:
-        if (ch == "\n" and keep_newlines) or not (ch in _BIDI or unicodedata.category(ch) == "Cc"):
-            out.append(ch)
-        else:
-            out.append(ch.encode("unicode_escape").decode("ascii"))
-    return "".join(out)
-
-
-def styled(*parts: str | tuple[str, str]) -> Text:
-    """A ``Text`` from literal parts: ``styled(("error:", "bold red"), " ", message)``.
-
-    Plain strings are data: shown literally (no markup), control characters escaped.
-    """
-    return Text.assemble(*((shown(p, keep_newlines=True), None) if isinstance(p, str)
-                           else (shown(p[0], keep_newlines=True), p[1]) for p in parts))
-
-
-class DataConsole(Console):
-    """A rich ``Console`` on which every ``str`` printed is data, never markup.
-
-    ``print("imgs/[draft] 咖啡.jpg")`` shows exactly that (a plain ``Console`` drops ``[draft]``,
-    and raises ``MarkupError`` on ``[/x]``); control characters are escaped (``shown``). Use
-    ``styled`` for colour. Prose wraps at word boundaries on a terminal and stays one line per
-    message when the output is a pipe or a file (unless ``soft_wrap`` is given).
-    """
-
-    def __init__(self, **kwargs) -> None:
-        kwargs.setdefault("highlight", False)
-        super().__init__(markup=False, **kwargs)
-
-    def print(self, *objects, **kwargs) -> None:  # noqa: A003 - rich's name
-        objects = tuple(Text(shown(o, keep_newlines=True)) if isinstance(o, str) else o for o in objects)
-        kwargs.setdefault("soft_wrap", not self.is_terminal)
-        super().print(*objects, **kwargs)
+from .console import DataConsole, shown
 
 
 class BreakableCell:
@@ -157,3 +103,18 @@ def records_table(records: Sequence, task: str, *, one_line: bool = False) -> Ta
             row.append(Text(shown(r.error or "")))
         table.add_row(*row)
     return table
+
+
+def print_records(records: Sequence, task: str) -> None:
+    """Print the records as a table on stdout (``records_table``).
+
+    On a terminal the table fits the window. When stdout is a pipe or a file, rich would assume
+    80 columns and break paths, so the table is rendered at its natural width instead: one line
+    per image, paths intact for grep.
+    """
+    console = DataConsole()
+    table = records_table(records, task, one_line=not console.is_terminal)
+    if not console.is_terminal:
+        natural = console.measure(table, options=console.options.update_width(1_000_000)).maximum
+        console.width = max(console.width, natural)
+    console.print(table)

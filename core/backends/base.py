@@ -1,0 +1,55 @@
+"""The encoder seam: what a task calls to turn pixels or label text into embeddings.
+
+A backend runs one tower of a contrastive dual encoder (CLIP, Chinese-CLIP, SigLIP) on a batch and
+returns L2-normalised float32 embeddings, whatever runs it (a torch module on a device today; an
+OpenVINO compiled model or an ONNX Runtime session later). Tasks score those embeddings themselves,
+so every backend gives the same records for the same embeddings.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Protocol, runtime_checkable
+
+import torch
+
+
+@runtime_checkable
+class ImageEncoder(Protocol):
+    """Image tower of a dual encoder.
+
+    Attributes:
+        device: where the encoder computes (inputs are moved there by the caller).
+        dtype: compute dtype (``torch.float32`` means full precision; bf16/fp16 autocast otherwise).
+    """
+
+    device: torch.device
+    dtype: torch.dtype
+
+    def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """``pixel_values (B, 3, H, W)`` float32 → ``(B, D)`` float32 embeddings, each row of L2 norm 1."""
+        ...
+
+
+@runtime_checkable
+class TextEncoder(Protocol):
+    """Text tower of a dual encoder.
+
+    Attributes:
+        device: where the encoder computes.
+        dtype: compute dtype.
+    """
+
+    device: torch.device
+    dtype: torch.dtype
+
+    def encode(self, tokens: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Tokenizer output (``input_ids (L, T)``, ``attention_mask (L, T)``...) → ``(L, D)`` float32
+        embeddings, each row of L2 norm 1."""
+        ...
+
+
+def l2_normalize(features: torch.Tensor) -> torch.Tensor:
+    """``features (N, D)`` as float32 rows of L2 norm 1 (computed outside autocast, in float32)."""
+    with torch.autocast(device_type=features.device.type, enabled=False):
+        features = features.float()
+        return features / features.norm(dim=-1, keepdim=True)
