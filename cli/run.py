@@ -36,7 +36,7 @@ from typing import Any, Iterator
 import typer
 from rich.console import Console
 
-from ..core import RunConfig, UsageError, WwtsError, configure_libraries, prepare_environment
+from ..core import RunConfig, UsageError, WwtsError, configure_libraries, describe, prepare_environment
 from .console import DataConsole, log_to, styled
 from .progress import RunProgress, loading
 from .table import print_records
@@ -173,8 +173,7 @@ def run_command(config: RunConfig, options: OutputOptions) -> None:
     except Exception as exc:  # a bug or an unforeseen library error: one line, not a traceback
         if os.environ.get("WWTS_DEBUG"):
             raise
-        text = " ".join(str(exc).split())
-        console.print(styled(("unexpected error:", "bold red"), f" {type(exc).__name__}: {text} "
+        console.print(styled(("unexpected error:", "bold red"), f" {describe(exc, whole=True)} "
                              "(set WWTS_DEBUG=1 to see the traceback, and please report it)"))
         raise typer.Exit(EXIT_ERROR)
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 
-def describe(exc: BaseException) -> str:
-    """``"TypeName: first line of the message"``, or ``"TypeName"`` when the message is empty: how
-    a caught library exception is quoted inside a wwts message or record."""
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+def describe(exc: BaseException, *, whole: bool = False) -> str:
+    """How a caught library exception is quoted inside a wwts message or record, on one line:
+    ``"TypeName: first line of the message"``, or with ``whole`` every line of the message joined
+    by single spaces (some decoders and libraries spread one message over several lines, and a
+    record or an "unexpected error" line must not drop the detail); ``"TypeName"`` when the
+    message is empty."""
+    text = " ".join(str(exc).split()) if whole else (str(exc).strip().splitlines() or [""])[0].strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class WwtsError(Exception):

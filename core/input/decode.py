@@ -31,9 +31,8 @@ from typing import BinaryIO
 
 from PIL import Image, ImageFile, UnidentifiedImageError, features
 
-from ..errors import ImageError
+from ..errors import ImageError, describe
 from . import pixels
-from .pixels import one_line
 
 logger = logging.getLogger(__name__)
 
@@ -179,8 +178,8 @@ def load_image(
         raise ImageError("too_large", str(exc)) from None
     except Exception as exc:  # the contract: every failure becomes an ImageError
         if _is_truncation(exc):
-            raise ImageError("truncated", one_line(exc)) from None
-        raise ImageError("decode", one_line(exc)) from None
+            raise ImageError("truncated", describe(exc, whole=True)) from None
+        raise ImageError("decode", describe(exc, whole=True)) from None
 
 
 def _load(path: Path, draft_size: int | None, max_pixels: int | None, allow_truncated: bool,

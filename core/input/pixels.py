@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from PIL import ExifTags, Image, ImageOps
 
+from ..errors import describe
+
 #: EXIF/TIFF tag 274 (Orientation) values 2-8 and the transposition that undoes each (TIFF 6.0
 #: section 8 "Orientation"; CIPA DC-008 Exif 2.32, 4.6.4 A). 1 is upright.
 _EXIF_TRANSPOSE = {
@@ -27,14 +29,6 @@ _SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
 _WHITE = (255, 255, 255)
 
 
-def one_line(exc: BaseException) -> str:
-    """``"Type: message"`` with every line of the message joined by single spaces (``"Type"``
-    when the message is empty): records promise a one-line error, and some library messages span
-    lines. Unlike ``errors.describe``, which keeps the first line only, nothing is dropped."""
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 def orientation(im: Image.Image) -> tuple[int, str | None]:
     """EXIF orientation tag (1-8, 1 when absent) and a note when it cannot be read or is invalid.
 
@@ -45,7 +39,7 @@ def orientation(im: Image.Image) -> tuple[int, str | None]:
     try:
         value = im.getexif().get(ExifTags.Base.Orientation, 1)
     except Exception as exc:
-        return 1, f"EXIF orientation unreadable ({one_line(exc)}); used unrotated"
+        return 1, f"EXIF orientation unreadable ({describe(exc, whole=True)}); used unrotated"
     if value == 0:  # written by some cameras for "unknown"; not in the spec, treated as upright
         return 1, None
     if isinstance(value, int) and (value == 1 or value in _EXIF_TRANSPOSE):
@@ -70,7 +64,7 @@ def upright(im: Image.Image) -> tuple[Image.Image, bool, str | None]:
     except Exception as exc:
         # exif_transpose transposes first, then rewrites the EXIF block without the tag; a
         # malformed unrelated tag can make that rewrite fail. The pixels only need the tag.
-        note = f"EXIF data malformed ({one_line(exc)}); orientation {value} applied"
+        note = f"EXIF data malformed ({describe(exc, whole=True)}); orientation {value} applied"
         return im.transpose(_EXIF_TRANSPOSE[value]), swapped, note
 
 
