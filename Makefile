@@ -6,6 +6,8 @@ TORCH_VERSION ?= 2.13.0
 # Where the CPU-only build of torch comes from on a Linux machine without an NVIDIA GPU.
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 STAMP  := $(VENV)/.wwts-installed
+# The optional extras the test suite exercises (each backend and integration is tested for real).
+EXTRAS ?= test,openvino,onnx,ray,store,modelscope
 
 export HF_HUB_DISABLE_TELEMETRY := 1
 
@@ -28,7 +30,7 @@ $(STAMP): pyproject.toml
 	else \
 		$(PY) -m pip install "torch==$(TORCH_VERSION)"; \
 	fi
-	$(PY) -m pip install -e ".[test]"
+	$(PY) -m pip install -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
 test: $(STAMP)
