@@ -1,0 +1,75 @@
+"""What ``wwts doctor`` says about backends: OpenVINO's devices, ONNX Runtime's providers, the
+saved conversions, and what ``--backend auto`` picks here and why."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ..errors import describe
+from .cache import cache_root, compiled_dir, list_conversions
+from .devices import onnxruntime_providers, openvino_device_names, openvino_devices
+from .select import INSTALL, auto_backend, installed
+
+
+def backend_facts(torch_device: str | None) -> dict[str, Any]:
+    """Facts about the backends on this machine.
+
+    Args:
+        torch_device: the device ``--device auto`` proves for torch (``"cpu"``, ``"cuda:0"``;
+            from the doctor's plan section, so no device is probed twice).
+
+    Returns:
+        ``{"openvino": {"installed", "version", "devices": [{"name", "full_name",
+        "capabilities"}], "install"}, "onnxruntime": {"installed", "version", "providers",
+        "install"}, "conversions": {"folder", "count", "bytes", "compiled_bytes", "items": [...]},
+        "auto": {"classify": {"backend", "reason"}, "classify_int8": {...}}}``; a part that
+        fails carries ``"error"``.
+    """
+    kind = (torch_device or "cpu").split(":")[0]
+    out: dict[str, Any] = {"openvino": _openvino(), "onnxruntime": _onnxruntime(), "conversions": _conversions()}
+    auto: dict[str, Any] = {}
+    for key, int8 in (("classify", False), ("classify_int8", True)):
+        try:
+            name, reason = auto_backend("auto", "classify", int8, torch_device=lambda: kind,
+                                        openvino_devices=openvino_device_names)
+            auto[key] = {"backend": name, "reason": reason}
+        except Exception as exc:  # e.g. int8 with neither runtime installed
+            auto[key] = {"backend": None, "reason": describe(exc)}
+    preset = os.environ.get("WWTS_BACKEND", "").strip().lower()
+    if preset and preset != "auto":
+        auto = {key: {"backend": preset, "reason": f"WWTS_BACKEND={preset}"} for key in auto}
+    out["auto"] = auto
+    return out
+
+
+def _openvino() -> dict[str, Any]:
+    if not installed("openvino"):
+        return {"installed": False, "install": INSTALL["openvino"]}
+    try:
+        from .openvino import version
+
+        return {"installed": True, "version": version(), "devices": openvino_devices()}
+    except Exception as exc:
+        return {"installed": True, "error": describe(exc)}
+
+
+def _onnxruntime() -> dict[str, Any]:
+    if not installed("onnxruntime"):
+        return {"installed": False, "install": INSTALL["onnxruntime"]}
+    try:
+        from .onnxruntime import version
+
+        return {"installed": True, "version": version(), "providers": onnxruntime_providers()}
+    except Exception as exc:
+        return {"installed": True, "error": describe(exc)}
+
+
+def _conversions() -> dict[str, Any]:
+    items = list_conversions()
+    blobs = compiled_dir()
+    compiled = sum(p.stat().st_size for p in blobs.rglob("*") if p.is_file()) if blobs.is_dir() else 0
+    return {"folder": str(cache_root()), "count": len(items), "bytes": sum(c.size_bytes for c in items),
+            "compiled_bytes": compiled,
+            "items": [{"backend": c.backend, "model": c.model, "tower": c.tower, "precision": c.precision,
+                       "bytes": c.size_bytes, "seconds": c.seconds} for c in items]}

@@ -1,0 +1,230 @@
+"""OpenVINO backend: a dual encoder's towers converted with ``openvino.convert_model``, saved in
+the conversion cache (``cache.py``), compiled for an OpenVINO device.
+
+Conversion: ``ov.convert_model`` traces the tower module (``towers.py``) on an example input
+(OpenVINO's recommended path for PyTorch models, docs "Converting a PyTorch Model"); the result is
+saved with ``ov.save_model(..., compress_to_fp16=False)`` so the float model holds the float32
+weights. ``--quantize int8`` (image tower only) runs NNCF's post-training static quantization
+(``nncf.quantize`` with ``ModelType.TRANSFORMER``, NNCF docs "Post-training Quantization") on up to
+``CALIBRATION_IMAGES`` of the run's own images, and is cached like a conversion.
+
+Precision: ``--dtype auto`` leaves OpenVINO's default (``bf16`` inference on CPUs with AVX512-BF16
+or AMX, ``f32`` otherwise; fp16 on GPUs), ``float32`` / ``bfloat16`` / ``float16`` set
+``INFERENCE_PRECISION_HINT``. The text tower always runs at ``f32``: the labels are encoded once.
+Compiled models go to OpenVINO's own blob cache (``CACHE_DIR``), so later runs skip compilation.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import numpy as np
+import torch
+
+from . import cache
+from .base import l2_normalize
+from .towers import ImageTower, TextTower, example_image, example_tokens, numpy_tokens, text_names, tower_parameters
+
+log = logging.getLogger(__name__)
+
+#: Most images NNCF calibrates int8 on (NNCF's default ``subset_size`` is 300).
+CALIBRATION_IMAGES = 300
+#: ``--dtype`` → OpenVINO ``INFERENCE_PRECISION_HINT``.
+PRECISION_HINTS = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}
+#: OpenVINO element type name → the dtype name wwts reports.
+DTYPE_NAMES = {"f32": "float32", "bf16": "bfloat16", "f16": "float16"}
+#: Counts of conversions made in this process, by tower (read by tests and the bench).
+CONVERSIONS: dict[str, int] = {"image": 0, "text": 0}
+
+
+def version() -> str:
+    """OpenVINO's version (``2026.4.1-...``)."""
+    import openvino as ov
+
+    return ov.get_version()
+
+
+def _announce(model: torch.nn.Module, tower: str, precision: str, what: str) -> None:
+    """Say, before a conversion, what it is and about how long it takes (from this machine's
+    earlier conversions when there are some)."""
+    estimate = cache.estimate_seconds("openvino", precision, tower_parameters(model, tower))
+    about = f"about {estimate:.0f} s" if estimate is not None else "this takes a while for a full-size model"
+    log.warning("%s the %s tower for OpenVINO (first run only, %s; saved in %s)", what, tower, about,
+                cache.cache_root())
+
+
+def saved_model(model: torch.nn.Module, tower: str, fields: dict[str, Any], example: Any,
+                calibration: Callable[[], list[np.ndarray]] | None = None) -> tuple[Path, dict]:
+    """The path of the tower's OpenVINO IR (``model.xml``) in the conversion cache, converting
+    (and, with ``calibration``, quantizing to int8) first when no verified copy is there.
+
+    Returns:
+        ``(path to model.xml, manifest)``.
+
+    Raises:
+        whatever the exporter or NNCF raise (nothing is saved then).
+    """
+    folder = cache.entry_dir("openvino", fields)
+    manifest = cache.load_entry(folder, fields)
+    if manifest is None:
+        precision = fields["precision"]
+        _announce(model, tower, precision, "quantizing to int8" if calibration else "converting")
+
+        def write(tmp: Path) -> dict:
+            import openvino as ov
+
+            t0 = time.perf_counter()
+            wrapper = ImageTower(model) if tower == "image" else TextTower(model)
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the tracer's TracerWarnings: shapes stay dynamic
+                ov_model = ov.convert_model(wrapper.eval(), example_input=example)
+            CONVERSIONS[tower] += 1
+            extra = {"parameters": tower_parameters(model, tower)}
+            if calibration is not None:
+                ov_model, extra["calibration"] = _quantize(ov_model, calibration)
+            ov.save_model(ov_model, tmp / "model.xml", compress_to_fp16=False)
+            log.warning("%s tower ready for OpenVINO in %.1f s", tower, time.perf_counter() - t0)
+            return extra
+
+        manifest = cache.build_entry(folder, fields, write)
+    return folder / "model.xml", manifest
+
+
+def _quantize(ov_model: Any, calibration: Callable[[], list[np.ndarray]]) -> tuple[Any, str]:
+    """NNCF static int8 of ``ov_model`` on the arrays ``calibration()`` gives
+    (``pixel_values (1, 3, S, S)`` each). Returns the model and which images calibrated it."""
+    import nncf
+
+    items = calibration()
+    if not items:
+        raise ValueError("no image could be read to calibrate int8")
+    quantized = nncf.quantize(ov_model, nncf.Dataset(items), subset_size=len(items),
+                              model_type=nncf.ModelType.TRANSFORMER)
+    return quantized, f"{len(items)} images"
+
+
+def compile_model(path: Path, device: str, hint: str | None, threads: int | None) -> Any:
+    """``Core.compile_model`` of the IR at ``path`` on ``device`` with the precision ``hint``
+    (``None``: OpenVINO's default), the latency performance hint, ``threads`` on the CPU, and
+    OpenVINO's compiled-blob cache (``CACHE_DIR``)."""
+    from .devices import openvino_core
+
+    core = openvino_core()
+    config: dict[str, Any] = {"CACHE_DIR": str(cache.compiled_dir()), "PERFORMANCE_HINT": "LATENCY"}
+    if hint:
+        config["INFERENCE_PRECISION_HINT"] = hint
+    if device == "CPU" and threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    return core.compile_model(core.read_model(path), device, config)
+
+
+def inference_dtype(compiled: Any) -> str:
+    """The dtype a compiled model computes in (``bfloat16``, ``float32``...), as OpenVINO reports it."""
+    try:
+        value = compiled.get_property("INFERENCE_PRECISION_HINT")
+    except Exception:  # AUTO / HETERO do not report one
+        return "device default"
+    name = value.get_type_name() if hasattr(value, "get_type_name") else str(value)
+    return DTYPE_NAMES.get(name, name)
+
+
+class OpenVINOImageEncoder:
+    """An ``ImageEncoder`` on an OpenVINO compiled model: ``pixel_values (B, 3, H, W)`` float32 on
+    the CPU → ``(B, D)`` float32, L2-normalised (in float32).
+
+    Attributes:
+        device / dtype: where inputs are given (``cpu``, ``float32``): OpenVINO does the rest.
+        target: the OpenVINO device (``CPU``, ``GPU.0``, ``AUTO``...).
+        precision: the dtype OpenVINO computes in (``bfloat16`` on a CPU with bf16...).
+        manifest: the conversion cache manifest of the model in use.
+    """
+
+    backend = "openvino"
+
+    def __init__(self, compiled: Any, target: str, manifest: dict) -> None:
+        self.compiled = compiled
+        self.request = compiled.create_infer_request()
+        self.target = target
+        self.precision = inference_dtype(compiled)
+        self.manifest = manifest
+        self.device = torch.device("cpu")
+        self.dtype = torch.float32
+
+    def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """``pixel_values (B, 3, H, W)`` → ``(B, D)`` float32 embeddings of L2 norm 1."""
+        x = pixel_values.detach().to("cpu", torch.float32).numpy()
+        out = self.request.infer({0: x})[self.compiled.output(0)]
+        return l2_normalize(torch.from_numpy(np.array(out, dtype=np.float32)))
+
+
+class OpenVINOTextEncoder:
+    """A ``TextEncoder`` on an OpenVINO compiled model (token ids ``(L, T)`` → ``(L, D)`` float32,
+    L2-normalised)."""
+
+    backend = "openvino"
+
+    def __init__(self, compiled: Any, names: list[str]) -> None:
+        self.compiled = compiled
+        self.names = names
+        self.device = torch.device("cpu")
+        self.dtype = torch.float32
+
+    def encode(self, tokens: Mapping[str, Any]) -> torch.Tensor:
+        """Tokenizer output → ``(L, D)`` float32 embeddings of L2 norm 1."""
+        out = self.compiled(numpy_tokens(tokens, self.names))[self.compiled.output(0)]
+        return l2_normalize(torch.from_numpy(np.array(out, dtype=np.float32)))
+
+
+def build(model: torch.nn.Module, *, base_fields: dict[str, Any], device: str, dtype: str, int8: bool,
+          threads: int | None, input_size: int | None, tokens: Mapping[str, Any],
+          calibration: Callable[[], list[np.ndarray]] | None) -> tuple[OpenVINOImageEncoder, OpenVINOTextEncoder]:
+    """Both towers on OpenVINO ``device`` (converted or loaded from the cache, compiled).
+
+    Args:
+        model: the loaded torch dual encoder (float32, CPU).
+        base_fields: the model's identity (``cache.model_fingerprint`` and its name).
+        device: an OpenVINO device string (already checked by ``devices.resolve_openvino_device``).
+        dtype: ``auto`` or a ``--dtype`` name (the image tower's precision hint).
+        int8: quantize the image tower with NNCF (``calibration`` gives its images).
+        threads: CPU inference threads.
+        input_size: the image side in pixels (part of the cache key; 224 when unknown).
+        tokens: the label prompts' tokenizer output (the text tower's example input).
+    """
+    fields = {**base_fields, "backend": "openvino", "version": version(), "input_size": input_size}
+    image_fields = {**fields, "tower": "image", "precision": "int8" if int8 else "float"}
+    if int8:
+        import nncf
+
+        image_fields.update(nncf=nncf.__version__, calibration_max=CALIBRATION_IMAGES)
+    path, manifest = saved_model(model, "image", image_fields, {"pixel_values": example_image(input_size)},
+                                 calibration if int8 else None)
+    image = OpenVINOImageEncoder(compile_model(path, device, PRECISION_HINTS.get(dtype), threads), device, manifest)
+    names = text_names(tokens)
+    example = example_tokens(tokens, names)
+    text_fields = {**fields, "tower": "text", "precision": "float", "inputs": names}
+    text_path, _ = saved_model(model, "text", text_fields, example)
+    text = OpenVINOTextEncoder(compile_model(text_path, device, "f32" if device == "CPU" else None, threads), names)
+    return image, text
+
+
+def calibration_arrays(paths: Iterable[Path], prepare: Callable[[Any], torch.Tensor],
+                       input_size: int | None) -> list[np.ndarray]:
+    """``pixel_values (1, 3, S, S)`` float32 arrays of up to ``CALIBRATION_IMAGES`` of ``paths``,
+    decoded as a run decodes them (``input.load_image``) and prepared by the task; unreadable
+    files are skipped."""
+    from ..input import load_image
+
+    out = []
+    for path in paths:
+        if len(out) >= CALIBRATION_IMAGES:
+            break
+        try:
+            decoded = load_image(Path(path), draft_size=input_size)
+            out.append(prepare(decoded.image).numpy().astype(np.float32))
+        except Exception as exc:  # one bad file must not stop the calibration
+            log.debug("calibration skips %s: %s", path, exc)
+    return out

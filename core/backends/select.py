@@ -1,0 +1,146 @@
+"""Which backend runs a classify run's towers: ``--backend auto|torch|openvino|onnxruntime``.
+
+The ``auto`` rule (``auto_backend``; ``wwts doctor`` prints its pick and reason):
+
+1. caption runs on torch (no other backend runs wwts' caption families; see the README);
+2. a device only OpenVINO names (``GPU.1``, ``NPU``, ``AUTO``, ``HETERO:GPU,CPU``) picks OpenVINO;
+3. a CUDA or Apple MPS device that torch proves picks torch (fp16/bf16 autocast on the GPU; the
+   OpenVINO backend never uses CUDA);
+4. with OpenVINO installed: an x86 CPU, or an Intel GPU / NPU that OpenVINO sees, picks OpenVINO
+   (its bf16 path ran 10.6-11.4 images/s against torch float32's 3.3 on the issue's 2-core AMD
+   VM, image tower, batch 8; its NNCF int8 17-21);
+5. ``--quantize int8`` without OpenVINO picks ONNX Runtime's dynamic int8 when installed
+   (12-15 images/s there);
+6. otherwise torch. ONNX Runtime is never picked for a float run: its float32 (3.6-4.7 images/s)
+   trailed torch bf16 autocast (6.7) on that machine.
+
+A backend asked for by name and not installed is one ``UsageError`` line saying what to install.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import platform
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ..errors import UsageError
+
+BACKENDS = ("auto", "torch", "openvino", "onnxruntime")
+#: The package each backend imports, and the line that installs it.
+MODULES = {"openvino": "openvino", "onnxruntime": "onnxruntime"}
+INSTALL = {"openvino": 'pip install "wwts[openvino]"', "onnxruntime": 'pip install "wwts[onnx]"'}
+NAMES = {"torch": "PyTorch", "openvino": "OpenVINO", "onnxruntime": "ONNX Runtime"}
+#: Device strings that only OpenVINO understands (case-insensitive): plugin names with an
+#: optional index, virtual devices with a list, or a bare GPU number.
+_OPENVINO_ONLY = re.compile(r"^(\d+|(gpu|npu)(\.\d+)?|(auto|hetero|multi|batch)(:[\w.,]+)?)$", re.IGNORECASE)
+_X86 = ("x86_64", "amd64", "i386", "i686", "x86")
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    """The backend a run uses and how it was chosen.
+
+    Attributes:
+        name: ``torch``, ``openvino`` or ``onnxruntime``.
+        reason: why, in words (``"auto: OpenVINO is installed and this is an x86 CPU"``).
+        device: the device as the backend names it (``cpu`` / ``cuda:0`` for torch, ``CPU`` /
+            ``GPU.0`` / ``HETERO:GPU,CPU`` for OpenVINO, ``cpu`` / ``cuda:0`` for ONNX Runtime);
+            ``resolve_device`` replaces a request with what the backend really has.
+        dtype: the requested precision (``auto``, ``float32``, ``bfloat16``, ``float16``).
+        int8: ``--quantize int8`` (OpenVINO: NNCF static int8; ONNX Runtime: dynamic int8).
+        threads: CPU threads the runtime may use (``None``: its default).
+        providers: ONNX Runtime's execution providers in order (after ``resolve_device``).
+        calibration_paths: images NNCF calibrates int8 on (the run's first ones).
+    """
+
+    name: str
+    reason: str
+    device: str = "auto"
+    dtype: str = "auto"
+    int8: bool = False
+    threads: int | None = None
+    providers: tuple[str, ...] = ()
+    calibration_paths: tuple[Path, ...] = field(default=(), compare=False)
+
+
+def installed(name: str) -> bool:
+    """True when backend ``name``'s package can be imported (``torch`` always)."""
+    module = MODULES.get(name)
+    return module is None or importlib.util.find_spec(module) is not None
+
+
+def require(name: str, *, int8: bool = False) -> None:
+    """Check that backend ``name`` (and NNCF for OpenVINO int8) is installed.
+
+    Raises:
+        UsageError: it is not: one line naming what to install.
+    """
+    if not installed(name):
+        raise UsageError(f"--backend {name} needs {NAMES[name]}, which is not installed: {INSTALL[name]}")
+    if name == "openvino" and int8 and importlib.util.find_spec("nncf") is None:
+        raise UsageError(f"--backend openvino --quantize int8 needs NNCF, which is not installed: {INSTALL[name]}")
+
+
+def is_x86() -> bool:
+    """True on an x86 / x86-64 CPU (what OpenVINO's CPU plugin is built for first)."""
+    return platform.machine().lower() in _X86
+
+
+def openvino_only(device: str) -> bool:
+    """True for a device string only OpenVINO understands (``GPU.1``, ``NPU``, ``AUTO``, ``0``)."""
+    return bool(_OPENVINO_ONLY.match(device)) and device.lower() != "auto"
+
+
+def auto_backend(device: str, task: str, int8: bool, *, torch_device: Callable[[], str],
+                 openvino_devices: Callable[[], list[str]]) -> tuple[str, str]:
+    """``(backend, reason)`` for ``--backend auto`` (the rule in this module's docstring).
+
+    Args:
+        device: the ``--device`` string.
+        task: ``classify`` or ``caption``.
+        int8: ``--quantize int8`` was asked.
+        torch_device: returns the type (``cuda``, ``mps``, ``cpu``...) of the device torch
+            proves for ``device``; called only when the rule needs it.
+        openvino_devices: OpenVINO's device names (``["CPU", "GPU.0"]``); called only when
+            OpenVINO is installed.
+    """
+    if task != "classify":
+        return "torch", f"auto: {task} runs on PyTorch"
+    ov = installed("openvino")
+    if openvino_only(device):
+        return "openvino", f"auto: {device} is an OpenVINO device name"
+    kind = torch_device()
+    if kind in ("cuda", "mps") and not int8:
+        return "torch", f"auto: PyTorch on {kind.upper()} (half-precision autocast; OpenVINO never uses CUDA)"
+    if ov:
+        names = openvino_devices()
+        if is_x86() or any(n.split(".")[0] in ("GPU", "NPU") for n in names):
+            where = "this x86 CPU" if is_x86() else "this Intel GPU/NPU"
+            return "openvino", f"auto: OpenVINO is installed and runs {where} faster than PyTorch eager"
+    if int8 and installed("onnxruntime"):
+        return "onnxruntime", "auto: --quantize int8 with ONNX Runtime's dynamic int8 (OpenVINO is not installed)"
+    if int8:
+        raise UsageError("--quantize int8 runs on OpenVINO (NNCF static int8) or ONNX Runtime (dynamic int8), "
+                         f"neither is installed: {INSTALL['openvino']} (or {INSTALL['onnxruntime']})")
+    why = "not an x86 CPU" if ov else f"OpenVINO is not installed ({INSTALL['openvino']} may be faster)"
+    return "torch", f"auto: PyTorch ({why})"
+
+
+def check_request(backend: str, task: str, int8: bool) -> None:
+    """Refuse combinations no backend runs: another backend for caption, and torch int8 for
+    classify (retired: ``torch.ao.quantization.quantize_dynamic`` is deprecated in torch 2.13).
+
+    Raises:
+        UsageError: one line saying what to use instead.
+    """
+    if task != "classify" and backend not in ("auto", "torch"):
+        raise UsageError(f"--backend {backend}: {task} runs on torch only (--backend torch or auto)")
+    if task == "classify" and backend == "torch" and int8:
+        raise UsageError("--quantize int8 with --backend torch is retired (torch.ao's dynamic quantization is "
+                         "deprecated in torch 2.13): use --backend openvino (NNCF static int8) or --backend "
+                         "onnxruntime (dynamic int8), or leave out --backend")
+    if backend in MODULES:
+        require(backend, int8=int8)

@@ -1,0 +1,95 @@
+"""The two towers of a dual encoder as plain torch modules, for the exporters.
+
+``openvino.convert_model`` and ``torch.onnx.export`` trace a module's ``forward``; a transformers
+dual encoder has two entry points (``get_image_features`` / ``get_text_features``), so each tower
+is wrapped in a module whose ``forward`` is that call, returning the projected ``(B, D)``
+embedding before L2 normalisation (normalised in float32 by the encoder, as the torch backend does).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from .torch import as_features
+
+#: Token inputs a text tower may take, in the order the exported graph lists them.
+TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+class ImageTower(torch.nn.Module):
+    """``pixel_values (B, 3, H, W)`` float32 → ``(B, D)`` projected image embedding (not normalised)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return as_features(self.model.get_image_features(pixel_values=pixel_values))
+
+
+class TextTower(torch.nn.Module):
+    """Token ids ``(L, T)`` (and mask / token types when the tokenizer gives them) → ``(L, D)``
+    projected text embedding (not normalised)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        kwargs = {"attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        return as_features(self.model.get_text_features(input_ids=input_ids,
+                                                        **{k: v for k, v in kwargs.items() if v is not None}))
+
+
+def text_names(tokens: Mapping[str, Any]) -> list[str]:
+    """The ``TEXT_INPUTS`` present in a tokenizer output, in graph order.
+
+    Raises:
+        ValueError: no ``input_ids``.
+    """
+    if "input_ids" not in tokens:
+        raise ValueError("the tokenizer output has no input_ids")
+    return [name for name in TEXT_INPUTS if name in tokens]
+
+
+def example_image(size: int | None) -> torch.Tensor:
+    """An example ``pixel_values (2, 3, S, S)`` for tracing (batch 2, so no exporter treats the
+    batch axis as the constant 1); ``S`` defaults to 224."""
+    side = int(size or 224)
+    return torch.randn(2, 3, side, side, generator=torch.Generator().manual_seed(0))
+
+
+def example_tokens(tokens: Mapping[str, Any], names: list[str]) -> dict[str, torch.Tensor]:
+    """The token tensors ``names`` as an export example of at least 2 rows (a single label's row
+    is repeated, so no exporter fixes the batch axis at 1)."""
+    out = {name: torch.as_tensor(tokens[name])[:2] for name in names}
+    if out["input_ids"].shape[0] < 2:
+        out = {name: t.repeat(2, 1) for name, t in out.items()}
+    return out
+
+
+def numpy_tokens(tokens: Mapping[str, Any], names: list[str]) -> dict[str, np.ndarray]:
+    """The token tensors ``names`` as int64 numpy arrays (what both runtimes take)."""
+    out = {}
+    for name in names:
+        value = tokens[name]
+        value = value.cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+        out[name] = value.astype(np.int64, copy=False)
+    return out
+
+
+def parameter_count(module: torch.nn.Module) -> int:
+    """Number of weights in ``module`` (for the conversion time estimate)."""
+    return sum(p.numel() for p in module.parameters())
+
+
+def tower_parameters(model: torch.nn.Module, tower: str) -> int:
+    """Weights of one tower: the vision or text submodule plus its projection (the whole model
+    when these names are not there)."""
+    names = ("vision_model", "visual_projection") if tower == "image" else ("text_model", "text_projection")
+    parts = [getattr(model, n) for n in names if isinstance(getattr(model, n, None), torch.nn.Module)]
+    return sum(parameter_count(p) for p in parts) or parameter_count(model)
