@@ -1,8 +1,25 @@
 """Embedding store: where a task looks for per-image results before computing them.
 
-- ``base``: the ``EmbeddingStore`` interface and ``NullStore`` (stores nothing: the default).
+- ``base``: the ``EmbeddingStore`` interface, ``NullStore`` (stores nothing: ``--no-store``),
+  ``TextKey`` (label prompts), ``StoredEmbedding`` / ``StoredImage`` (an image read from the store).
+- ``hashing``: BLAKE3 content hashes of files, and the path facts that let an unchanged file skip
+  the read.
+- ``keys``: ``ModelKey`` (everything an embedding depends on) and the weights' identity.
+- ``sqlite``: ``SqliteStore``, one SQLite file (WAL) per model key.
+- ``files``: the store folder, ``open_store`` (corrupt files set aside), ``StoreOpener``, and what
+  ``wwts store info|prune|clear`` do.
+- ``export``: embeddings to Parquet (``wwts embed``; needs pyarrow).
 """
 
-from .base import EmbeddingStore, NullStore
+from .base import EmbeddingStore, NullStore, StoredEmbedding, StoredImage, TextKey
+from .export import ParquetExport, require_pyarrow
+from .files import (StoreFile, StoreOpener, clear_stores, default_store_dir, open_store, prune_stores, set_aside,
+                    store_files)
+from .hashing import FileFacts, content_hash, file_facts
+from .keys import ModelKey, model_key, weights_identity
+from .sqlite import APPLICATION_ID, SqliteStore, StoreFileError
 
-__all__ = ["EmbeddingStore", "NullStore"]
+__all__ = ["EmbeddingStore", "NullStore", "StoredEmbedding", "StoredImage", "TextKey", "FileFacts", "content_hash",
+           "file_facts", "ModelKey", "model_key", "weights_identity", "SqliteStore", "StoreFileError",
+           "APPLICATION_ID", "StoreOpener", "StoreFile", "default_store_dir", "open_store", "set_aside",
+           "store_files", "prune_stores", "clear_stores", "ParquetExport", "require_pyarrow"]

@@ -1,16 +1,62 @@
 """The store seam: embeddings kept by key, asked for before an encoder computes them.
 
-A key names one image's content for one model (the SQLite store of a later issue keys by content
-hash + model); values are ``(D,)`` float32 CPU tensors, L2-normalised as the encoder gave them.
+A key names one image's content for one model (``SqliteStore`` keys images by the BLAKE3 hash of
+their bytes, in one file per model key) or one label's prompt (``TextKey``); values are ``(D,)`` float32 CPU tensors, L2-normalised as the encoder gave them.
 ``NullStore`` keeps nothing, so a task that asks it always computes: the behaviour of a run
 without a store. This module imports nothing from the rest of wwts (the store is a leaf).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Hashable, Mapping, Protocol, Sequence, runtime_checkable
 
 import torch
+
+
+@dataclass(frozen=True)
+class TextKey:
+    """The key of one label's text features (the store keeps them beside the image embeddings).
+
+    Attributes:
+        text: the prompt as encoded (template filled with the label), e.g. ``"一张猫的照片。"``.
+        label: the label it was made from (kept for ``wwts store info``; part of the key).
+        settings: the tokenizer settings that change the features (max length, padding), as text.
+    """
+
+    text: str
+    label: str = ""
+    settings: str = ""
+
+
+@dataclass(frozen=True)
+class StoredEmbedding:
+    """What stands for an image's model inputs when its embedding was read from the store before
+    decoding: the image tower is not run for it.
+
+    Attributes:
+        vector: ``(D,)`` float32, L2-normalised, on the CPU.
+    """
+
+    vector: torch.Tensor
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    """An image found in the store: its embedding and the facts its record needs.
+
+    Attributes:
+        key: the content hash of the file's bytes.
+        vector: ``(D,)`` float32 embedding, L2-normalised.
+        width, height: pixels after EXIF orientation; frames: frame count; note: the decoder's remark.
+    """
+
+    key: str
+    vector: torch.Tensor
+    width: int
+    height: int
+    frames: int = 1
+    note: str | None = None
 
 
 @runtime_checkable
