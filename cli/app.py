@@ -15,14 +15,23 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from ..core import RunConfig, UsageError, parse_labels, prepare_environment, read_labels_file
+from ..core import DEFAULT_OTHER_LABEL, RunConfig, UsageError, parse_labels, prepare_environment, read_labels_file
 from .options import (APP_EPILOG, APP_HELP, CAPTION_EXAMPLES, CAPTION_HELP, CLASSIFY_EXAMPLES, CLASSIFY_HELP,
                       DOCTOR_EXAMPLES, BatchOpt, CaptionModelOpt, CaptionPromptOpt, ClassifyModelOpt, DeviceOpt,
                       DType, DTypeOpt, HiddenOpt, InputsArg, JsonOpt, LabelsFileOpt, LabelsOpt, Lang, LangOpt,
                       MaxNewTokensOpt, MaxPixelsOpt, MinNewTokensOpt, NumBeamsOpt, OutOpt, OverwriteOpt,
                       PromptTemplateOpt, QuantizeOpt, QuietOpt, RecalibrateOpt, RecursiveOpt, RepetitionPenaltyOpt,
-                      ResumeOpt, RetryOpt, SymlinksOpt, ThreadsOpt, TopKOpt, TruncOpt, TrustOpt, WorkersOpt)
+                      RayOpt, ResumeOpt, RetryOpt, SymlinksOpt, ThreadsOpt, TopKOpt, TruncOpt, TrustOpt, WorkersOpt,
+                      LabelMapOpt, MinScoreOpt, MultiLabelOpt, OtherLabelOpt, PromptsFileOpt, StrictLabelsOpt,
+                      ThresholdOpt, VocabOpt)
+from .options import ReportOpt, WriteXmpOpt, XmpName, XmpNameOpt
+from .options import Backend, BackendOpt, ClassifyDeviceOpt
+from .conversions_cmd import conversions_app
+from .results_cmds import REPORT_EXAMPLES, REPORT_HELP, SORT_EXAMPLES, SORT_HELP, report, sort
 from .run import OutputOptions, exit_on_error, run_command
+from .search_commands import embed, search
+from .store_commands import store_app
+from .store_options import EMBED_EXAMPLES, EMBED_HELP, SEARCH_EXAMPLES, SEARCH_HELP, NoStoreOpt, StoreDirOpt
 
 app = typer.Typer(
     name="wwts",
@@ -62,13 +71,31 @@ def _shared_fields(params: dict[str, Any]) -> dict[str, Any]:
                 decode_workers=params["workers"], recursive=params["recursive"],
                 follow_symlinks=params["follow_symlinks"], include_hidden=params["include_hidden"],
                 trust_remote_code=params["trust_remote_code"], allow_truncated=params["allow_truncated"],
-                max_pixels=params["max_pixels"], quantize=quantize.value if quantize else None)
+                max_pixels=params["max_pixels"], quantize=quantize.value if quantize else None,
+                ray=params["ray"])
+
+
+def _label_fields(params: dict[str, Any]) -> dict[str, Any]:
+    """Classify's vocabulary, prompt-ensemble, multi-label, abstain and label-map fields (the
+    ``--prompts`` and ``--label-map`` files are read here, before anything loads).
+
+    Raises:
+        UsageError: an unreadable or invalid ``--prompts`` / ``--label-map`` file.
+    """
+    prepare_environment()  # before core.labels imports torch
+    from ..core.labels import read_label_map, read_prompts_file
+
+    return dict(vocab=params["vocab"], prompts=read_prompts_file(params["prompts"]) if params["prompts"] else (),
+                multi_label=params["multi_label"], threshold=params["threshold"], min_score=params["min_score"],
+                other_label=params["other_label"], strict_labels=params["strict_labels"],
+                label_map=read_label_map(params["label_map"]) if params["label_map"] else None)
 
 
 def _output_options(params: dict[str, Any]) -> OutputOptions:
     """The Output and Runs options of a run command."""
     return OutputOptions(out=params["out"], overwrite=params["overwrite"], resume=params["resume"],
-                         retry_failed=params["retry_failed"], quiet=params["quiet"])
+                         retry_failed=params["retry_failed"], quiet=params["quiet"],
+                         report=params["report"], write_xmp=params["write_xmp"], xmp_name=params["xmp_name"].value)
 
 
 @app.command(epilog=CLASSIFY_EXAMPLES, help=CLASSIFY_HELP)
@@ -83,8 +110,17 @@ def classify(
     labels_file: LabelsFileOpt = None,
     prompt: PromptTemplateOpt = None,
     top_k: TopKOpt = 3,
+    vocab: VocabOpt = None,
+    prompts: PromptsFileOpt = None,
+    multi_label: MultiLabelOpt = False,
+    threshold: ThresholdOpt = 0.5,
+    min_score: MinScoreOpt = None,
+    other_label: OtherLabelOpt = DEFAULT_OTHER_LABEL,
+    strict_labels: StrictLabelsOpt = False,
+    label_map: LabelMapOpt = None,
     model: ClassifyModelOpt = None,
-    device: DeviceOpt = "auto",
+    device: ClassifyDeviceOpt = "auto",
+    backend: BackendOpt = Backend.auto,
     dtype: DTypeOpt = DType.auto,
     batch_size: BatchOpt = None,
     threads: ThreadsOpt = None,
@@ -92,10 +128,16 @@ def classify(
     out: OutOpt = None,
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
+    report: ReportOpt = None,
+    write_xmp: WriteXmpOpt = False,
+    xmp_name: XmpNameOpt = XmpName.append,
     trust_remote_code: TrustOpt = False,
     resume: ResumeOpt = False,
     retry_failed: RetryOpt = False,
     quantize: QuantizeOpt = None,
+    ray: RayOpt = None,
+    store: StoreDirOpt = None,
+    no_store: NoStoreOpt = False,
 ) -> None:
     """Zero-shot classification of images against labels (help text: the decorator's ``help``)."""
     params = dict(locals())
@@ -103,7 +145,9 @@ def classify(
         if labels and labels_file:
             raise UsageError("give --labels or --labels-file, not both")
         label_list = parse_labels(labels) if labels else read_labels_file(labels_file) if labels_file else ()
-        config = RunConfig(task="classify", labels=label_list, prompt=prompt, top_k=top_k, **_shared_fields(params))
+        config = RunConfig(task="classify", labels=label_list, prompt=prompt, top_k=top_k, backend=backend.value,
+                           **_label_fields(params), store=not no_store, store_dir=store,
+                           **_shared_fields(params))
     run_command(config, _output_options(params))
 
 
@@ -130,10 +174,14 @@ def caption(
     out: OutOpt = None,
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
+    report: ReportOpt = None,
+    write_xmp: WriteXmpOpt = False,
+    xmp_name: XmpNameOpt = XmpName.append,
     trust_remote_code: TrustOpt = False,
     resume: ResumeOpt = False,
     retry_failed: RetryOpt = False,
     quantize: QuantizeOpt = None,
+    ray: RayOpt = None,
 ) -> None:
     """Caption images (help text: the decorator's ``help``)."""
     params = dict(locals())
@@ -142,6 +190,14 @@ def caption(
                            min_new_tokens=min_new_tokens, num_beams=num_beams,
                            repetition_penalty=repetition_penalty, **_shared_fields(params))
     run_command(config, _output_options(params))
+
+
+app.command(epilog=REPORT_EXAMPLES, help=REPORT_HELP)(report)
+app.command(epilog=SORT_EXAMPLES, help=SORT_HELP)(sort)
+app.add_typer(conversions_app, name="conversions")
+app.command(epilog=SEARCH_EXAMPLES, help=SEARCH_HELP)(search)
+app.command(epilog=EMBED_EXAMPLES, help=EMBED_HELP)(embed)
+app.add_typer(store_app, name="store")
 
 
 @app.command(epilog=DOCTOR_EXAMPLES)

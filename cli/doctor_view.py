@@ -144,6 +144,38 @@ def _runtime_line(runtimes: dict) -> Text:
     return line.append("; ".join(parts) if parts else "none installed", style="" if parts else "dim")
 
 
+def _backend_renderables(b: dict) -> list:
+    """Backends: OpenVINO's devices (name, capabilities), ONNX Runtime's providers, what
+    ``--backend auto`` picks and why, the saved conversions."""
+    if b.get("error"):
+        return [_kv_table("Backends", [("error", Text(b["error"], style="red"))])]
+    rows: list[tuple[str, Any]] = []
+    ov, ort = b.get("openvino") or {}, b.get("onnxruntime") or {}
+    if not ov.get("installed"):
+        rows.append(("OpenVINO", Text(f"not installed ({ov.get('install')})", style="dim")))
+    elif ov.get("error"):
+        rows.append(("OpenVINO", Text(ov["error"], style="red")))
+    else:
+        rows.append(("OpenVINO", ov.get("version")))
+        for d in ov.get("devices") or []:
+            caps = d.get("capabilities")
+            caps = ", ".join(caps) if isinstance(caps, list) else str(caps)
+            rows.append((f"  {d.get('name')}", f"{d.get('full_name')} [{caps}]"))
+    if not ort.get("installed"):
+        rows.append(("ONNX Runtime", Text(f"not installed ({ort.get('install')})", style="dim")))
+    else:
+        rows.append(("ONNX Runtime", ort.get("error") or f"{ort.get('version')} [{', '.join(ort.get('providers') or [])}]"))
+    for key, label in (("classify", "auto picks"), ("classify_int8", "auto, --quantize int8")):
+        a = (b.get("auto") or {}).get(key) or {}
+        rows.append((label, f"{a.get('backend') or '-'}: {a.get('reason')}"))
+    conv = b.get("conversions") or {}
+    rows.append(("conversions", f"{conv.get('count', 0)} saved, {_size(conv.get('bytes'))} (+ "
+                                f"{_size(conv.get('compiled_bytes'))} compiled) in {conv.get('folder')}"))
+    for c in (conv.get("items") or [])[:8]:
+        rows.append(("", f"{c.get('backend')} {c.get('tower')} {c.get('precision')}: {c.get('model')}"))
+    return [_kv_table("Backends (--backend)", rows)]
+
+
 def _plan_renderables(plan: dict) -> list:
     if plan.get("error"):
         return [_kv_table("What wwts would do here", [("error", Text(plan["error"], style="red"))])]
@@ -189,7 +221,21 @@ def _model_renderables(models: dict) -> list:
         line.append(f"reachable ({hub.get('detail')}, {hub.get('seconds')} s)", style="green")
     else:
         line.append(f"unreachable ({hub.get('detail')})", style="red")
-    return [table, line]
+    return [table, line, _modelscope_line(models.get("modelscope") or {})]
+
+
+def _modelscope_line(ms: dict) -> Text:
+    """``ModelScope: ENDPOINT reachable / unreachable / offline``, and whether the library is installed."""
+    line = Text("ModelScope: ", style="bold").append(f"{ms.get('endpoint')} ")
+    if ms.get("reachable"):
+        line.append(f"reachable ({ms.get('detail')}, {ms.get('seconds')} s)", style="green")
+    elif ms.get("checked"):
+        line.append(f"unreachable ({ms.get('detail')})", style="red")
+    else:
+        line.append(str(ms.get("detail")), style="yellow" if "offline" in str(ms.get("detail")) else "dim")
+    if ms.get("installed"):
+        return line.append(f"; modelscope {ms.get('version')}, cache {ms.get('cache_dir')}")
+    return line.append("; modelscope not installed (pip install 'wwts[modelscope]')", style="dim")
 
 
 def _warnings_renderable(warnings: list[str]) -> Panel:
@@ -208,7 +254,8 @@ def render(facts: dict, console: Console) -> None:
     """Print ``facts`` (``core.doctor.collect()``'s dict) on ``console`` as one screen of tables."""
     parts: list = [_system_table(facts.get("system") or {}), _cpu_table(facts.get("cpu") or {})]
     parts += _gpu_renderables(facts.get("accelerators") or {})
-    parts.append(_runtime_line(facts.get("runtimes") or {}))
+    parts += _backend_renderables(facts.get("backends") or {}) if facts.get("backends") else \
+        [_runtime_line(facts.get("runtimes") or {})]
     parts.append(Text())
     parts += _plan_renderables(facts.get("plan") or {})
     parts.append(Text())

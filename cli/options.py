@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..core import DEFAULT_PROMPT_TEMPLATE, DTYPES, LANGS, QUANTIZE
+from ..core import BACKENDS, DEFAULT_PROMPT_TEMPLATE, DTYPES, LANGS, QUANTIZE
 from ..core.models import default_model
 
 
@@ -34,6 +34,8 @@ DType = _choices("DType", DTYPES)
 Lang = _choices("Lang", LANGS)
 #: ``--quantize`` choices: ``int8`` (``config.QUANTIZE`` without ``None``).
 Quantize = _choices("Quantize", QUANTIZE)
+#: ``--backend`` choices: ``auto``, ``torch``, ``openvino``, ``onnxruntime`` (``config.BACKENDS``).
+Backend = _choices("Backend", BACKENDS)
 
 # Each option sits in one panel of --help: Inputs, Labels and prompt / Caption, Model and device,
 # Output, Runs.
@@ -63,6 +65,11 @@ CaptionModelOpt = Annotated[Optional[str], typer.Option(
     show_default=f"{default_model('caption')}; --lang zh: {default_model('caption', 'zh')}")]
 DeviceOpt = Annotated[str, typer.Option("--device", "-d", help="auto, cpu, cuda, cuda:N, mps or xpu.",
                                         rich_help_panel=MODEL)]
+ClassifyDeviceOpt = Annotated[str, typer.Option("--device", "-d", rich_help_panel=MODEL, help=(
+    "auto, cpu, cuda, cuda:N, mps or xpu; OpenVINO: CPU, GPU.1, 0 (= GPU.0), NPU, AUTO, HETERO:GPU,CPU."))]
+BackendOpt = Annotated[Backend, typer.Option("--backend", case_sensitive=False, metavar="BACKEND",
+                                             rich_help_panel=MODEL, help=(
+    f"{_spelled(BACKENDS)}; auto picks per machine (wwts doctor says which and why)."))]
 DTypeOpt = Annotated[DType, typer.Option("--dtype", case_sensitive=False, metavar="DTYPE",
                                          help=f"{_spelled(DTYPES)}; auto picks per device.",
                                          rich_help_panel=MODEL)]
@@ -75,18 +82,29 @@ WorkersOpt = Annotated[Optional[int], typer.Option("--workers", min=1, help="Ima
 TrustOpt = Annotated[bool, typer.Option("--trust-remote-code", rich_help_panel=MODEL,
                                         help="Allow a model's own Python code (off by default).")]
 QuantizeOpt = Annotated[Optional[Quantize], typer.Option("--quantize", case_sensitive=False, rich_help_panel=MODEL,
-                                                         help=f"{_spelled(QUANTIZE)}: dynamic int8 Linear layers "
-                                                              "(CPU only; make bench measures speed and agreement).")]
+                                                         help=f"{_spelled(QUANTIZE)}: classify: the backend's int8 "
+                                                              "(OpenVINO NNCF, ONNX Runtime dynamic); caption: "
+                                                              "torch's dynamic int8 (CPU only).")]
 OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", rich_help_panel=OUTPUT,
                                                 help="Write results to .csv, .json or .jsonl (else a table).")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out file.",
                                             rich_help_panel=OUTPUT)]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress and no start line.",
                                         rich_help_panel=OUTPUT)]
+ReportOpt = Annotated[Optional[Path], typer.Option("--report", rich_help_panel=OUTPUT, metavar="FILE.html",
+                                                   help="Also write an HTML contact sheet at the end of the run.")]
+WriteXmpOpt = Annotated[bool, typer.Option("--write-xmp", rich_help_panel=OUTPUT, help=(
+    "Write labels / caption into an XMP sidecar beside each photo (merged; the photo is not touched)."))]
+XmpName = _choices("XmpName", ("append", "replace"))
+XmpNameOpt = Annotated[XmpName, typer.Option("--xmp-name", case_sensitive=False, rich_help_panel=OUTPUT, help=(
+    "Sidecar name: append = IMG_1.jpg.xmp (darktable, digiKam), replace = IMG_1.xmp (Lightroom)."))]
 ResumeOpt = Annotated[bool, typer.Option("--resume", rich_help_panel=RUNS,
                                          help="Continue an interrupted run: skip images already in --out.")]
 RetryOpt = Annotated[bool, typer.Option("--retry-failed", rich_help_panel=RUNS,
                                         help="Process again the images whose record in --out has an error.")]
+RayOpt = Annotated[Optional[str], typer.Option("--ray", metavar="ADDRESS", rich_help_panel=RUNS, help=(
+    "Run on a Ray cluster: auto, HOST:PORT or ray://HOST:10001 (needs wwts[ray]; records in completion "
+    "order)."))]
 
 # -- classify ------------------------------------------------------------------------------------
 
@@ -98,6 +116,24 @@ PromptTemplateOpt = Annotated[Optional[str], typer.Option("--prompt", rich_help_
     "Prompt template with {} for the label; \"\" = bare label."), show_default=DEFAULT_PROMPT_TEMPLATE)]
 TopKOpt = Annotated[int, typer.Option("--top-k", "-k", min=1, rich_help_panel=LABELS, help=(
     "Labels per image (capped at the number of labels)."))]
+VocabOpt = Annotated[Optional[str], typer.Option("--vocab", metavar="NAME|FILE", rich_help_panel=LABELS, help=(
+    "Without --labels: a built-in vocabulary (everyday: 345 everyday categories; imagenet: the 997 "
+    "ImageNet-1k names in Chinese) or a labels file."), show_default="everyday")]
+PromptsFileOpt = Annotated[Optional[Path], typer.Option("--prompts", rich_help_panel=LABELS, help=(
+    "Prompt ensemble: a file of templates, one per line, each with {}; features averaged per label."),
+    show_default="4 Chinese templates for Chinese-CLIP")]
+MultiLabelOpt = Annotated[bool, typer.Option("--multi-label", rich_help_panel=LABELS, help=(
+    "Every label whose own score passes --threshold (the labels column), best first."))]
+ThresholdOpt = Annotated[float, typer.Option("--threshold", min=0.0, max=1.0, rich_help_panel=LABELS,
+                                             help="--multi-label: the per-label score a label must reach.")]
+MinScoreOpt = Annotated[Optional[float], typer.Option("--min-score", min=0.0, max=1.0, rich_help_panel=LABELS,
+                                                      help="Label an image --other-label when no label reaches this.")]
+OtherLabelOpt = Annotated[str, typer.Option("--other-label", rich_help_panel=LABELS,
+                                            help="The label of an image no label fits (--min-score).")]
+StrictLabelsOpt = Annotated[bool, typer.Option("--strict-labels", rich_help_panel=LABELS, help=(
+    "Stop (exit 2) on duplicate, contained or indistinguishable labels instead of warning."))]
+LabelMapOpt = Annotated[Optional[Path], typer.Option("--label-map", metavar="FILE.json", rich_help_panel=LABELS,
+                                                     help="JSON object: model label (or class id) → name to show.")]
 
 # -- caption -------------------------------------------------------------------------------------
 
@@ -139,7 +175,9 @@ wwts classify ./photos --labels-file labels.txt --top-k 3 --out results.csv
 
 wwts classify a.jpg b.png --labels "cat,dog" --prompt "a photo of a {}" -m openai/clip-vit-base-patch32
 
-wwts classify ./photos --labels 人,车 --out r.jsonl --resume"""
+wwts classify ./photos --labels 人,车 --out r.jsonl --resume
+
+wwts classify ./photos --vocab imagenet --multi-label --threshold 0.6 --min-score 0.5 --out r.csv"""
 
 CAPTION_EXAMPLES = """Examples:
 

@@ -149,6 +149,8 @@ def start_line(plan: dict) -> str:
     from the plan ``engine.start`` passes to its ``loading`` callback (or ``Run.info()``); with
     ``--quantize int8`` the dtype reads ``float32 + int8 Linear layers``."""
     dtype = plan["dtype"] + (f" + {plan['quantize']} Linear layers" if plan.get("quantize") else "")
+    if plan.get("backend") not in (None, "torch"):  # OpenVINO / ONNX Runtime: their own device names
+        dtype = f"{plan['dtype']}{' + int8' if plan.get('quantize') else ''} · backend {plan['backend']}"
     return (f"wwts {plan['task']}: {plan['images']} images · model {plan['model']} · device {plan['device']} · "
             f"dtype {dtype} · threads {plan['threads']} · batch size {plan['batch_size']}")
 

@@ -38,6 +38,7 @@ from rich.console import Console
 
 from ..core import RunConfig, UsageError, WwtsError, configure_libraries, describe, prepare_environment
 from .console import DataConsole, log_to, styled
+from .after_run import AfterRun
 from .progress import RunProgress, loading
 from .table import print_records
 
@@ -56,6 +57,9 @@ class OutputOptions:
         resume: skip the images already in ``out`` and append the others.
         retry_failed: also process again the images whose record in ``out`` is an error.
         quiet: no start line and no progress (the summary still shows errors and exit codes).
+        report: write an HTML contact sheet of the results here at the end (``--report``).
+        write_xmp: write each photo's XMP sidecar as its batch finishes (``--write-xmp``).
+        xmp_name: sidecar naming, ``append`` (``IMG_1.jpg.xmp``) or ``replace`` (``IMG_1.xmp``).
     """
 
     out: Path | None = None
@@ -63,6 +67,9 @@ class OutputOptions:
     resume: bool = False
     retry_failed: bool = False
     quiet: bool = False
+    report: Path | None = None
+    write_xmp: bool = False
+    xmp_name: str = "append"
 
     @property
     def continues(self) -> bool:
@@ -158,12 +165,14 @@ def run_command(config: RunConfig, options: OutputOptions) -> None:
     log_to(console)
     try:
         with exit_on_error(console):
+            after = AfterRun(options, console, config.inputs)  # checks --report before the model loads
             lock = lock_output(options.out, inputs=config.inputs, overwrite=options.overwrite,
                                resume=options.continues)
         with lock:
             started = _start(config, options, console)
             if started is not None:
-                outcome = _stream(*started, config.task, options.quiet, console)
+                outcome = _stream(*started, config.task, options.quiet, console, after_batch=after.batch)
+                after.finish(outcome.run, outcome.writer, outcome.table_records)
                 _summarize(outcome, config.task, options, console)
     except KeyboardInterrupt:  # outside the batch loop (model loading, writing the table)
         console.print(styled(("interrupted", "yellow")))
@@ -202,8 +211,13 @@ def _start(config: RunConfig, options: OutputOptions, console: Console) -> tuple
         plan = _plan_resume(config, options, record_type, console) if options.continues else None
         if plan is not None and not plan.paths:
             return None
-        run = engine.start(config, paths=plan.paths if plan else None,
-                           loading=lambda facts: loading(console, options.quiet, facts))
+        start = engine.start
+        if config.ray is not None:  # the same run on a Ray cluster; Ray is imported only here
+            from ..core import cluster
+
+            start = cluster.start
+        run = start(config, paths=plan.paths if plan else None,
+                    loading=lambda facts: loading(console, options.quiet, facts))
         check_settings(out, plan.old_run if plan else None, run.info())
         if options.retry_failed and plan and plan.failed:
             drop_records(out, record_type, plan.failed)
@@ -261,7 +275,7 @@ class _Outcome:
     signum: int | None = None
 
 
-def _stream(run, writer, task: str, quiet: bool, console: Console) -> _Outcome:
+def _stream(run, writer, task: str, quiet: bool, console: Console, after_batch=None) -> _Outcome:
     """The batch loop: each batch to the writer (or kept for the table) while the progress bar
     advances; Ctrl-C / SIGTERM stop after the batch in flight; the writer is closed whatever
     happens (``complete`` only when every image was done and nothing failed)."""
@@ -275,6 +289,8 @@ def _stream(run, writer, task: str, quiet: bool, console: Console) -> _Outcome:
                     else:
                         outcome.table_records.extend(batch)
                     progress.advance(len(batch), sum(1 for r in batch if r.error))
+                    if after_batch is not None:
+                        after_batch(batch)
         except WwtsError as exc:
             outcome.fault = exc
         finally:
@@ -311,7 +327,9 @@ def _summarize(outcome: _Outcome, task: str, options: OutputOptions, console: Co
     saved = writer.saved_path if writer is not None else out  # x.json.partial.jsonl when x.json was not published
     if not options.quiet or errors or exit_code:
         console.print(
-            f"done: {images} images, {errors} errors, {stats.seconds:.1f} s "
+            f"done: {images} images, {errors} errors, "
+            + (f"{stats.cached} embeddings reused from the store, " if getattr(stats, "cached", 0) else "")
+            + f"{stats.seconds:.1f} s "
             f"({stats.images_per_s:.2f} images/s; model load {stats.load_s:.1f} s) on {stats.device} "
             f"{str(run.dtype).replace('torch.', '')}, final batch size {stats.batch_size}"
             + (f" → {saved}" if out is not None else ""))

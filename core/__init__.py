@@ -10,8 +10,9 @@ The package itself exports its shared leaves, which import no torch: the run con
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .config import (DEFAULT_PROMPT_TEMPLATE, DTYPES, LANGS, QUANTIZE, TASKS, RunConfig, fill_prompt, parse_labels,
-                     read_labels_file, validate_labels, validate_prompt_template)
+from .config import BACKENDS
+from .config import (DEFAULT_OTHER_LABEL, DEFAULT_PROMPT_TEMPLATE, DTYPES, LANGS, QUANTIZE, TASKS, RunConfig,
+                     fill_prompt, parse_labels, read_labels_file, validate_labels, validate_prompt_template)
 from .env import configure_libraries, mps_may_be_used, prepare_environment
 from .errors import DeviceError, DeviceFault, ImageError, ModelLoadError, UsageError, WwtsError, describe
 
@@ -23,7 +24,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 __all__ = [
     "__version__",
     # config.py
-    "DEFAULT_PROMPT_TEMPLATE", "DTYPES", "LANGS", "QUANTIZE", "TASKS", "RunConfig", "fill_prompt", "parse_labels",
+    "BACKENDS", "DEFAULT_OTHER_LABEL", "DEFAULT_PROMPT_TEMPLATE", "DTYPES", "LANGS", "QUANTIZE", "TASKS", "RunConfig", "fill_prompt", "parse_labels",
     "read_labels_file", "validate_labels", "validate_prompt_template",
     # env.py
     "configure_libraries", "mps_may_be_used", "prepare_environment",

@@ -24,10 +24,17 @@ DTYPES = ("auto", "float32", "float16", "bfloat16")
 #: Caption languages (``--lang``): each picks a default model and prompt.
 LANGS = ("en", "zh")
 QUANTIZE = (None, "int8")
+#: ``--backend`` choices (``core.backends.select`` documents the ``auto`` rule).
+BACKENDS = ("auto", "torch", "openvino", "onnxruntime")
 #: Default zero-shot prompt template; Chinese-CLIP's own zero-shot templates are of this form
 #: (OFA-Sys/Chinese-CLIP, cn_clip/eval/data.py, "一张{}的照片。").
 DEFAULT_PROMPT_TEMPLATE = "一张{}的照片。"
+#: Classify's label for an image no label fits (``--min-score``; ``--other-label`` changes it).
+DEFAULT_OTHER_LABEL = "其他"
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|xpu(:\d+)?|cuda(:\d+)?)$")
+#: Device names of the other backends (OpenVINO's ``GPU.1``, ``HETERO:GPU,CPU``, a bare ``0``;
+#: ONNX Runtime's ``coreml``): checked against the devices the backend has when the run starts.
+_BACKEND_DEVICE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.:,_()-]*$")
 _LABEL_SPLIT_RE = re.compile(r"[,，]")
 
 
@@ -167,7 +174,9 @@ class RunConfig:
         task: ``"classify"`` or ``"caption"``.
         inputs: files and/or folders to process.
         model: hub id or local folder; ``None`` picks the task's default (see ``core.models``).
-        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``xpu``.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``xpu``; with another backend
+            its own names (OpenVINO: ``CPU``, ``GPU.1``, ``0``, ``AUTO``, ``HETERO:GPU,CPU``).
+        backend: ``auto``, ``torch``, ``openvino`` or ``onnxruntime`` (what runs the towers).
         dtype: ``auto``, ``float32``, ``float16`` or ``bfloat16``.
         batch_size: images per forward pass; ``None`` lets the device choose.
         threads: torch intra-op threads; ``None`` means physical cores (or ``OMP_NUM_THREADS``).
@@ -185,6 +194,20 @@ class RunConfig:
         trust_remote_code: passed to ``from_pretrained``; off by default.
         allow_truncated: decode truncated files as far as they go instead of an error record.
         max_pixels: refuse larger images from their header (``None``: Pillow's limit, ~89 MP).
+        vocab: classify without ``labels``: a built-in vocabulary name or a labels file
+            (``None``: the default vocabulary, see ``core.labels``).
+        prompts: classify: templates of a prompt ensemble (``--prompts FILE``); ``()`` = ``prompt``.
+        multi_label, threshold: classify: every label whose per-label score is >= ``threshold``.
+        min_score, other_label: classify: ``other_label`` when no label reaches ``min_score``.
+        strict_labels: classify: label hygiene problems stop the run (exit 2).
+        label_map: classify: label → name to show (``--label-map FILE.json``).
+        store: use the embedding store (``--no-store``: off): image embeddings and label features
+            are read from it when present and put in it when computed (see ``core.store``).
+        store_dir: the store folder (``--store DIR``); ``None``: ``user_cache_dir("wwts")/embeddings``.
+        retrieval: ``"search"`` (rank images by similarity to ``labels[0]``, ``wwts search``) or
+            ``"embed"`` (export embeddings, ``wwts embed``) with a classify model; ``None``: classify.
+        ray: run on the Ray cluster at this address (``auto``, ``HOST:PORT``, ``ray://HOST:10001``,
+            ``local``); ``None``: on this machine (see ``core.cluster``).
     """
 
     task: str
@@ -207,9 +230,22 @@ class RunConfig:
     num_beams: int = 1
     repetition_penalty: float | None = None
     quantize: str | None = None
+    backend: str = "auto"
     trust_remote_code: bool = False
     allow_truncated: bool = False
     max_pixels: int | None = None
+    vocab: str | None = None
+    prompts: tuple[str, ...] = ()
+    multi_label: bool = False
+    threshold: float = 0.5
+    min_score: float | None = None
+    other_label: str = DEFAULT_OTHER_LABEL
+    strict_labels: bool = False
+    label_map: dict | None = field(default=None, compare=False, hash=False)
+    ray: str | None = None
+    store: bool = True
+    store_dir: Path | None = None
+    retrieval: str | None = None
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -221,8 +257,11 @@ class RunConfig:
         for p in self.inputs:
             if not p.exists() and not p.is_symlink():
                 raise UsageError(f"input path does not exist: {p}")
-        if not _DEVICE_RE.match(self.device):
-            raise UsageError(f"unknown device {self.device!r}; valid: auto, cpu, cuda, cuda:N, mps, xpu")
+        if self.backend not in BACKENDS:
+            raise UsageError(f"unknown backend {self.backend!r}; valid: {', '.join(BACKENDS)}")
+        if not (_DEVICE_RE.match(self.device) or (self.backend != "torch" and _BACKEND_DEVICE_RE.match(self.device))):
+            raise UsageError(f"unknown device {self.device!r}; valid: auto, cpu, cuda, cuda:N, mps, xpu (or, with "
+                             "--backend openvino / onnxruntime, that backend's device names)")
         if self.dtype not in DTYPES:
             raise UsageError(f"unknown dtype {self.dtype!r}; valid: {', '.join(DTYPES)}")
         for name in ("batch_size", "threads", "decode_workers", "max_pixels"):
@@ -231,10 +270,16 @@ class RunConfig:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
         if self.quantize not in QUANTIZE:
             raise UsageError(f"unknown quantization {self.quantize!r}; valid: int8")
+        if self.ray is not None and not self.ray.strip():
+            raise UsageError("--ray needs an address: auto, HOST:PORT or ray://HOST:10001")
+        if self.retrieval not in (None, "search", "embed"):
+            raise UsageError(f"unknown retrieval mode {self.retrieval!r}; valid: search, embed")
+        if self.retrieval == "search" and len(self.labels) != 1:
+            raise UsageError("search takes one text to search for")
         if self.task == "classify":
-            if not self.labels:
-                raise UsageError("no labels: give --labels 人,车,动物 or --labels-file FILE")
-            validate_labels(self.labels, source="labels")
+            if self.labels:
+                validate_labels(self.labels, source="labels")
+            self._check_label_options()
             if self.top_k < 1:
                 raise UsageError(f"--top-k must be at least 1, got {self.top_k}")
             validate_prompt_template(self.prompt)
@@ -247,6 +292,34 @@ class RunConfig:
                 raise UsageError(f"--num-beams must be at least 1, got {self.num_beams}")
             if self.min_new_tokens is not None and not 0 <= self.min_new_tokens <= self.max_new_tokens:
                 raise UsageError("--min-new-tokens must be between 0 and --max-new-tokens")
+
+    def _check_label_options(self) -> None:
+        """Classify's vocabulary, prompt-ensemble, multi-label and abstain options.
+
+        Raises:
+            UsageError: labels and a vocabulary, ``--prompt`` and ``--prompts``, a bad template,
+                a threshold or minimum score outside [0, 1], or an empty ``--other-label``.
+        """
+        if self.labels and self.vocab:
+            raise UsageError("give --labels / --labels-file or --vocab, not both")
+        if self.prompt is not None and self.prompts:
+            raise UsageError("give --prompt or --prompts, not both")
+        for template in self.prompts:
+            validate_prompt_template(template)
+        for name in ("threshold", "min_score"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise UsageError(f"--{name.replace('_', '-')} must be between 0 and 1, got {value}")
+        if not self.other_label.strip():
+            raise UsageError("--other-label must not be empty")
+
+    @property
+    def templates(self) -> tuple[str, ...] | None:
+        """Classify: the prompt templates the user chose (``--prompts``, else ``--prompt``), or
+        ``None`` when the model's default applies (known once the model is loaded)."""
+        if self.prompts:
+            return self.prompts
+        return None if self.prompt is None else (self.prompt_template,)
 
     @property
     def prompt_template(self) -> str:
@@ -270,13 +343,20 @@ class RunConfig:
                 because this module is a leaf that imports nothing of wwts but ``errors``).
 
         Returns:
-            ``task``, ``model`` and ``quantize``; classify adds ``labels`` (a list), ``prompt``
-            (the template used) and ``top_k`` (capped); caption adds ``max_new_tokens`` and
+            ``task``, ``model`` and ``quantize``; classify adds ``vocab``, ``multi_label``,
+            ``threshold``, ``min_score``, ``other_label``, and when known before the model loads
+            ``labels`` (a list), ``prompt`` (the template, or the list of templates) and ``top_k``
+            (capped); caption adds ``max_new_tokens`` and
             ``num_beams``. The keys are those of ``core.output.RESUME_KEYS`` that are known here.
         """
         settings = {"task": self.task, "model": model, "quantize": self.quantize}
         if self.task == "classify":
-            settings.update(labels=list(self.labels), prompt=self.prompt_template, top_k=self.effective_top_k)
+            settings.update(vocab=self.vocab, multi_label=self.multi_label, threshold=self.threshold,
+                            min_score=self.min_score, other_label=self.other_label)
+            if self.labels:  # a vocabulary's labels, the default prompt and K are known after the model loads
+                settings.update(labels=list(self.labels), top_k=self.effective_top_k)
+            if self.templates is not None:
+                settings["prompt"] = self.templates[0] if len(self.templates) == 1 else list(self.templates)
         else:
             settings.update(max_new_tokens=self.max_new_tokens, num_beams=self.num_beams)
         return settings

@@ -21,7 +21,7 @@ import sys
 from typing import Any, Callable
 
 from .errors import describe
-from .models import HUB_TIMEOUT_S, cache_facts
+from .models import HUB_TIMEOUT_S, cache_facts, modelscope_status
 
 #: Bumped when keys of ``collect()``'s result are renamed or removed.
 SCHEMA_VERSION = 1
@@ -129,7 +129,8 @@ def accelerator_facts() -> dict:
 
 
 def runtime_facts() -> dict:
-    """Optional inference runtimes, reported only (wwts does not use them).
+    """Optional inference runtimes, in short (``backends`` has the full facts: devices, providers,
+    saved conversions, what ``--backend auto`` picks).
 
     Returns:
         ``{"onnxruntime": {"version", "providers"} | None, "openvino": {"version", "devices"} | None}``.
@@ -199,13 +200,23 @@ def plan_facts(*, recalibrate: bool = False) -> dict:
     return facts
 
 
+def backend_section(plan: dict) -> dict:
+    """``core.backends.backend_facts`` for the device the plan section proved (torch imported here)."""
+    from . import backends
+
+    return backends.backend_facts(plan.get("device"))
+
+
 def model_facts(cache_dir: str | None = None, *, check_hub: bool = True, hub_timeout: float = HUB_TIMEOUT_S) -> dict:
     """Model cache location, which default models are cached, and the hub's reachability.
 
     Gathered by ``models.cache_facts`` (``huggingface_hub.scan_cache_dir`` for the cache); see
-    there for the arguments and the keys of the result.
+    there for the arguments and the keys of the result; ``modelscope`` adds whether ModelScope
+    answers and where its cache is (``models.modelscope_status``).
     """
-    return cache_facts(cache_dir, check_hub=check_hub, hub_timeout=hub_timeout)
+    facts = cache_facts(cache_dir, check_hub=check_hub, hub_timeout=hub_timeout)
+    facts["modelscope"] = modelscope_status(hub_timeout, check=check_hub)
+    return facts
 
 
 # --------------------------------------------------------------------------------------------
@@ -338,7 +349,8 @@ def collect(*, check_hub: bool = True, hub_timeout: float = HUB_TIMEOUT_S, cache
         recalibrate: measure the CPU's bf16 speed again (``plan_facts``).
 
     Returns:
-        ``{"schema", "system", "cpu", "accelerators", "runtimes", "plan", "models", "warnings"}``;
+        ``{"schema", "system", "cpu", "accelerators", "runtimes", "plan", "backends", "models",
+        "warnings"}`` (``backends``: ``core.backends.backend_facts``);
         a section that failed is ``{"error": "<one line>"}``. Sizes are bytes.
     """
     facts: dict[str, Any] = {"schema": SCHEMA_VERSION}
@@ -347,6 +359,7 @@ def collect(*, check_hub: bool = True, hub_timeout: float = HUB_TIMEOUT_S, cache
     facts["accelerators"] = _section(accelerator_facts)
     facts["runtimes"] = _section(runtime_facts)
     facts["plan"] = _section(lambda: plan_facts(recalibrate=recalibrate))
+    facts["backends"] = _section(lambda: backend_section(facts["plan"]))
     facts["models"] = _section(lambda: model_facts(cache_dir, check_hub=check_hub, hub_timeout=hub_timeout))
     try:
         facts["warnings"] = warnings_for(facts)

@@ -674,8 +674,12 @@ def main(argv: list[str] | None = None) -> int:
 
     def classify(name: str, out: str, *extra: str) -> tuple[Row, Path]:
         j = runs / out
+        # --no-store unless the row is about the store: a row must not read what an earlier one stored
+        store = [] if "--store" in extra or "--no-store" in extra else ["--no-store"]
+        # the seed's one template, so scores compare with it (the prompt-ensemble rows give their own)
+        prompt = [] if {"--prompt", "--prompts"} & set(extra) else ["--prompt", "一张{}的照片。"]
         return Row(name, [*wwts, "classify", str(cls_dir), "--labels", labels, "--top-k", str(len(LABELS)),
-                          "--model", str(clip), "--out", str(j), "--quiet", *extra]), j
+                          "--model", str(clip), "--out", str(j), "--quiet", *store, *prompt, *extra]), j
 
     def caption(name: str, out: str, *extra: str) -> tuple[Row, Path]:
         j = runs / out
@@ -687,9 +691,22 @@ def main(argv: list[str] | None = None) -> int:
     pipe = Row("HF pipeline, batch 8",
                [python, seed_py, "--mode", "pipeline", "--model", str(clip), "--labels", labels, str(cls_dir)])
     w_def = classify("wwts classify (default dtype)", "wwts-classify.json")
-    w_fp = classify("wwts classify --dtype float32", "wwts-classify-fp32.json", "--dtype", "float32")
-    w_bf = classify("wwts classify --dtype bfloat16", "wwts-classify-bf16.json", "--dtype", "bfloat16")
+    # torch float32 is the reference of every agreement figure (issue 12: --backend torch explicitly)
+    w_fp = classify("wwts classify --backend torch --dtype float32", "wwts-classify-fp32.json",
+                    "--backend", "torch", "--dtype", "float32")
+    w_bf = classify("wwts classify --backend torch --dtype bfloat16", "wwts-classify-bf16.json",
+                    "--backend", "torch", "--dtype", "bfloat16")
+    # torch's int8 is retired for classify: --quantize int8 is the backend's (auto: OpenVINO NNCF)
     w_q8 = classify("wwts classify --quantize int8", "wwts-classify-int8.json", "--quantize", "int8")
+    from bench_backends import backend_rows, embedding_agreement
+
+    backend_plan = backend_rows(classify, work / "conversion-caches")
+    from bench_labels import ensemble_lines, ensemble_rows
+
+    prompt_plan = ensemble_rows(classify, work)
+    from bench_store import hashing_lines, store_checks, store_rows
+
+    store_plan = store_rows(classify, work / "store")
     c_seed = Row(f"seed caption (generate 1 image/call, {CAPTION_TOKENS} tokens)",
                  [python, seed_py, "--mode", "caption", "--model", str(blip), "--max-new-tokens",
                   str(CAPTION_TOKENS), str(cap_dir)])
@@ -701,9 +718,9 @@ def main(argv: list[str] | None = None) -> int:
     c_q8 = caption(f"wwts caption --quantize int8 ({CAPTION_TOKENS} tokens)", "wwts-caption-int8.json",
                    "--quantize", "int8")
     if only_gate:
-        plan = [w_fp, w_bf, w_q8]
+        plan = [w_fp, w_bf, w_q8, *backend_plan]
     else:
-        plan = [(seed, None), (pipe, None), w_def, w_fp, w_bf, w_q8]
+        plan = [(seed, None), (pipe, None), w_def, w_fp, w_bf, w_q8, *backend_plan, *store_plan, *prompt_plan]
         if with_caption:
             plan += [(c_seed, None), c_def, c_fp, c_bf, c_q8]
     for row, out in plan:
@@ -733,6 +750,18 @@ def main(argv: list[str] | None = None) -> int:
         status, text = gate_verdict(c, random_weights)
         gates[tag] = {**c, "status": status, "text": text}
         r.agreement = f"vs fp32: top-1 {c['same']}/{c['n']}, max abs dp {c['max_diff']:.4f}: {text}"
+    for r, _ in backend_plan:  # every backend and precision, the first (converting) runs included
+        tag = r.name.removeprefix("wwts classify ")
+        if r.error or w_fp.error:
+            gates[tag] = {"status": "FAIL", "text": f"FAIL: not run ({r.error or w_fp.error})", "flips": []}
+            continue
+        c = compare_classify(r, w_fp)
+        status, text = gate_verdict(c, random_weights)
+        gates[tag] = {**c, "status": status, "text": text}
+        run_info = r.data.get("run", {})
+        r.agreement = (f"vs torch fp32: top-1 {c['same']}/{c['n']}, max abs dp {c['max_diff']:.4f}: {text}; "
+                       f"{run_info.get('dtype')}, load {run_info.get('load_s')} s, first batch "
+                       f"{run_info.get('first_batch_s')} s")
     if only_gate:
         w_fp.agreement = "reference" if not w_fp.error else ""
     else:
@@ -762,6 +791,12 @@ def main(argv: list[str] | None = None) -> int:
         seed, pipe, c_seed, [(def_label, w_def, c_def if with_caption else None),
                              ("int8", w_q8, c_q8 if with_caption else None)])
     if not only_gate:
+        checks += store_checks(store_plan, w_def, compare_classify)
+        checks += ensemble_lines([r for r, _ in prompt_plan])
+        try:
+            checks += hashing_lines(sorted(cls_dir.glob("*.jpg")), clip)
+        except Exception as exc:  # the timing rows stand without it
+            checks.append(f"- hashing rate not measured: {exc}")
         checks += auto_dtype_check([("classify", w_def, w_fp, w_bf)]
                                    + ([("caption", c_def, c_fp, c_bf)] if with_caption else []))
     noisy = [r for r in rows if r.others is not None and r.others > NOISY]
@@ -781,6 +816,11 @@ def main(argv: list[str] | None = None) -> int:
         head = (f"- {tag}: top-1 {g['same']}/{g['n']}, max |dp| {g['max_diff']:.4f}: {g['text']}"
                 if "n" in g else f"- {tag}: {g['text']}")
         gate_lines += [head, *[f"  - {flip_line(f)}" for f in g["flips"]]]
+    try:
+        gate_lines += ["", "Image embeddings of each backend vs torch float32:",
+                       *embedding_agreement(clip, cls_dir, work / "conversion-caches", LABELS)]
+    except Exception as exc:  # the timing rows stand without it
+        gate_lines += [f"- embedding agreement not measured: {exc}"]
 
     print()
     print(tbl)

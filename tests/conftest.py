@@ -24,8 +24,8 @@ SIMULATED_BF16_TIMES = {"float32": 0.10, "bfloat16": 0.14}
 
 @pytest.fixture(autouse=True)
 def isolated_env(tmp_path_factory, monkeypatch, request):
-    """Point every cache and config folder at a fresh temporary one, forbid hub access, and
-    simulate the CPU's bf16 calibration.
+    """Point every cache and config folder at a fresh temporary one, forbid hub access, pin the
+    backend to torch, and simulate the CPU's bf16 calibration.
 
     Each test gets caches of its own (``XDG_CACHE_HOME``, ``HF_HOME``), so nothing a user or an
     earlier test left in ``~/.cache/wwts`` or ``~/.cache/huggingface`` can change an outcome. The
@@ -40,6 +40,9 @@ def isolated_env(tmp_path_factory, monkeypatch, request):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
     monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    # `--backend auto` would convert every tiny model for OpenVINO where it is installed: the suite
+    # runs on torch unless a test asks for a backend (tests/test_backends.py clears this).
+    monkeypatch.setenv("WWTS_BACKEND", "torch")
     if request.node.get_closest_marker("real_calibration") is None:
         from wwts.core.hardware import calibration
 

@@ -27,13 +27,18 @@ LAYERS: dict[str, set[str]] = {
     "store": {"base"},
     "hardware": {"base"},
     "input": {"base"},
+    "labels": {"base"},  # vocabularies, prompt ensembles, label hygiene: text and tensors, no model code
     "models": {"base", "hardware"},
-    "backends": {"base", "hardware", "models", "store"},
-    "tasks": {"base", "hardware", "models", "backends", "store", "input", "output"},
-    "engine": {"base", "hardware", "models", "backends", "store", "input", "output", "tasks"},
+    "backends": {"base", "hardware", "models", "store", "input"},  # input: int8 calibration decodes as a run does
+    "tasks": {"base", "hardware", "models", "backends", "store", "input", "output", "labels"},
+    "engine": {"base", "hardware", "models", "backends", "store", "input", "output", "tasks", "labels"},
     "doctor": {"base", "hardware", "models", "backends", "input"},
+    # --ray: the engine's batch function on Ray Data; beside the engine, calling it (never called by it)
+    "cluster": {"base", "hardware", "models", "backends", "store", "input", "output", "tasks", "engine", "labels"},
+    # acting on results (wwts report / sort, XMP sidecars): leaves that read records, no model code
+    "report": {"base", "output", "input"}, "xmp": {"base", "output"}, "sort": {"base", "output"},
     "cli": {"base", "hardware", "models", "backends", "store", "input", "output", "tasks", "engine", "doctor",
-            "cli"},
+            "cli", "report", "xmp", "sort", "labels", "cluster"},
 }
 
 

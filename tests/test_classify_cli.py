@@ -28,7 +28,7 @@ def test_every_sample_image_gets_one_record(tiny_clip, sample_images, tmp_path, 
         raw = out.read_bytes()
         assert raw.startswith(b"\xef\xbb\xbf")  # BOM so Excel reads UTF-8
         rows = list(csv.DictReader(raw.decode("utf-8-sig").splitlines()))
-        assert list(rows[0]) == ["path", "label", "score", "top_k", "width", "height", "error"]
+        assert list(rows[0]) == ["path", "label", "score", "top_k", "labels", "width", "height", "error"]
         records = rows
         for row in rows:
             pairs = [item.rsplit(":", 1) for item in row["top_k"].split(";")]
@@ -93,7 +93,7 @@ def test_labels_file(tiny_clip, sample_images, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    ((), "no labels"),
+    (("--labels", "人,车", "--vocab", "imagenet"), "not both"),  # no labels at all: the everyday vocabulary
     (("--labels", "人,车,人"), "duplicate label"),
     (("--labels", "人,,车"), "empty label"),
     (("--labels", "人,车", "--out", "r.txt"), ".csv"),

@@ -45,7 +45,9 @@ def test_classify_refuses_a_captioning_checkpoint(tiny_blip, sample_images, tmp_
     assert not (tmp_path / "r.json").exists()
 
 
-def test_classify_refuses_an_image_classifier(sample_images, tmp_path):
+def test_classify_refuses_labels_for_an_image_classifier(sample_images, tmp_path):
+    """A closed-set classifier runs with its own id2label (tests/test_labels.py); labels for it
+    are refused before its weights load."""
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
     folder = tmp_path / "vit"
@@ -55,7 +57,7 @@ def test_classify_refuses_an_image_classifier(sample_images, tmp_path):
     ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
     result = classify(sample_images, "--labels", "人,车", "-m", folder)
     assert result.exit_code == 2, result.output
-    assert "ViTForImageClassification" in result.stderr and "dual encoder" in result.stderr
+    assert "closed-set image classifier" in result.stderr and "--label-map" in result.stderr
 
 
 def test_nonfinite_probabilities_become_error_records(tiny_clip, sample_images):
@@ -95,7 +97,7 @@ def test_labels_with_braces_stay_literal(tiny_clip, sample_images):
 
     assert fill_prompt("一张{}的照片。", "{0}{}") == "一张{0}{}的照片。"
     run = engine.start(RunConfig(task="classify", inputs=(sample_images / "astronaut.jpg",), labels=("{0}", "a{}b"),
-                                 model=str(tiny_clip), device="cpu", dtype="float32"))
+                                 model=str(tiny_clip), device="cpu", dtype="float32", prompt="一张{}的照片。"))
     assert run.task.prompts == ["一张{0}的照片。", "一张a{}b的照片。"]
 
 

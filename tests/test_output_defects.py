@@ -313,7 +313,7 @@ def _can_create(path: Path) -> bool:
 @pytest.mark.parametrize("name,content", [
     ("r.jsonl", b'{"path": "a.png"}\nnot json\n{"path": "b.png"}\n'),
     ("r.json", b'{"run": {}, "results": [tor'),
-    ("r.csv", b"\xef\xbb\xbfpath,label,score,top_k,width,height,error\r\na.png,x,notanumber,,1,1,\r\nb.png,x,0.5,,1,1,\r\n"),
+    ("r.csv", b"\xef\xbb\xbfpath,label,score,top_k,labels,width,height,error\r\na.png,x,notanumber,,,1,1,\r\nb.png,x,0.5,,,1,1,\r\n"),
 ])
 def test_a_corrupt_output_on_resume_exits_2_before_the_model_loads(tiny_clip, six, tmp_path, load_spy,
                                                                    name, content):

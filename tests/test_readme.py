@@ -18,7 +18,9 @@ MAKEFILE = (ROOT / "Makefile").read_text(encoding="utf-8")
 
 
 def registered_commands() -> set[str]:
-    return {c.name or c.callback.__name__ for c in app.registered_commands}
+    """Commands and command groups (``wwts store info``: the group ``store``)."""
+    return ({c.name or c.callback.__name__ for c in app.registered_commands}
+            | {g.name or g.typer_instance.info.name for g in app.registered_groups})
 
 
 def test_help_lists_every_command():
@@ -26,13 +28,19 @@ def test_help_lists_every_command():
     assert result.exit_code == 0
     for name in registered_commands():
         assert name in result.output
-    assert registered_commands() == {"classify", "caption", "doctor"}
+    assert registered_commands() == {"classify", "caption", "doctor", "search", "embed", "store", "conversions",
+                                     "report", "sort"}
 
 
 def test_readme_wwts_commands_exist():
     used = set(re.findall(r"^\s*wwts (\w+)", README, flags=re.M))
     assert used, "the README shows no wwts command"
     assert used <= registered_commands(), used - registered_commands()
+
+
+def test_readme_shows_every_command():
+    shown = set(re.findall(r"\bwwts (\w+)", README))
+    assert registered_commands() <= shown, registered_commands() - shown
 
 
 def command_flags(command: str) -> set[str]:

@@ -33,7 +33,8 @@ def _config(inputs, model, **kw) -> RunConfig:
 
 @pytest.fixture
 def task(tiny_clip, sample_images) -> ClassifyTask:
-    task = load_task(_config(sample_images, tiny_clip), CPU, torch.float32)
+    # one template (not Chinese-CLIP's default ensemble): text_features are then the prompts' own features
+    task = load_task(_config(sample_images, tiny_clip, prompt="一张{}的照片。"), CPU, torch.float32)
     task.to(CPU, torch.float32)
     return task
 

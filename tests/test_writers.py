@@ -126,7 +126,7 @@ def test_round_trip(tmp_path, fmt, rtype, make):
 
 
 @pytest.mark.parametrize(("rtype", "header"), [
-    (ClassifyResult, b"path,label,score,top_k,width,height,error\r\n"),
+    (ClassifyResult, b"path,label,score,top_k,labels,width,height,error\r\n"),
     (CaptionResult, b"path,caption,width,height,error\r\n"),
 ])
 def test_csv_bom_and_exact_header(tmp_path, rtype, header):
@@ -142,9 +142,9 @@ def test_csv_cells(tmp_path):
     with open_writer(out, ClassifyResult, RUN) as w:
         w.write(recs + [negative])
     rows = _raw_csv_rows(out)
-    assert rows[1] == ["/照片/猫 咪.jpg", "人", "0.9120", "人:0.9120;车:0.0510", "640", "480", ""]
+    assert rows[1] == ["/照片/猫 咪.jpg", "人", "0.9120", "人:0.9120;车:0.0510", "", "640", "480", ""]
     assert rows[2][0] == "/photos/\\udcff\\udcfe\\udcb0\\udca1.jpg"  # backslashreplace-style
-    assert rows[3] == ["/照片/坏.jpg", "", "", "", "", "", "truncated: image file is truncated (3 bytes not processed)"]
+    assert rows[3] == ["/照片/坏.jpg", "", "", "", "", "", "", "truncated: image file is truncated (3 bytes not processed)"]
     # Formula-looking text cells are neutralised with a leading quote (OWASP).
     assert rows[4][0] == "'=cmd|' /C calc'!A0.jpg"
     assert rows[4][1] == "'-负号标签"
@@ -352,7 +352,7 @@ def test_csv_resume_with_torn_header_starts_fresh(tmp_path):
     out.write_bytes(BOM + b"path,la")
     with open_writer(out, ClassifyResult, RUN, resume=True) as w:
         w.write(classify_records()[:1])
-    assert out.read_bytes().startswith(BOM + b"path,label,score,top_k,width,height,error\r\n")
+    assert out.read_bytes().startswith(BOM + b"path,label,score,top_k,labels,width,height,error\r\n")
     assert len(read_existing(out, ClassifyResult)[1]) == 1
 
 
@@ -535,3 +535,5 @@ def test_check_settings_names_each_differing_setting(tmp_path):
     with pytest.raises(UsageError, match=r"model: 'm' in the file, 'n' now; top_k: 3 in the file, 5 now"):
         check_settings(out, old, {"task": "classify", "model": "n", "top_k": 5, "dtype": None})
     assert "device" not in RESUME_KEYS and {"task", "model", "labels", "prompt"} <= set(RESUME_KEYS)
+    # a setting an older wwts did not record cannot differ (an output from before --multi-label)
+    check_settings(out, {"task": "classify", "model": "m"}, {"task": "classify", "model": "m", "multi_label": False})

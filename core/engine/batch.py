@@ -12,7 +12,7 @@ the image that causes it gets an ``inference`` error record.
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, Sequence, Union
 
@@ -24,6 +24,7 @@ from ..input import Sample
 from ..output import ImageRecord
 from ..tasks import Task
 from .recovery import Recovery
+from .stored import remember_decoded
 
 log = logging.getLogger("wwts")
 
@@ -33,12 +34,15 @@ Item = tuple[Union[Path, str], Union[Sample, ImageError]]
 
 def base_record(task: Task, path: Path | str, item: Sample | ImageError) -> ImageRecord:
     """The ``task.record_type`` record of one item before the model: path, width, height,
-    frames (only when over 1) and note; for an ``ImageError``, path and ``error``."""
+    frames (only when over 1) and note; for an ``ImageError``, path and ``error``. Record types
+    with a ``cached`` field get ``item.cached``, with ``content_hash`` the item's store key."""
     if isinstance(item, ImageError):
         return task.record_type(path=str(path), error=str(item))
     d = item.decoded
+    names = {f.name for f in fields(task.record_type)}
+    extra = {name: value for name, value in (("cached", item.cached), ("content_hash", item.key)) if name in names}
     return task.record_type(path=str(path), width=d.width, height=d.height,
-                            frames=d.frames if d.frames > 1 else None, note=d.note)
+                            frames=d.frames if d.frames > 1 else None, note=d.note, **extra)
 
 
 def to_device(inputs: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -59,8 +63,16 @@ def to_device(inputs: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 def run_model(task: Task, prepared: Sequence[Any], bases: Sequence[ImageRecord]) -> list[ImageRecord]:
     """One forward pass: ``collate`` → device → ``forward`` under inference mode and autocast →
-    ``postprocess``. Exceptions propagate."""
-    inputs = to_device(task.collate(list(prepared)), task.device)
+    ``postprocess``. Exceptions propagate.
+
+    ``prepared``: each image's ``Sample`` (its ``inputs`` are collated; when every one has a store
+    ``key``, the keys go to ``forward`` as ``inputs["keys"]``), or bare ``prepare`` outputs."""
+    samples = [p for p in prepared if isinstance(p, Sample)]
+    keys = [s.key for s in samples]
+    inputs = task.collate([p.inputs if isinstance(p, Sample) else p for p in prepared])
+    if samples and len(samples) == len(prepared) and all(k is not None for k in keys):
+        inputs["keys"] = keys
+    inputs = to_device(inputs, task.device)
     with torch.inference_mode(), devices.autocast(task.device, task.dtype):
         outputs = task.forward(inputs)
     return task.postprocess(outputs, list(bases))
@@ -113,10 +125,11 @@ def process_batch(task: Task, items: Sequence[Item], *, recovery: Recovery | Non
     """
     records = [base_record(task, path, item) for path, item in items]
     good = [i for i, (_, item) in enumerate(items) if not isinstance(item, ImageError)]
+    remember_decoded(task, items)  # their size and notes go in the store with their embeddings
     if good:
         if recovery is None:
             recovery = Recovery(task, batch_size=len(good))
-        done = infer(task, [items[i][1].inputs for i in good], [records[i] for i in good], recovery)
+        done = infer(task, [items[i][1] for i in good], [records[i] for i in good], recovery)
         for i, record in zip(good, done):
             records[i] = record
     return records

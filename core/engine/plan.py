@@ -12,12 +12,13 @@ from typing import Any, Callable, ContextManager
 import torch
 
 from .. import hardware as devices
-from .. import models
+from .. import backends, models
 from ..config import RunConfig
 from ..errors import UsageError
 from ..input import IMAGE_EXTENSIONS, discover
 from ..tasks import Task, load_task
 from .run import Run, now
+from .stored import attach_store
 
 
 def find_images(config: RunConfig) -> list[Path]:
@@ -26,13 +27,37 @@ def find_images(config: RunConfig) -> list[Path]:
                          include_hidden=config.include_hidden))
 
 
-def _load(config: RunConfig, device: torch.device, dtype: torch.dtype) -> Task:
-    """The task with its model loaded, quantized when asked, and moved to ``device``."""
+def _load(config: RunConfig, device: torch.device, dtype: torch.dtype,
+          backend: backends.BackendChoice | None = None) -> Task:
+    """The task with its model loaded, quantized when asked, given its backend and moved to
+    ``device`` (its ``setup`` builds the encoders: a conversion on a backend's first run)."""
     task = load_task(config, device, dtype)
-    if config.quantize == "int8":
+    on_torch = backend is None or backend.name == "torch"
+    if config.quantize == "int8" and on_torch:  # caption only: classify's int8 is the backends'
         models.quantize_int8(task.model, task.int8_modules())
+    if hasattr(type(task), "backend"):
+        task.backend = backend
+    attach_store(task, config)  # before setup: the label features are read from the store too
     task.to(device, dtype)
     return task
+
+
+def _choose_backend(config: RunConfig, paths: list[Path], threads: int) -> tuple[backends.BackendChoice,
+                                                                                  devices.DeviceChoice]:
+    """The run's backend and the torch device: proven by ``select_device`` for torch, never asked
+    (the CPU, where the inputs are made) for OpenVINO and ONNX Runtime."""
+    proven: list[devices.DeviceChoice] = []
+
+    def torch_device() -> str:
+        proven.append(devices.select_device(config.device))  # logs each candidate whose probe failed
+        return proven[-1].device.type
+
+    backend = backends.plan_backend(config.backend, config.device, task=config.task, dtype=config.dtype,
+                                    int8=config.quantize == "int8", threads=threads, paths=paths,
+                                    torch_device=torch_device)
+    if backend.name != "torch":
+        return backend, devices.DeviceChoice(torch.device("cpu"), auto=False, reason=backend.reason)
+    return backend, proven[-1] if proven else devices.select_device(config.device)
 
 
 def start(config: RunConfig, *, paths: list[Path] | None = None,
@@ -51,9 +76,10 @@ def start(config: RunConfig, *, paths: list[Path] | None = None,
         A ``Run`` ready to iterate.
 
     Raises:
-        UsageError: no images found, or ``--quantize`` on an accelerator.
-        DeviceError: an explicitly requested device is unusable.
-        ModelLoadError: the model cannot be loaded.
+        UsageError: no images found, ``--quantize`` on an accelerator, or a backend that is not
+            installed or cannot run this task (``backends.plan_backend``).
+        DeviceError: an explicitly requested device is unusable, or the backend has no such device.
+        ModelLoadError: the model cannot be loaded (or converted for the backend).
     """
     started = now()
     if paths is None:
@@ -61,21 +87,27 @@ def start(config: RunConfig, *, paths: list[Path] | None = None,
         if not paths:
             raise UsageError("no images found in " + ", ".join(str(p) for p in config.inputs)
                              + " (extensions: " + " ".join(sorted(e[1:] for e in IMAGE_EXTENSIONS)) + ")")
-    choice = devices.select_device(config.device)  # logs each candidate whose probe failed
     threads = devices.configure_threads(config.threads)  # before dtype: the bf16 check runs on these threads
+    backend, choice = _choose_backend(config, paths, threads)
     if config.quantize and choice.device.type != "cpu":
         raise UsageError(f"--quantize {config.quantize} runs on the CPU only; the device here is "
                          f"{choice.device} (use --device cpu, or leave out --quantize)")
     batch_size = config.batch_size or devices.default_batch_size(choice.device, config.task)
     # int8 Linear layers take float32 activations: no autocast on top of them.
-    dtype = torch.float32 if config.quantize else devices.select_dtype(choice.device, config.dtype, batch_size)
+    dtype = torch.float32 if config.quantize or backend.name != "torch" else \
+        devices.select_dtype(choice.device, config.dtype, batch_size)
     workers = devices.decode_workers(threads, config.decode_workers, accelerator=choice.device.type != "cpu")
-    plan = {"task": config.task, "images": len(paths),
+    plan = {"task": config.retrieval or config.task, "images": len(paths),
             "model": models.model_for(config.task, config.lang, config.model), "device": str(choice.device),
             "dtype": str(dtype).replace("torch.", ""), "quantize": config.quantize, "threads": threads,
-            "batch_size": batch_size}
+            "batch_size": batch_size, "backend": backend.name}
+    if backend.name != "torch":  # the backend's own device name and precision request
+        plan.update(device=backend.device, dtype=config.dtype)
     with loading(plan) if loading is not None else nullcontext():
         t0 = time.perf_counter()
-        task = _load(config, choice.device, dtype)
+        task = _load(config, choice.device, dtype, backend)
         load_s = time.perf_counter() - t0
-    return Run(config, paths, task, choice, threads, workers, batch_size, load_s, started)
+    run = Run(config, paths, task, choice, threads, workers, batch_size, load_s, started)
+    if backend.name != "torch":
+        run.stats.device = backend.device
+    return run

@@ -27,6 +27,7 @@ from ..output import ImageRecord
 from ..tasks import Task
 from .batch import process_batch
 from .recovery import Recovery
+from .stored import flush_store, store_lookup, store_path
 
 
 def now() -> str:
@@ -49,6 +50,19 @@ class RunStats:
     batch_size: int = 0
     device: str = ""
     events: list[str] = field(default_factory=list)
+    #: Images whose embedding was read from the embedding store (not decoded, no image tower).
+    cached: int = 0
+    #: Seconds to the first batch's records (one-off set-up: oneDNN primitives, OpenVINO's first
+    #: inference, cuDNN autotuning, filling the decode window) and how many images it held.
+    first_batch_s: float = 0.0
+    first_batch_images: int = 0
+
+    @property
+    def steady_images_per_s(self) -> float:
+        """Records per second after the first batch (0 until a second batch is done)."""
+        rest = self.seconds - self.first_batch_s
+        return (self.images - self.first_batch_images) / rest if rest > 0 and self.images > self.first_batch_images \
+            else 0.0
 
     @property
     def images_per_s(self) -> float:
@@ -118,9 +132,19 @@ class Run:
             "load_s": round(self.stats.load_s, 3),
         }
         info.update(self.task.run_info())
+        if hasattr(self.task, "store_opener"):
+            info["store"] = store_path(self.task)  # None: --no-store, or the store could not be used
+        encoder = getattr(self.task, "image_encoder", None)
+        info["backend"] = getattr(encoder, "backend", "torch")
+        if getattr(encoder, "precision", None):  # what OpenVINO / ONNX Runtime compute in
+            info["dtype"] = encoder.precision
+        if getattr(self.task, "backend", None) is not None:
+            info["backend_reason"] = self.task.backend.reason
         if self.stats.seconds:
             info.update(seconds=round(self.stats.seconds, 3), images_per_s=round(self.stats.images_per_s, 3),
-                        errors=self.stats.errors, finished=now())
+                        first_batch_s=round(self.stats.first_batch_s, 3),
+                        steady_images_per_s=round(self.stats.steady_images_per_s, 3),
+                        errors=self.stats.errors, cached=self.stats.cached, finished=now())
         if self.stats.events:
             info["events"] = list(self.stats.events)
         return info
@@ -144,6 +168,7 @@ class Run:
         task = self.task
         recovery = Recovery(task, self.batch_size, auto=self.device_choice.auto, events=self.stats.events)
         pool = DecodePool(self.workers, draft_size=task.input_size, max_pixels=self.config.max_pixels,
+                          lookup=store_lookup(task, self.config),
                           allow_truncated=self.config.allow_truncated, transform=task.prepare)
         pending: deque[tuple[Path, Future]] = deque()
         path_iter = iter(self.paths)
@@ -157,12 +182,16 @@ class Run:
                     self._sync(recovery)
                 self.stats.images += len(records)
                 self.stats.errors += sum(1 for r in records if r.error)
+                self.stats.cached += sum(1 for r in records if getattr(r, "cached", None))
                 self.stats.seconds = time.perf_counter() - t0
+                if not self.stats.first_batch_images:
+                    self.stats.first_batch_s, self.stats.first_batch_images = self.stats.seconds, len(records)
                 yield records
         finally:
             for _, fut in pending:
                 fut.cancel()
             pool.shutdown()
+            flush_store(task)
             self.stats.seconds = time.perf_counter() - t0
             self.stats.batch_size = self.batch_size
 

@@ -16,7 +16,7 @@ from .decode import (
     read_head,
 )
 from .discover import IMAGE_EXTENSIONS, discover, is_hidden, is_image_name
-from .pool import ISOLATED_EXTENSIONS, DecodePool, Sample, isolated_decode, needs_isolation
+from .pool import DECODE_RECIPE, ISOLATED_EXTENSIONS, DecodePool, Sample, isolated_decode, needs_isolation
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -31,6 +31,7 @@ __all__ = [
     "load_image",
     "read_head",
     "ISOLATED_EXTENSIONS",
+    "DECODE_RECIPE",
     "needs_isolation",
     "isolated_decode",
     "DecodePool",

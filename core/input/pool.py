@@ -39,6 +39,11 @@ from .decode import DecodedImage, load_image, read_head
 
 log = logging.getLogger(__name__)
 
+#: Version of wwts' decode recipe (``decode.load_image`` + ``pixels``: draft scaling, EXIF
+#: orientation, RGB conversion, box reduction) that embedding-store keys include: bump it whenever
+#: a change there can change the pixels handed to a model, so no stored embedding made from the
+#: old pixels is served.
+DECODE_RECIPE = 1
 #: Extensions decoded in the isolated worker processes: native decoders with a crash history
 #: (libheif, libavif) or that write to stderr themselves (libtiff).
 ISOLATED_EXTENSIONS = frozenset({".heic", ".heif", ".avif", ".hif", ".tif", ".tiff"})
@@ -68,10 +73,15 @@ class Sample:
             its ``image`` is ``None``: only ``inputs`` waits in the window, not the pixels.
         inputs: ``transform(decoded image)`` (e.g. the task's ``prepare``: ``pixel_values
             (1, 3, H, W)`` for classify, the image itself for caption); ``None`` without a transform.
+            For an image found in the embedding store, what the pool's ``lookup`` gave instead.
+        key: the content key the pool's ``lookup`` gave (BLAKE3 of the file's bytes), else ``None``.
+        cached: True when ``lookup`` found the image's result in the store: nothing was decoded.
     """
 
     decoded: DecodedImage
     inputs: Any = None
+    key: Any = None
+    cached: bool = False
 
 
 @dataclass
@@ -179,6 +189,10 @@ class DecodePool:
         transform: optional ``PIL.Image -> model inputs`` run on the decode thread right after
             decoding (the task's ``prepare``); its result is the ``Sample``'s ``inputs``. An
             exception there becomes ``ImageError("preprocess", ...)``.
+        lookup: optional ``path -> (key, Sample or None)`` run on the decode thread before
+            decoding (the engine's embedding-store lookup): a ``Sample`` is the result as it is
+            (the file is not decoded); otherwise ``key`` (or ``None``) goes in the decoded
+            ``Sample``. It must not raise.
 
     ``submit(path)`` returns a ``Future`` whose result is a ``Sample`` or raises ``ImageError``;
     it never raises anything else. ``shutdown()`` cancels what has not started and waits for the
@@ -187,8 +201,10 @@ class DecodePool:
 
     def __init__(self, workers: int, *, draft_size: int | None = None, max_pixels: int | None = None,
                  allow_truncated: bool = False, isolated_load: Callable[..., DecodedImage] = load_image,
-                 transform: Callable[[Any], Any] | None = None) -> None:
+                 transform: Callable[[Any], Any] | None = None,
+                 lookup: Callable[[Path], tuple[Any, Sample | None]] | None = None) -> None:
         self._transform = transform
+        self._lookup = lookup
         self._load = partial(load_image, draft_size=draft_size, max_pixels=max_pixels,
                              allow_truncated=allow_truncated)
         self._isolated = partial(isolated_decode, isolated_load, draft_size=draft_size,
@@ -205,15 +221,20 @@ class DecodePool:
         return self._threads.submit(self._sample, Path(path))
 
     def _sample(self, path: Path) -> Sample:
+        key = None
+        if self._lookup is not None:
+            key, found = self._lookup(path)
+            if found is not None:
+                return found
         # load_image raises only ImageError; the format sniff runs here, off the caller's thread
         decoded = self._decode_isolated(path) if needs_isolation(path) else self._load(path)
         if self._transform is None:
-            return Sample(decoded)
+            return Sample(decoded, key=key)
         try:
             inputs = self._transform(decoded.image)
         except Exception as exc:
             raise ImageError("preprocess", f"{type(exc).__name__}: {exc}") from None
-        return Sample(replace(decoded, image=None), inputs)
+        return Sample(replace(decoded, image=None), inputs, key)
 
     @staticmethod
     def _new_process_pool(workers: int) -> ProcessPoolExecutor:

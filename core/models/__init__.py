@@ -10,6 +10,7 @@
 from .hub import (HUB_TIMEOUT_S, LOCAL_COPY_HINT, OFFLINE_HINT, cache_facts, cached_model, cached_snapshot,
                   download, hub_cache_dir, hub_endpoint, hub_hint, hub_offline, hub_status, offline_message,
                   scan_cache)
+from .modelscope import hub_choice, modelscope_id, modelscope_snapshot, modelscope_status
 from .loader import load, load_config, quantize_int8, resolve, weights_format
 from .registry import DEFAULT_MODELS, ModelSpec, default_model, model_for, parse_model_name
 
@@ -20,6 +21,8 @@ __all__ = [
     "HUB_TIMEOUT_S", "LOCAL_COPY_HINT", "OFFLINE_HINT", "hub_hint", "offline_message", "hub_cache_dir",
     "hub_offline", "hub_endpoint", "hub_status", "cached_snapshot", "download", "scan_cache",
     "cached_model", "cache_facts",
+    # modelscope
+    "hub_choice", "modelscope_id", "modelscope_snapshot", "modelscope_status",
     # loader
     "resolve", "load_config", "weights_format", "load", "quantize_int8",
 ]

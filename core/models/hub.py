@@ -175,7 +175,8 @@ def download(repo_id: str) -> str:
     if not status.get("reachable"):
         raise ModelLoadError(f"model {repo_id!r} is not in the local cache ({cache}) and the model hub "
                              f"({status.get('endpoint')}) cannot be reached ({status.get('detail')}): "
-                             f"{hub_hint()}")
+                             f"{hub_hint()}; or take it from ModelScope: --model modelscope:ORG/NAME or "
+                             "WWTS_HUB=modelscope (pip install 'wwts[modelscope]')")
     from huggingface_hub import HfApi, snapshot_download
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..errors import ModelLoadError, describe
 from . import hub
+from .modelscope import modelscope_id, modelscope_snapshot
 from .registry import parse_model_name
 
 log = logging.getLogger(__name__)
@@ -23,8 +24,12 @@ def resolve(name: str) -> str:
     """A local folder holding model ``name``: the folder itself, the cached snapshot, or a download.
 
     Raises:
-        ModelLoadError: see ``registry.parse_model_name`` and ``hub.download``.
+        ModelLoadError: see ``registry.parse_model_name``, ``hub.download`` and
+            ``modelscope.modelscope_snapshot``.
     """
+    repo = modelscope_id(name)  # modelscope:ORG/NAME, or any hub id with WWTS_HUB=modelscope
+    if repo is not None:
+        return modelscope_snapshot(repo)
     source, is_local = parse_model_name(name)
     if is_local:
         return source

@@ -97,7 +97,7 @@ def _parse_top_k(text: str, where: str) -> list[dict[str, Any]]:
 
 
 def _field_kinds(record_type: type[ImageRecord]) -> dict[str, str]:
-    """Field name → ``"str"``, ``"int"``, ``"float"`` or ``"list"``, from the type hints."""
+    """Field name → ``"str"``, ``"int"``, ``"float"``, ``"list"`` or ``"list|None"``, from the type hints."""
     kinds: dict[str, str] = {}
     for name, hint in typing.get_type_hints(record_type).items():
         if typing.get_origin(hint) is typing.ClassVar:
@@ -105,6 +105,8 @@ def _field_kinds(record_type: type[ImageRecord]) -> dict[str, str]:
         args = typing.get_args(hint) or (hint,)
         if typing.get_origin(hint) is list:
             kinds[name] = "list"
+        elif any(typing.get_origin(a) is list for a in args):
+            kinds[name] = "list|None"  # e.g. labels: an empty cell reads as None
         elif int in args:
             kinds[name] = "int"
         elif float in args:
@@ -128,8 +130,8 @@ def _csv_record(cells: dict[str, str], kinds: dict[str, str], where: str) -> dic
     for name, text in cells.items():
         kind = kinds.get(name, "str")
         try:
-            if kind == "list":
-                out[name] = _parse_top_k(text, where) if text else []
+            if kind in ("list", "list|None"):
+                out[name] = _parse_top_k(text, where) if text else ([] if kind == "list" else None)
             elif text == "":
                 out[name] = "" if (ok and kind == "str" and name != "error") else None
             elif kind == "int":

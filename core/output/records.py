@@ -65,19 +65,26 @@ class ClassifyResult(ImageRecord):
         label: best label (``None`` on error).
         score: its probability in [0, 1].
         top_k: the ``k`` best labels, best first.
+        labels: ``--multi-label``: every label whose per-label score passed the threshold, best
+            first (``[]`` when none did); ``None`` in single-label runs and on error.
+        cached: ``True`` when the image's embedding was read from the embedding store (the file
+            was not decoded), ``False`` when it was computed; ``None`` on error. JSON/JSONL only.
     """
 
     label: str | None = None
     score: float | None = None
     top_k: list[LabelScore] = field(default_factory=list)
+    labels: list[LabelScore] | None = None
+    cached: bool | None = None
 
-    csv_fields: ClassVar[tuple[str, ...]] = ("path", "label", "score", "top_k", "width", "height", "error")
+    csv_fields: ClassVar[tuple[str, ...]] = ("path", "label", "score", "top_k", "labels", "width", "height", "error")
 
     def csv_row(self) -> dict[str, str]:
-        """CSV row with ``score`` to 4 decimals and ``top_k`` as ``人:0.9120;车:0.0510``."""
+        """CSV row with ``score`` to 4 decimals, ``top_k`` and ``labels`` as ``人:0.9120;车:0.0510``."""
         row = super().csv_row()
         row["score"] = "" if self.score is None else f"{self.score:.4f}"
         row["top_k"] = ";".join(f"{ls.label}:{ls.score:.4f}" for ls in self.top_k)
+        row["labels"] = ";".join(f"{ls.label}:{ls.score:.4f}" for ls in self.labels or [])
         return row
 
 
@@ -88,3 +95,42 @@ class CaptionResult(ImageRecord):
     caption: str | None = None
 
     csv_fields: ClassVar[tuple[str, ...]] = ("path", "caption", "width", "height", "error")
+
+
+@dataclass
+class SearchResult(ImageRecord):
+    """One image ranked by ``wwts search``.
+
+    Attributes:
+        score: cosine similarity in [-1, 1] between the image's embedding and the query text's
+            (both L2-normalised); ``None`` on error.
+        cached: the embedding was read from the store (see ``ClassifyResult.cached``).
+    """
+
+    score: float | None = None
+    cached: bool | None = None
+
+    csv_fields: ClassVar[tuple[str, ...]] = ("path", "score", "width", "height", "error")
+
+    def csv_row(self) -> dict[str, str]:
+        """CSV row with ``score`` to 4 decimals."""
+        row = super().csv_row()
+        row["score"] = "" if self.score is None else f"{self.score:.4f}"
+        return row
+
+
+@dataclass
+class EmbeddingRecord(ImageRecord):
+    """One image's embedding (``wwts embed``).
+
+    Attributes:
+        content_hash: BLAKE3 of the file's bytes (hex), the store's key.
+        embedding: ``D`` floats, L2-normalised; ``None`` on error.
+        cached: the embedding was read from the store.
+    """
+
+    content_hash: str | None = None
+    embedding: list[float] | None = None
+    cached: bool | None = None
+
+    csv_fields: ClassVar[tuple[str, ...]] = ("path", "content_hash", "width", "height", "error")

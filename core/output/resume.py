@@ -160,18 +160,21 @@ def drop_records(path: Path, record_type: type[ImageRecord], paths: set[str]) ->
 log = logging.getLogger("wwts")
 
 #: Run settings that must match for --resume to append to an existing output.
-RESUME_KEYS = ("task", "model", "dtype", "quantize", "labels", "prompt", "top_k", "max_new_tokens", "num_beams")
+RESUME_KEYS = ("task", "model", "dtype", "quantize", "labels", "prompt", "top_k", "max_new_tokens", "num_beams",
+               "vocab", "multi_label", "threshold", "min_score", "other_label")
 
 
 def check_settings(out: Path, old: dict | None, new: dict) -> None:
     """Refuse to append to ``out`` when its stored run settings differ from this run's (the
-    ``RESUME_KEYS`` present in ``new``); nothing to compare when ``old`` is ``None``.
+    ``RESUME_KEYS`` present in both); nothing to compare when ``old`` is ``None``. A key the file
+    does not hold was not recorded by the wwts that wrote it (``vocab``, ``multi_label`` ... came
+    later), so it cannot differ.
 
     Raises:
         UsageError: naming each setting that differs.
     """
     diff = [f"{k}: {old.get(k)!r} in the file, {new.get(k)!r} now"
-            for k in RESUME_KEYS if old is not None and k in new and old.get(k) != new.get(k)]
+            for k in RESUME_KEYS if old is not None and k in new and k in old and old.get(k) != new.get(k)]
     if diff:
         raise UsageError(f"{out} was made with other settings ({'; '.join(diff)}): "
                          "use another --out, or --overwrite to start over")

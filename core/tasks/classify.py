@@ -15,23 +15,29 @@ the scores of all models comparable and summing to 1.
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from typing import Any, Hashable, Sequence
 
 import torch
 
 from .. import models
-from ..backends import ImageEncoder, TextEncoder, TorchImageEncoder, TorchTextEncoder
-from ..config import RunConfig, fill_prompt
+from ..backends import ImageEncoder, TextEncoder, build_encoders
+from ..config import RunConfig
+from ..labels import ensemble, feature_issues, sigmoid_scores, text_issues
 from ..errors import ModelLoadError
-from ..output import ClassifyResult, LabelScore
-from ..store import EmbeddingStore, NullStore
+from ..output import ClassifyResult
+from ..store import EmbeddingStore, NullStore, StoredEmbedding
 from .base import Task, size_dict
+from .stored import collate_stored, image_embeddings, prompt_features, store_parts
+from .image_classification import is_image_classifier, load_image_classifier
+from .label_setup import build_label_set, build_records, check_text_hygiene, label_run_info, report_issues
 
 log = logging.getLogger(__name__)
 
 #: A tokenizer ``model_max_length`` above this is transformers' "no limit" placeholder (1e30).
 _SANE_MAX_LENGTH = 100_000
+#: Prompts per text-tower forward pass when the label features are computed (bounds memory for
+#: 1,000 labels x several templates).
+TEXT_BATCH = 256
 #: What the classify task needs from a model: both towers and the learned temperature.
 _DUAL_ENCODER_NEEDS = ("get_image_features", "get_text_features", "logit_scale")
 _DUAL_ENCODER_HELP = ("zero-shot classification needs a contrastive dual encoder such as Chinese-CLIP, CLIP "
@@ -58,6 +64,10 @@ class ClassifyTask(Task):
 
     name = "classify"
     record_type = ClassifyResult
+    #: Set by the engine (``core.store.StoreOpener``) when the run uses the embedding store.
+    store_opener: Any = None
+    #: Set by the engine (``core.backends.plan_backend``): the backend of the towers; ``None``: torch.
+    backend: Any = None
 
     def __init__(self, config: RunConfig, model: torch.nn.Module, processor: Any,
                  device: torch.device, dtype: torch.dtype, *, store: EmbeddingStore | None = None) -> None:
@@ -65,9 +75,11 @@ class ClassifyTask(Task):
         self.store: EmbeddingStore = store if store is not None else NullStore()
         self.image_encoder: ImageEncoder | None = None
         self.text_encoder: TextEncoder | None = None
-        self.labels = list(config.labels)
-        self.prompts = [fill_prompt(config.prompt_template, label) for label in self.labels]
-        self.top_k = config.effective_top_k
+        self.label_set = build_label_set(config, getattr(model.config, "model_type", "") or "")
+        self.labels = self.label_set.shown  # as written in the records (--label-map applied)
+        # every label (and the multi-label baseline) in every template; _prompt_labels[i] names prompts[i]'s label
+        self.prompts, self._prompt_groups, self._prompt_labels = self.label_set.expanded()
+        self.top_k = min(config.top_k, len(self.labels))
         self.text_features: torch.Tensor | None = None  # (L, D), L2-normalised, float32
         self._cpu_text_features: torch.Tensor | None = None
 
@@ -118,7 +130,7 @@ class ClassifyTask(Task):
 
     def _warn_truncated(self, tokenizer: Any, limit: int) -> None:
         lengths = [len(ids) for ids in tokenizer(self.prompts, truncation=False)["input_ids"]]
-        cut = [label for label, n in zip(self.labels, lengths) if n > limit]
+        cut = list(dict.fromkeys(label for label, n in zip(self._prompt_labels, lengths) if n > limit))
         if cut:
             shown = ", ".join(repr(_shorten(label)) for label in cut[:3])
             if len(cut) > 3:
@@ -139,88 +151,124 @@ class ClassifyTask(Task):
 
         After a move to another device the cached features are moved, not recomputed.
         """
-        self.image_encoder = TorchImageEncoder(self.model, self.device, self.dtype)
-        self.text_encoder = TorchTextEncoder(self.model, self.device, torch.float32)
+        if self.image_encoder is None or self.backend is None or self.backend.name == "torch":
+            tokenizer = getattr(self.processor, "tokenizer", self.processor)
+            self.image_encoder, self.text_encoder = build_encoders(
+                self.model, self.device, self.dtype, self.backend, input_size=self.input_size, prepare=self.prepare,
+                tokens=lambda: dict(tokenizer(self.prompts[:2], padding=True, return_tensors="pt")))
+        self.use_store()
         if self._cpu_text_features is not None:
             self.text_features = self._cpu_text_features.to(self.device)
             return
-        feats = self.text_encoder.encode(self._text_inputs())
+        feats = self._label_features()
         self._cpu_text_features = feats.cpu()
         self.text_features = feats
+
+    def _label_features(self) -> torch.Tensor:
+        """Encode every prompt (``TEXT_BATCH`` at a time) and ensemble them per label:
+        ``(L, D)`` float32 L2-normalised, plus a last row for the neutral baseline of CLIP-style
+        ``--multi-label`` scores. Warns (``--strict-labels``: raises ``UsageError``) about labels
+        with nearly identical features, unless they come from a built-in vocabulary."""
+        # read from the embedding store first; only missing prompts are encoded (and stored)
+        prompt_feats = prompt_features(self, self._text_inputs(), self._prompt_labels, TEXT_BATCH)
+        feats = ensemble(prompt_feats, self._prompt_groups, self.label_set.groups)
+        vocab = self.label_set.vocab
+        if vocab is None or not vocab.builtin:
+            names = self.label_set.names
+            skip = {frozenset((i.first, i.second)) for i in text_issues(names)}
+            report_issues(feature_issues(names, feats[:len(names)], skip=skip), self.config.strict_labels)
+        return feats
 
     def prepare(self, image: Any) -> torch.Tensor:
         """One RGB image → ``pixel_values (1, 3, S, S)`` float32 through the model's image processor."""
         return self.image_processor(images=[image], return_tensors="pt")["pixel_values"]
 
-    def collate(self, items: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        """B ``(1, 3, S, S)`` tensors → ``{"pixel_values": (B, 3, S, S)}``."""
-        return {"pixel_values": torch.cat(items)}
+    def use_store(self) -> None:
+        """Point ``store`` at the store of the current model key (dtype and backend included),
+        when the engine gave the task a ``store_opener``; else leave it as it is."""
+        if self.store_opener is not None:
+            self.store = self.store_opener.open(getattr(self.model, "name_or_path", None), store_parts(self))
 
-    def image_features(self, pixel_values: torch.Tensor, keys: Sequence[Hashable] | None = None) -> torch.Tensor:
-        """``pixel_values (B, 3, S, S)`` → ``(B, D)`` float32 L2-normalised image embeddings.
+    def collate(self, items: list[Any]) -> dict[str, Any]:
+        """B ``(1, 3, S, S)`` tensors → ``{"pixel_values": (B, 3, S, S)}``. Items that are a
+        ``core.store.StoredEmbedding`` (read from the store; never decoded) are left out of
+        ``pixel_values`` and given in ``"stored"`` (see ``image_features``)."""
+        return collate_stored(items, StoredEmbedding)
+
+    def image_features(self, pixel_values: torch.Tensor | None, keys: Sequence[Hashable] | None = None, *,
+                       stored: Sequence[torch.Tensor | None] | None = None) -> torch.Tensor:
+        """``pixel_values (M, 3, S, S)`` → ``(B, D)`` float32 L2-normalised image embeddings.
 
         With ``keys`` (one per image), embeddings ``store`` holds are taken from it and only the
-        others go through ``image_encoder`` (and are then put in the store).
+        others go through ``image_encoder`` (and are then put in the store). ``stored`` (B entries)
+        gives the embeddings already read from the store, ``None`` for each image that is a row of
+        ``pixel_values`` (without it, B = M). See ``stored.image_embeddings``.
         """
-        if keys is None:
-            return self.image_encoder.encode(pixel_values)
-        found = self.store.get(keys)
-        missing = [i for i, key in enumerate(keys) if key not in found]
-        if missing:
-            fresh = self.image_encoder.encode(pixel_values if len(missing) == len(keys) else pixel_values[missing])
-            self.store.put({keys[i]: row.cpu() for i, row in zip(missing, fresh)})
-            found = {**found, **{keys[i]: row for i, row in zip(missing, fresh)}}
-        return torch.stack([found[key].to(self.device, torch.float32) for key in keys])
+        return image_embeddings(self, pixel_values, keys, stored)
 
     def forward(self, inputs: dict[str, Any]) -> torch.Tensor:
         """``pixel_values (B, 3, S, S)`` (and optional store ``keys``, B of them) → probabilities
         ``(B, L)`` float32 (rows sum to 1)."""
-        feats = self.image_features(inputs["pixel_values"], inputs.get("keys"))
+        feats = self.image_features(inputs["pixel_values"], inputs.get("keys"), stored=inputs.get("stored"))
         # Scoring in float32 outside autocast: CPU autocast would run this matmul and the
         # softmax in bf16 (scores summing to 0.999, and top-1 flips between close labels).
         with torch.autocast(device_type=self.device.type, enabled=False):
             scale = self.model.logit_scale.float().exp()
-            logits = scale * feats @ self.text_features.T  # (B, L)
-            return logits.softmax(dim=-1)
+            logits = scale * feats @ self.text_features.T  # (B, L), (B, L + 1) with the neutral baseline
+            return self._scores(logits)
+
+    def _scores(self, logits: torch.Tensor) -> torch.Tensor:
+        """``(B, L[+1])`` logits → ``(B, L)`` scores: a softmax over the labels, or with
+        ``--multi-label`` per-label scores (``core.labels.scoring``: SigLIP's sigmoid with its
+        ``logit_bias``; CLIP-style: sigmoid of the logit minus the neutral prompt's)."""
+        n = len(self.labels)
+        if not self.config.multi_label:
+            return logits[:, :n].softmax(dim=-1)
+        if self.label_set.neutral is None:  # SigLIP
+            return sigmoid_scores(logits, -self.model.logit_bias.float())
+        return sigmoid_scores(logits[:, :n], logits[:, n:])
 
     def postprocess(self, outputs: torch.Tensor, bases: list[ClassifyResult]) -> list[ClassifyResult]:
-        """``(B, L)`` probabilities → B records with ``label``, ``score``, ``top_k``.
+        """``(B, L)`` scores → B records with ``label``, ``score``, ``top_k`` (and ``labels`` with
+        ``--multi-label``; ``--other-label`` when no label reaches ``--min-score``), see
+        ``label_setup.build_records``.
 
         A row holding NaN or infinity (broken weights, an overflow in half precision) becomes an
         ``error`` ``"nonfinite: ..."``: never a NaN score.
         """
-        probs = outputs.float().cpu()
-        finite = torch.isfinite(probs).all(dim=-1).tolist()
-        values, indices = probs.topk(self.top_k, dim=-1)
-        records: list[ClassifyResult] = []
-        for base, ok, vals, idxs in zip(bases, finite, values.tolist(), indices.tolist()):
-            if not ok:
-                records.append(replace(base, error=self._nonfinite_error()))
-                continue
-            top = [LabelScore(self.labels[i], float(v)) for v, i in zip(vals, idxs)]
-            records.append(replace(base, label=top[0].label, score=top[0].score, top_k=top))
-        return records
+        return build_records(outputs, bases, self.labels, self.top_k, self.config, self._nonfinite_error())
 
     def _nonfinite_error(self) -> str:
         hint = "" if self.dtype == torch.float32 else "; try --dtype float32"
         return f"nonfinite: the model gave NaN or infinite scores for this image{hint}"
 
     def run_info(self) -> dict[str, Any]:
-        """``{"labels", "prompt", "top_k"}`` of this run."""
-        return {"labels": self.labels, "prompt": self.config.prompt_template, "top_k": self.top_k}
+        """The label settings of this run: ``labels``, ``prompt`` (the template, or the list of
+        templates of an ensemble), ``top_k``, ``vocab``, ``multi_label``, ``threshold``..."""
+        templates = self.label_set.templates
+        prompt = templates[0] if len(templates) == 1 else list(templates)
+        return label_run_info(self.config, self.labels, self.top_k, prompt, self.label_set.vocab)
 
 
-def load_task(config: RunConfig, device: torch.device, dtype: torch.dtype) -> ClassifyTask:
-    """Load the model and processor named by ``config.model`` (or the default) for classify.
+def load_task(config: RunConfig, device: torch.device, dtype: torch.dtype) -> Task:
+    """Load the model and processor named by ``config.model`` (or the default) for classify: a
+    ``ClassifyTask`` for a dual encoder, an ``ImageClassificationTask`` for a closed-set
+    classifier (``AutoModelForImageClassification``, see ``image_classification.py``).
 
     Raises:
         ModelLoadError: the model cannot be loaded, or it is not a contrastive dual encoder: its
             config names another architecture (``check_architecture``, before the weights are
             read), or the loaded model lacks ``get_image_features`` / ``get_text_features`` /
             ``logit_scale``.
+        UsageError: an unknown ``--vocab``; with ``--strict-labels``, duplicate or contained
+            labels (before the weights load) or nearly identical label features (after).
     """
     name = models.model_for("classify", config.lang, config.model)
-    check_architecture(name, models.load_config(name, trust_remote_code=config.trust_remote_code))
+    model_config = models.load_config(name, trust_remote_code=config.trust_remote_code)
+    if is_image_classifier(model_config):
+        return load_image_classifier(config, name, device, dtype)
+    check_architecture(name, model_config)
+    check_text_hygiene(config)  # before the weights load: --strict-labels stops here
     # float32 weights whatever the checkpoint stores (transformers 5 keeps the checkpoint's dtype
     # by default); bf16/fp16 come from autocast, so norms and softmax stay float32.
     model, processor = models.load(name, trust_remote_code=config.trust_remote_code,
