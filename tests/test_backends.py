@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
+
+import numpy as np
 
 import pytest
 import torch
@@ -128,6 +131,43 @@ def test_auto_rule():
     assert auto_backend("auto", "classify", False, torch_device=lambda: "mps", openvino_devices=lambda: [])[0] == "torch"
     if is_x86():
         assert auto_backend("auto", "classify", False, **cpu)[0] == "openvino"
+    # a CPU with AMX-BF16: torch's bf16 autocast for a float run (simulated either way)
+    name, reason = auto_backend("auto", "classify", False, **cpu, cpu_has_amx=lambda: True)
+    assert name == "torch" and "AMX" in reason
+    if is_x86():
+        assert auto_backend("auto", "classify", False, **cpu, cpu_has_amx=lambda: False)[0] == "openvino"
+        assert auto_backend("auto", "classify", True, **cpu, cpu_has_amx=lambda: True)[0] == "openvino"  # int8
+
+
+def test_openvino_precision_on_amx_and_the_non_finite_guard(monkeypatch):
+    from wwts.core.backends import devices, openvino
+
+    monkeypatch.setattr(devices, "cpu_has_amx", lambda: True)
+    assert openvino._image_hint("auto", "CPU") == "f32"  # OpenVINO's bf16 default gave NaN with AMX here
+    assert openvino._image_hint("bfloat16", "CPU") == "bf16"  # asked for: honoured (and checked)
+    monkeypatch.setattr(devices, "cpu_has_amx", lambda: False)
+    assert openvino._image_hint("auto", "CPU") is None
+
+    compiled_with = []
+
+    class Compiled:
+        def __init__(self, hint):
+            self.hint = hint
+
+        def output(self, i):
+            return 0
+
+        def __call__(self, inputs):
+            value = np.nan if self.hint == "bf16" else 1.0
+            return {0: np.full((inputs[0].shape[0], 4), value, dtype=np.float32)}
+
+        def get_property(self, name):
+            raise RuntimeError("not reported")
+
+    monkeypatch.setattr(openvino, "compile_model", lambda path, device, hint, threads: compiled_with.append(hint)
+                        or Compiled(hint))
+    assert openvino._checked_compile(Path("m.xml"), "CPU", "bf16", 2, 8).hint == "f32"
+    assert compiled_with == ["bf16", "f32"]  # a non-finite test batch: compiled again at f32
 
 
 def test_openvino_device_names():

@@ -66,7 +66,8 @@ def plan_backend(backend: str, device: str, *, task: str, dtype: str = "auto", i
     check_request(backend, task, int8)
     if backend == "auto":
         name, reason = auto_backend(device, task, int8, torch_device=torch_device,
-                                    openvino_devices=devices.openvino_device_names)
+                                    openvino_devices=devices.openvino_device_names,
+                                    cpu_has_amx=devices.cpu_has_amx)
     else:
         name, reason = backend, reason or "--backend " + backend
     choice = BackendChoice(name, reason, device=device, dtype=dtype, int8=int8, threads=threads,

@@ -59,6 +59,14 @@ def openvino_devices() -> list[dict[str, Any]]:
     return out
 
 
+def cpu_has_amx() -> bool:
+    """True when the CPU has AMX-BF16 (``hardware.cpu_features()``), where ``--backend auto``
+    prefers torch's bf16 autocast and OpenVINO defaults to f32 (see ``select`` and ``openvino``)."""
+    from .. import hardware
+
+    return bool(hardware.cpu_features().get("AMX-BF16"))
+
+
 def openvino_device_names() -> list[str]:
     """OpenVINO's device names here (``["CPU", "GPU.0", "NPU"]``); empty without OpenVINO."""
     try:

@@ -32,7 +32,7 @@ def backend_facts(torch_device: str | None) -> dict[str, Any]:
     for key, int8 in (("classify", False), ("classify_int8", True)):
         try:
             name, reason = auto_backend("auto", "classify", int8, torch_device=lambda: kind,
-                                        openvino_devices=openvino_device_names)
+                                        openvino_devices=openvino_device_names, cpu_has_amx=cpu_has_amx)
             auto[key] = {"backend": name, "reason": reason}
         except Exception as exc:  # e.g. int8 with neither runtime installed
             auto[key] = {"backend": None, "reason": describe(exc)}

@@ -202,13 +202,42 @@ def build(model: torch.nn.Module, *, base_fields: dict[str, Any], device: str, d
         image_fields.update(nncf=nncf.__version__, calibration_max=CALIBRATION_IMAGES)
     path, manifest = saved_model(model, "image", image_fields, {"pixel_values": example_image(input_size)},
                                  calibration if int8 else None)
-    image = OpenVINOImageEncoder(compile_model(path, device, PRECISION_HINTS.get(dtype), threads), device, manifest)
+    image = OpenVINOImageEncoder(_checked_compile(path, device, _image_hint(dtype, device), threads, input_size),
+                                 device, manifest)
     names = text_names(tokens)
     example = example_tokens(tokens, names)
     text_fields = {**fields, "tower": "text", "precision": "float", "inputs": names}
     text_path, _ = saved_model(model, "text", text_fields, example)
     text = OpenVINOTextEncoder(compile_model(text_path, device, "f32" if device == "CPU" else None, threads), names)
     return image, text
+
+
+def _image_hint(dtype: str, device: str) -> str | None:
+    """The image tower's precision hint: the one ``--dtype`` asks for; with ``auto`` OpenVINO's own
+    default, except f32 on a CPU with AMX, where OpenVINO 2026.4's default bf16 returned NaN
+    embeddings and crashed on a partial batch (a 2-core Sapphire Rapids-class VM, full-size
+    Chinese-CLIP ViT-B/16); ``--dtype bfloat16`` still asks for bf16 there."""
+    from .devices import cpu_has_amx
+
+    hint = PRECISION_HINTS.get(dtype)
+    if hint is None and device == "CPU" and cpu_has_amx():
+        return "f32"
+    return hint
+
+
+def _checked_compile(path: Path, device: str, hint: str | None, threads: int | None, input_size: int | None) -> Any:
+    """``compile_model``, then one inference on a test batch: when a reduced precision gives
+    non-finite embeddings, say so and compile again at f32 (a model that cannot give an answer
+    is never served)."""
+    compiled = compile_model(path, device, hint, threads)
+    if hint == "f32":
+        return compiled
+    out = np.asarray(compiled({0: example_image(input_size).numpy()})[compiled.output(0)], dtype=np.float32)
+    if np.isfinite(out).all():
+        return compiled
+    log.warning("OpenVINO's %s inference gave non-finite embeddings on a test image on %s: running the image "
+                "tower at float32 instead (--dtype float32 says so up front)", inference_dtype(compiled), device)
+    return compile_model(path, device, "f32", threads)
 
 
 def calibration_arrays(paths: Iterable[Path], prepare: Callable[[Any], torch.Tensor],
