@@ -158,12 +158,9 @@ def run_command(config: RunConfig, options: OutputOptions) -> None:
     Raises:
         typer.Exit: with the exit code of the module docstring, unless it is 0.
     """
-    prepare_environment()  # before torch is imported
     from ..core.output import lock_output
 
-    console = DataConsole(stderr=True)
-    log_to(console)
-    try:
+    with command_console() as console:
         with exit_on_error(console):
             after = AfterRun(options, console, config.inputs)  # checks --report before the model loads
             lock = lock_output(options.out, inputs=config.inputs, overwrite=options.overwrite,
@@ -174,7 +171,24 @@ def run_command(config: RunConfig, options: OutputOptions) -> None:
                 outcome = _stream(*started, config.task, options.quiet, console, after_batch=after.batch)
                 after.finish(outcome.run, outcome.writer, outcome.table_records)
                 _summarize(outcome, config.task, options, console)
-    except KeyboardInterrupt:  # outside the batch loop (model loading, writing the table)
+
+
+@contextmanager
+def command_console() -> Iterator[Console]:
+    """The set-up every command that runs the model shares: process-wide settings
+    (``core.env.prepare_environment``, before torch is imported), a stderr ``DataConsole`` that the
+    ``wwts`` loggers print to, and one line instead of a traceback for what escapes the command.
+
+    Raises:
+        typer.Exit: 130 on a Ctrl-C outside the batch loop (model loading, writing a table); 1
+            with one red line for an unexpected exception (``WWTS_DEBUG=1`` re-raises it).
+    """
+    prepare_environment()
+    console = DataConsole(stderr=True)
+    log_to(console)
+    try:
+        yield console
+    except KeyboardInterrupt:
         console.print(styled(("interrupted", "yellow")))
         raise typer.Exit(EXIT_SIGINT)
     except (typer.Exit, typer.Abort):

@@ -13,7 +13,6 @@ Exit codes as for classify: 0, 2 (usage, model, device, output; pyarrow missing 
 
 from __future__ import annotations
 
-import os
 import signal
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -25,13 +24,13 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ..core import RunConfig, UsageError, WwtsError, configure_libraries, describe, prepare_environment
-from .console import DataConsole, log_to, shown, styled
+from ..core import RunConfig, UsageError, WwtsError, configure_libraries
+from .console import DataConsole, shown, styled
 from .options import (Backend, BackendOpt, BatchOpt, ClassifyDeviceOpt, ClassifyModelOpt, DType, DTypeOpt, HiddenOpt, InputsArg, MaxPixelsOpt,
                       OutOpt, OverwriteOpt, QuietOpt, RecursiveOpt, SymlinksOpt, ThreadsOpt, TruncOpt, TrustOpt,
                       WorkersOpt)
 from .progress import RunProgress, loading
-from .run import EXIT_IMAGES_FAILED, EXIT_SIGINT, EXIT_SIGTERM, Interrupts, exit_on_error
+from .run import EXIT_IMAGES_FAILED, EXIT_SIGINT, EXIT_SIGTERM, Interrupts, command_console, exit_on_error
 from .store_options import NoStoreOpt, ParquetOutOpt, QueryArg, SearchPromptOpt, StoreDirOpt, TopOpt
 from .table import _PATH_BREAKS, BreakableCell
 
@@ -84,24 +83,10 @@ def _run(config: RunConfig, quiet: bool, console: Console, each_batch: Callable[
 
 
 def _guarded(body: Callable[[Console], None]) -> None:
-    """Run a command body with the CLI's process set-up and its one-line handling of the
-    unexpected (``WWTS_DEBUG=1`` shows the traceback)."""
-    prepare_environment()
-    console = DataConsole(stderr=True)
-    log_to(console)
-    try:
+    """Run a command body inside ``run.command_console`` (process set-up, one line for the
+    unexpected)."""
+    with command_console() as console:
         body(console)
-    except KeyboardInterrupt:
-        console.print(styled(("interrupted", "yellow")))
-        raise typer.Exit(EXIT_SIGINT)
-    except (typer.Exit, typer.Abort):
-        raise
-    except Exception as exc:
-        if os.environ.get("WWTS_DEBUG"):
-            raise
-        console.print(styled(("unexpected error:", "bold red"), f" {describe(exc, whole=True)} "
-                             "(set WWTS_DEBUG=1 to see the traceback, and please report it)"))
-        raise typer.Exit(1)
 
 
 def _end(outcome: _Outcome, console: Console, images: int, errors: int, saved: Path | None) -> None:

@@ -269,15 +269,27 @@ def load_task(config: RunConfig, device: torch.device, dtype: torch.dtype) -> Ta
         return load_image_classifier(config, name, device, dtype)
     check_architecture(name, model_config)
     check_text_hygiene(config)  # before the weights load: --strict-labels stops here
-    # float32 weights whatever the checkpoint stores (transformers 5 keeps the checkpoint's dtype
-    # by default); bf16/fp16 come from autocast, so norms and softmax stay float32.
+    model, processor = load_dual_encoder(config, name)
+    return ClassifyTask(config, model, processor, device, dtype)
+
+
+def load_dual_encoder(config: RunConfig, name: str) -> tuple[torch.nn.Module, Any]:
+    """``(model, processor)`` of the contrastive dual encoder ``name``, weights in float32 on the
+    CPU whatever the checkpoint stores (transformers 5 keeps the checkpoint's dtype by default;
+    bf16/fp16 come from autocast, so norms and softmax stay float32). The caller has checked the
+    config's architecture (``check_architecture``).
+
+    Raises:
+        ModelLoadError: the model cannot be loaded, or it lacks ``get_image_features`` /
+            ``get_text_features`` / ``logit_scale``.
+    """
     model, processor = models.load(name, trust_remote_code=config.trust_remote_code,
                                    model_kwargs={"dtype": torch.float32})
     missing = [need for need in _DUAL_ENCODER_NEEDS if not hasattr(model, need)]
     if missing:
         raise ModelLoadError(f"model {name!r} ({type(model).__name__}) has no {', '.join(missing)}: "
                              f"{_DUAL_ENCODER_HELP}")
-    return ClassifyTask(config, model, processor, device, dtype)
+    return model, processor
 
 
 def check_architecture(name: str, model_config: Any) -> None:

@@ -19,11 +19,10 @@ import torch
 
 from .. import models
 from ..config import RunConfig
-from ..errors import ModelLoadError
 from ..output import EmbeddingRecord, ImageRecord, SearchResult
 from ..store import NullStore, StoreOpener
 from .base import Task
-from .classify import _DUAL_ENCODER_HELP, _DUAL_ENCODER_NEEDS, ClassifyTask, check_architecture
+from .classify import ClassifyTask, check_architecture, load_dual_encoder
 from .stored import store_parts
 
 
@@ -123,11 +122,6 @@ def load_task(config: RunConfig, device: torch.device, dtype: torch.dtype) -> Cl
     """
     name = models.model_for("classify", config.lang, config.model)
     check_architecture(name, models.load_config(name, trust_remote_code=config.trust_remote_code))
-    model, processor = models.load(name, trust_remote_code=config.trust_remote_code,
-                                   model_kwargs={"dtype": torch.float32})
-    missing = [need for need in _DUAL_ENCODER_NEEDS if not hasattr(model, need)]
-    if missing:
-        raise ModelLoadError(f"model {name!r} ({type(model).__name__}) has no {', '.join(missing)}: "
-                             f"{_DUAL_ENCODER_HELP}")
+    model, processor = load_dual_encoder(config, name)
     cls = SearchTask if config.retrieval == "search" else EmbedTask
     return cls(config, model, processor, device, dtype)
