@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 import warnings
 from typing import TYPE_CHECKING
 
@@ -42,16 +43,34 @@ def configure_libraries(config: RunConfig) -> None:
     - With ``config.max_pixels``, Pillow's ``Image.MAX_IMAGE_PIXELS`` is set to it: Pillow refuses
       images over twice its limit before wwts' own header check would run.
 
-    Imports transformers (and so torch): call it after ``prepare_environment()``.
+    transformers is not imported here (a run on a saved OpenVINO / ONNX Runtime conversion never
+    imports it): its switches are set by ``quiet_transformers``, which ``core.models`` calls when it
+    loads a model. Call after ``prepare_environment()``.
     """
+    global _QUIET_TRANSFORMERS
     warnings.filterwarnings("ignore", module="PIL")
+    _QUIET_TRANSFORMERS = True
+    if "transformers" in sys.modules:
+        quiet_transformers()
+    if config.max_pixels:
+        from PIL import Image
+
+        Image.MAX_IMAGE_PIXELS = config.max_pixels
+
+
+#: Set by ``configure_libraries``: transformers' logging is turned down when it is imported.
+_QUIET_TRANSFORMERS = False
+
+
+def quiet_transformers() -> None:
+    """After ``configure_libraries``: transformers and huggingface_hub log errors only, and
+    transformers draws no "Loading weights" bars. Imports transformers; idempotent; does nothing
+    in a process that never called ``configure_libraries`` (a library user keeps their settings)."""
+    if not _QUIET_TRANSFORMERS:
+        return
     import huggingface_hub
     import transformers
 
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     huggingface_hub.utils.logging.set_verbosity_error()
-    if config.max_pixels:
-        from PIL import Image
-
-        Image.MAX_IMAGE_PIXELS = config.max_pixels

@@ -23,6 +23,7 @@ from wwts.core import DeviceError, UsageError, engine
 from wwts.core.backends import TorchImageEncoder, auto_backend, is_x86, resolve_openvino_device
 from wwts.core.backends import cache, onnxruntime as ort_backend, openvino as ov_backend  # conversion counters
 from wwts.core.config import RunConfig
+from wwts.core.tasks import CompiledClassifyTask
 
 pytest.importorskip("openvino")
 pytest.importorskip("onnxruntime")
@@ -68,12 +69,13 @@ def test_backend_scores_equal_torch_float32_and_second_run_converts_nothing(back
     assert info["backend"] == backend and info["dtype"] == "float32" and "first_batch_s" in info
     pixels = torch.rand(3, 3, 30, 30)
     task = run.task
-    cos = torch.nn.functional.cosine_similarity(task.image_encoder.encode(pixels),
+    cos = torch.nn.functional.cosine_similarity(torch.from_numpy(task.image_encoder.encode(pixels)),
                                                 TorchImageEncoder(task.model, torch.device("cpu"),
                                                                         torch.float32).encode(pixels))
     assert cos.min().item() >= 0.9999
-    _, again = _records(tiny_clip, sample_images, backend)
+    second, again = _records(tiny_clip, sample_images, backend)
     assert _conversions() - before == 2  # the second run loads the saved conversion
+    assert isinstance(second.task, CompiledClassifyTask)  # ... from its bundle, without the torch model
     _assert_close(ref, again)
 
 

@@ -57,7 +57,7 @@ def test_prompt_template_is_applied(tiny_clip, sample_images):
     assert run.task.prompts == ["猫", "狗"]
     run = engine.start(_config(sample_images / "coffee.jpg", tiny_clip))
     assert run.task.prompts[0] == "一张人的照片。"
-    assert torch.allclose(run.task.text_features.norm(dim=-1), torch.ones(4), atol=1e-5)
+    assert torch.allclose(torch.from_numpy(run.task.text_features).norm(dim=-1), torch.ones(4), atol=1e-5)
 
 
 def _probs(records):

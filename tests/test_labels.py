@@ -92,13 +92,34 @@ def test_label_option_errors_exit_2(tiny_clip, sample_images, tmp_path, args, me
 # -- prompt ensembles ----------------------------------------------------------------------------
 
 def test_ensemble_of_one_template_is_the_template_itself_and_means_are_renormalised():
+    import numpy as np
     import torch
 
     feats = torch.nn.functional.normalize(torch.randn(6, 8), dim=-1)
-    assert torch.equal(lb.ensemble(feats[:3], torch.arange(3), 3), feats[:3])
-    out = lb.ensemble(feats, torch.tensor([0, 0, 1, 1, 1, 2]), 3)
-    expected = torch.nn.functional.normalize(feats[2:5].mean(0), dim=0)
-    assert torch.allclose(out[1], expected, atol=1e-6) and torch.allclose(out.norm(dim=-1), torch.ones(3))
+    # torch tensors (the torch backend) and NumPy arrays (OpenVINO, ONNX Runtime) give the same
+    for given in (feats, feats.numpy()):
+        assert np.array_equal(lb.ensemble(given[:3], np.arange(3), 3), feats[:3].numpy())
+        out = lb.ensemble(given, np.array([0, 0, 1, 1, 1, 2]), 3)
+        expected = torch.nn.functional.normalize(feats[2:5].mean(0), dim=0).numpy()
+        assert out.dtype == np.float32 and np.allclose(out[1], expected, atol=1e-6)
+        assert np.allclose(np.linalg.norm(out, axis=-1), 1.0, atol=1e-6)
+
+
+def test_label_scores_softmax_and_multi_label_sigmoids():
+    import numpy as np
+    import torch
+
+    logits = np.array([[30.0, 10.0, 20.0, 25.0], [1000.0, 990.0, 0.0, 995.0]], dtype=np.float32)
+    single = lb.label_scores(logits, 3, multi_label=False)  # the neutral column is ignored
+    assert np.allclose(single, torch.softmax(torch.from_numpy(logits[:, :3]), -1).numpy(), atol=1e-7)
+    assert np.isfinite(single).all() and np.allclose(single.sum(-1), 1.0)  # large logits do not overflow
+    clip = lb.label_scores(logits, 3, multi_label=True)  # CLIP-style: against the neutral prompt
+    assert np.allclose(clip, torch.sigmoid(torch.from_numpy(logits[:, :3] - logits[:, 3:])).numpy(), atol=1e-7)
+    siglip = lb.label_scores(logits[:, :3] / 100, 3, multi_label=True, logit_bias=-0.2)
+    assert np.allclose(siglip, torch.sigmoid(torch.from_numpy(logits[:, :3] / 100 - 0.2)).numpy(), atol=1e-7)
+    decisions = lb.decide(np.array([[0.2, 0.5, 0.5, 0.1]]), 2, threshold=0.15)
+    assert decisions[0].top_k == [(1, 0.5), (2, 0.5)]  # equal scores keep the labels' order
+    assert [i for i, _ in decisions[0].passed] == [1, 2, 0]
 
 
 def test_one_template_ensemble_scores_exactly_like_the_single_template(tiny_clip, sample_images, tmp_path):

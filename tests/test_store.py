@@ -204,7 +204,7 @@ def test_sqlite_store_round_trip_and_path_index(tmp_path):
                "nan": torch.tensor([float("nan"), 0.0])})
     again, found = store.lookup(photo)
     assert isinstance(found, StoredImage) and (found.width, found.height, found.note) == (40, 30, "a note")
-    assert torch.equal(found.vector, torch.tensor([0.6, 0.8]))
+    assert found.vector.tolist() == torch.tensor([0.6, 0.8]).tolist()  # float32, as stored
     assert set(store.get([key, "nan", TextKey("一张猫的照片。", "猫", "{}")])) == {key, TextKey("一张猫的照片。", "猫", "{}")}
     store.close()
     with sqlite3.connect(tmp_path / "s.sqlite") as conn:

@@ -10,22 +10,30 @@
 - ``cache``: the conversion cache in the user cache folder (keyed, verified, listed, cleared).
 - ``facts``: what ``wwts doctor`` shows about them (``backend_facts``).
 - ``build``: ``plan_backend`` (before the model loads) and ``build_encoders`` (after).
+- ``bundle``: what a later run needs to use the conversions without torch or transformers
+  (``write_bundle`` / ``load_bundle`` / ``bundle_encoders``).
 
 The runtime modules import OpenVINO / ONNX Runtime only when used: importing this package needs
 neither.
 """
 
-from .base import ImageEncoder, TextEncoder, l2_normalize
-from .build import build_encoders, model_identity, plan_backend
+from ..lazy import lazy_exports
+from .base import ImageEncoder, TextEncoder, l2_normalize, normalized
+from .build import build_encoders, identity_of, model_identity, plan_backend
+from .bundle import bundle_encoders, bundle_path, load_bundle, write_bundle
 from .cache import Conversion, cache_root, clear_conversions, list_conversions
 from .facts import backend_facts
 from .devices import onnxruntime_providers, openvino_device_names, openvino_devices, resolve_openvino_device
 from .select import BACKENDS, INSTALL, BackendChoice, auto_backend, installed, is_x86
-from .torch import TorchImageEncoder, TorchTextEncoder, as_features
 
 __all__ = [
-    "ImageEncoder", "TextEncoder", "l2_normalize", "TorchImageEncoder", "TorchTextEncoder", "as_features",
+    "ImageEncoder", "TextEncoder", "l2_normalize", "normalized", "identity_of", "bundle_encoders", "bundle_path",
+    "load_bundle", "write_bundle", "TorchImageEncoder", "TorchTextEncoder", "as_features",
     "backend_facts", "build_encoders", "model_identity", "plan_backend", "Conversion", "cache_root", "clear_conversions",
     "list_conversions", "onnxruntime_providers", "openvino_device_names", "openvino_devices",
     "resolve_openvino_device", "BACKENDS", "INSTALL", "BackendChoice", "auto_backend", "installed", "is_x86",
 ]
+
+# the torch encoders load torch with them (core/lazy.py): a run on a saved conversion never asks
+__getattr__ = lazy_exports(__name__, {"TorchImageEncoder": "torch", "TorchTextEncoder": "torch",
+                                      "as_features": "torch"})

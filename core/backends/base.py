@@ -8,9 +8,12 @@ so every backend gives the same records for the same embeddings.
 
 from __future__ import annotations
 
-from typing import Mapping, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Mapping, Protocol, runtime_checkable
 
-import torch
+import numpy as np
+
+if TYPE_CHECKING:  # the OpenVINO / ONNX Runtime encoders work without torch
+    import torch
 
 
 @runtime_checkable
@@ -50,6 +53,28 @@ class TextEncoder(Protocol):
 
 def l2_normalize(features: torch.Tensor) -> torch.Tensor:
     """``features (N, D)`` as float32 rows of L2 norm 1 (computed outside autocast, in float32)."""
+    import torch
+
     with torch.autocast(device_type=features.device.type, enabled=False):
         features = features.float()
         return features / features.norm(dim=-1, keepdim=True)
+
+
+def normalized(features: Any) -> np.ndarray:
+    """``features (N, D)`` (a runtime's output) as a float32 NumPy array whose rows have L2 norm 1
+    (norms computed in float64, so a bf16 runtime's output is normalised without loss). A zero row
+    stays zero-divided (NaN): the task turns it into a ``nonfinite`` error record."""
+    x = np.asarray(features, dtype=np.float32)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (x / np.linalg.norm(x.astype(np.float64), axis=-1, keepdims=True)).astype(np.float32)
+
+
+def numpy_tokens(tokens: Mapping[str, Any], names: list[str]) -> dict[str, np.ndarray]:
+    """The token arrays ``names`` of a tokenizer output (NumPy arrays or torch tensors) as int64
+    NumPy arrays (what OpenVINO and ONNX Runtime take)."""
+    out = {}
+    for name in names:
+        value = tokens[name]
+        value = value.cpu().numpy() if hasattr(value, "cpu") else np.asarray(value)
+        out[name] = value.astype(np.int64, copy=False)
+    return out

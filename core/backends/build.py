@@ -9,15 +9,15 @@ import logging
 import os
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
-
-import torch
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from ..errors import ModelLoadError, UsageError, WwtsError, describe
 from . import cache, devices
 from .base import ImageEncoder, TextEncoder
 from .select import BACKENDS, NAMES, BackendChoice, auto_backend, check_request
-from .torch import TorchImageEncoder, TorchTextEncoder
+
+if TYPE_CHECKING:  # plan_backend runs without torch (a torch-free OpenVINO / ONNX Runtime run)
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +85,15 @@ def model_identity(model: torch.nn.Module) -> dict[str, Any]:
     (``name_or_path``) with its files' fingerprint (``cache.model_fingerprint``) and the model
     class; for a model not loaded from a folder, the SHA-256 of its state dict instead."""
     folder = getattr(model, "name_or_path", None) or getattr(getattr(model, "config", None), "_name_or_path", None)
-    identity: dict[str, Any] = {"model": str(folder or type(model).__name__), "class": type(model).__name__,
+    return identity_of(str(folder) if folder else None, type(model).__name__, model)
+
+
+def identity_of(folder: str | None, class_name: str, model: Any = None) -> dict[str, Any]:
+    """``model_identity`` from its parts: the folder (or hub id) the model was loaded from and its
+    class name; ``model`` (a torch module) is hashed only when there is no folder to fingerprint."""
+    identity: dict[str, Any] = {"model": str(folder or class_name), "class": class_name,
                                 **cache.model_fingerprint(folder)}
-    if identity["folder"] is None:
+    if identity["folder"] is None and model is not None:
         digest = hashlib.sha256()
         for name, tensor in sorted(model.state_dict().items()):
             digest.update(name.encode())
@@ -115,6 +121,10 @@ def build_encoders(model: torch.nn.Module, device: torch.device, dtype: torch.dt
             ``--backend torch``).
     """
     if choice is None or choice.name == "torch":
+        import torch
+
+        from .torch import TorchImageEncoder, TorchTextEncoder
+
         return TorchImageEncoder(model, device, dtype), TorchTextEncoder(model, device, torch.float32)
     if tokens is None:
         raise ValueError("the label tokens are needed to convert the text tower")

@@ -3,8 +3,8 @@ every load, rebuilt (never served) when corrupt or stale.
 
 Layout: ``platformdirs.user_cache_dir("wwts")/conversions/<backend>/<model>-<tower>-<key>/``
 (``$XDG_CACHE_HOME/wwts/...`` on Linux), one folder per conversion holding the backend's files and
-``manifest.json`` (what the key was made of, each file's size and SHA-256, the seconds the
-conversion took). The key is a SHA-256 of the model's identity (its folder, the name, size and
+``manifest.json`` (what the key was made of, each file's size, modification time and SHA-256, the
+seconds the conversion took). The key is a SHA-256 of the model's identity (its folder, the name, size and
 modification time of every config and weight file, which is the revision for a hub snapshot: its
 files are links to blobs named by their content hash), the tower, the backend and its version, the
 precision and the input size. A changed model therefore gets a new key and the old conversion is
@@ -12,8 +12,9 @@ never served.
 
 A folder is written under a temporary name and renamed into place (``os.replace``): a crash
 mid-conversion leaves no half-written entry under a real name. ``load_entry`` checks the
-manifest and every file's size and hash before the backend sees them; a mismatch removes the
-folder and the caller converts again.
+manifest and every file's size before the backend sees them, and the SHA-256 of every file whose
+modification time is not the one recorded (so an untouched conversion is not re-read on every
+run, and any rewrite is); a mismatch removes the folder and the caller converts again.
 """
 
 from __future__ import annotations
@@ -88,7 +89,8 @@ def _sha256(path: Path) -> str:
 
 
 def _files(folder: Path) -> dict[str, dict[str, Any]]:
-    return {p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)}
+    return {p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns,
+                                               "sha256": _sha256(p)}
             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST}
 
 
@@ -117,13 +119,32 @@ def _problem(folder: Path, fields: dict[str, Any]) -> str | None:
         return "incomplete (no readable manifest)"
     if json.loads(json.dumps(fields, default=str)) != manifest.get("fields"):
         return "stale (made for another model, backend version or setting)"
+    checked = False
     for name, want in (manifest.get("files") or {}).items():
         path = folder / name
         if not path.is_file() or path.stat().st_size != want.get("size"):
             return f"corrupt ({name} is missing or truncated)"
+        # a file not written since it was checksummed (same size and mtime) is not read again: a
+        # 400 MB text tower costs ~0.5 s of SHA-256 per run otherwise; any write changes the mtime
+        if path.stat().st_mtime_ns == want.get("mtime_ns"):
+            continue
         if _sha256(path) != want.get("sha256"):
             return f"corrupt ({name} does not match its checksum)"
+        want["mtime_ns"], checked = path.stat().st_mtime_ns, True
+    if checked:  # the checksums held: remember the files' times, so the next run skips them
+        _rewrite_manifest(folder, manifest)
     return None if manifest.get("files") else "empty"
+
+
+def _rewrite_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    """Replace ``folder``'s manifest atomically (best effort: a read-only cache keeps the old one)."""
+    tmp = folder / f".{MANIFEST}.{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.write_text(json.dumps(manifest, indent=1, ensure_ascii=False), encoding="utf-8")
+        os.replace(tmp, folder / MANIFEST)
+    except OSError as exc:
+        log.debug("could not update %s: %s", folder / MANIFEST, exc)
+        tmp.unlink(missing_ok=True)
 
 
 def build_entry(folder: Path, fields: dict[str, Any], write: Callable[[Path], dict[str, Any] | None]) -> dict[str, Any]:
@@ -208,8 +229,8 @@ def list_conversions() -> list[Conversion]:
 
 
 def clear_conversions(backend: str | None = None) -> tuple[int, int]:
-    """Delete saved conversions (of ``backend`` only, when given) and OpenVINO's compiled-blob
-    cache with them. Returns ``(folders removed, bytes freed)``."""
+    """Delete saved conversions (of ``backend`` only, when given), OpenVINO's compiled-blob cache
+    and the bundles with them. Returns ``(folders removed, bytes freed)``."""
     count = freed = 0
     for conv in list_conversions():
         if backend is None or conv.backend == backend:
@@ -219,6 +240,10 @@ def clear_conversions(backend: str | None = None) -> tuple[int, int]:
     if backend in (None, "openvino") and blobs.is_dir():
         freed += sum(p.stat().st_size for p in blobs.rglob("*") if p.is_file())
         shutil.rmtree(blobs, ignore_errors=True)
+    # the bundles naming them (backends/bundle.py): small JSON files, of no use without the conversions
+    for bundle in (cache_root() / "bundles").glob(f"*-{backend or '*'}-*.json"):
+        freed += bundle.stat().st_size
+        bundle.unlink(missing_ok=True)
     return count, freed
 
 

@@ -19,15 +19,18 @@ import logging
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
-import torch
 
 from ..errors import UsageError
 from . import cache
-from .base import l2_normalize
-from .towers import ImageTower, TextTower, example_image, example_tokens, numpy_tokens, text_names, tower_parameters
+from ..arrays import as_numpy
+from ..hardware import HOST_CPU
+from .base import normalized, numpy_tokens
+
+if TYPE_CHECKING:  # torch is needed to export, never to run a saved conversion
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,8 @@ def version() -> str:
 def _export(module: torch.nn.Module, example: dict[str, torch.Tensor], path: Path) -> None:
     """``torch.onnx.export`` of ``module`` on keyword inputs ``example``, every axis dynamic,
     weights inside ``path`` (the exporter's progress lines and warnings are kept off the console)."""
+    import torch
+
     dims = {name: {i: torch.export.Dim.AUTO for i in range(t.dim() if name != "pixel_values" else 1)}
             for name, t in example.items()}
     quiet = io.StringIO()
@@ -71,6 +76,8 @@ def saved_model(model: torch.nn.Module, tower: str, fields: dict[str, Any], exam
     folder = cache.entry_dir("onnxruntime", fields)
     manifest = cache.load_entry(folder, fields)
     if manifest is None:
+        from .towers import ImageTower, TextTower, tower_parameters
+
         params = tower_parameters(model, tower)
         estimate = cache.estimate_seconds("onnxruntime", fields["precision"], params)
         about = f"about {estimate:.0f} s" if estimate is not None else "this takes a while for a full-size model"
@@ -120,20 +127,31 @@ class OnnxImageEncoder:
 
     backend = "onnxruntime"
 
-    def __init__(self, sess: Any, manifest: dict, int8: bool) -> None:
-        self.session = sess
-        self.target = ",".join(sess.get_providers())
+    def __init__(self, sess: Any, manifest: dict, int8: bool, *, factory: Callable[[], Any] | None = None) -> None:
+        """``sess``, or ``None`` with a ``factory`` that opens it on the first ``encode`` (a run whose
+        images all come from the embedding store never opens it)."""
+        self._session, self._factory = sess, factory
+        self.target = ",".join(sess.get_providers()) if sess is not None else "deferred"
         self.precision = "float32"
         self.int8 = int8
         self.manifest = manifest
-        self.device = torch.device("cpu")
-        self.dtype = torch.float32
+        self.device = HOST_CPU
+        self.dtype = "float32"
 
-    def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """``pixel_values (B, 3, H, W)`` → ``(B, D)`` float32 embeddings of L2 norm 1."""
-        x = pixel_values.detach().to("cpu", torch.float32).numpy()
+    @property
+    def session(self) -> Any:
+        """The ``InferenceSession`` (opened now if it was deferred)."""
+        if self._session is None:
+            self._session = self._factory()
+            self.target = ",".join(self._session.get_providers())
+        return self._session
+
+    def encode(self, pixel_values: Any) -> np.ndarray:
+        """``pixel_values (B, 3, H, W)`` float32 (NumPy, or a CPU torch tensor) → ``(B, D)``
+        float32 NumPy embeddings of L2 norm 1."""
+        x = np.ascontiguousarray(as_numpy(pixel_values), dtype=np.float32)
         out = self.session.run(None, {"pixel_values": x})[0]
-        return l2_normalize(torch.from_numpy(np.asarray(out, dtype=np.float32)))
+        return normalized(out)
 
 
 class OnnxTextEncoder:
@@ -142,16 +160,37 @@ class OnnxTextEncoder:
 
     backend = "onnxruntime"
 
-    def __init__(self, sess: Any, names: list[str]) -> None:
-        self.session = sess
+    def __init__(self, sess: Any, names: list[str], manifest: dict | None = None, *,
+                 factory: Callable[[], Any] | None = None) -> None:
+        """``sess``, or ``None`` with a ``factory`` that opens it on the first ``encode``."""
+        self._session, self._factory = sess, factory
         self.names = names
-        self.device = torch.device("cpu")
-        self.dtype = torch.float32
+        self.manifest = manifest or {}
+        self.device = HOST_CPU
+        self.dtype = "float32"
 
-    def encode(self, tokens: Mapping[str, Any]) -> torch.Tensor:
-        """Tokenizer output → ``(L, D)`` float32 embeddings of L2 norm 1."""
+    @property
+    def session(self) -> Any:
+        """The ``InferenceSession`` (opened now if it was deferred)."""
+        if self._session is None:
+            self._session = self._factory()
+        return self._session
+
+    def encode(self, tokens: Mapping[str, Any]) -> np.ndarray:
+        """Tokenizer output (NumPy or torch) → ``(L, D)`` float32 NumPy embeddings of L2 norm 1."""
         out = self.session.run(None, numpy_tokens(tokens, self.names))[0]
-        return l2_normalize(torch.from_numpy(np.asarray(out, dtype=np.float32)))
+        return normalized(out)
+
+
+def check_dtype(dtype: str) -> None:
+    """ONNX Runtime runs float32 (or ``--quantize int8``).
+
+    Raises:
+        UsageError: ``dtype`` is ``bfloat16`` or ``float16``.
+    """
+    if dtype not in ("auto", "float32"):
+        raise UsageError(f"--dtype {dtype}: the ONNX Runtime backend runs float32 (or --quantize int8); "
+                         "use --backend openvino or torch for bfloat16 / float16")
 
 
 def build(model: torch.nn.Module, *, base_fields: dict[str, Any], providers: tuple[tuple[str, dict], ...],
@@ -162,10 +201,11 @@ def build(model: torch.nn.Module, *, base_fields: dict[str, Any], providers: tup
     Raises:
         UsageError: ``dtype`` is ``bfloat16`` or ``float16``.
     """
-    if dtype not in ("auto", "float32"):
-        raise UsageError(f"--dtype {dtype}: the ONNX Runtime backend runs float32 (or --quantize int8); "
-                         "use --backend openvino or torch for bfloat16 / float16")
+    check_dtype(dtype)
     import onnxruntime  # noqa: F401 - fail here, before exporting, if it is missing
+    import torch
+
+    from .towers import example_image, example_tokens, text_names
 
     fields = {**base_fields, "backend": "onnxruntime", "version": version(), "opset": OPSET,
               "torch": torch.__version__, "input_size": input_size}
@@ -174,6 +214,6 @@ def build(model: torch.nn.Module, *, base_fields: dict[str, Any], providers: tup
     image = OnnxImageEncoder(session(path, providers, threads), manifest, int8)
     names = text_names(tokens)
     example = example_tokens(tokens, names)
-    text_path, _ = saved_model(model, "text", {**fields, "tower": "text", "precision": "float", "inputs": names},
-                               example)
-    return image, OnnxTextEncoder(session(text_path, providers, threads), names)
+    text_path, text_manifest = saved_model(model, "text", {**fields, "tower": "text", "precision": "float",
+                                                           "inputs": names}, example)
+    return image, OnnxTextEncoder(session(text_path, providers, threads), names, text_manifest)

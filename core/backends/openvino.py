@@ -20,14 +20,17 @@ import logging
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 import numpy as np
-import torch
 
+from ..arrays import as_numpy
+from ..hardware import HOST_CPU
 from . import cache
-from .base import l2_normalize
-from .towers import ImageTower, TextTower, example_image, example_tokens, numpy_tokens, text_names, tower_parameters
+from .base import normalized, numpy_tokens
+
+if TYPE_CHECKING:  # torch is needed to convert, never to run a saved conversion
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,8 @@ def version() -> str:
 def _announce(model: torch.nn.Module, tower: str, precision: str, what: str) -> None:
     """Say, before a conversion, what it is and about how long it takes (from this machine's
     earlier conversions when there are some)."""
+    from .towers import tower_parameters
+
     estimate = cache.estimate_seconds("openvino", precision, tower_parameters(model, tower))
     about = f"about {estimate:.0f} s" if estimate is not None else "this takes a while for a full-size model"
     log.warning("%s the %s tower for OpenVINO (first run only, %s; saved in %s)", what, tower, about,
@@ -76,6 +81,9 @@ def saved_model(model: torch.nn.Module, tower: str, fields: dict[str, Any], exam
 
         def write(tmp: Path) -> dict:
             import openvino as ov
+            import torch
+
+            from .towers import ImageTower, TextTower, tower_parameters
 
             t0 = time.perf_counter()
             wrapper = ImageTower(model) if tower == "image" else TextTower(model)
@@ -145,20 +153,33 @@ class OpenVINOImageEncoder:
 
     backend = "openvino"
 
-    def __init__(self, compiled: Any, target: str, manifest: dict) -> None:
-        self.compiled = compiled
-        self.request = compiled.create_infer_request()
+    def __init__(self, compiled: Any, target: str, manifest: dict, *,
+                 factory: Callable[[], Any] | None = None, precision: str | None = None) -> None:
+        """``compiled``: the compiled model; or ``None`` with ``factory`` (compiles it on the first
+        ``encode``: a run whose images all come from the embedding store never compiles the
+        tower) and the ``precision`` that compile gives (an explicit hint's)."""
+        self._compiled, self._factory, self.request = compiled, factory, None
         self.target = target
-        self.precision = inference_dtype(compiled)
+        self.precision = precision or inference_dtype(compiled)
         self.manifest = manifest
-        self.device = torch.device("cpu")
-        self.dtype = torch.float32
+        self.device = HOST_CPU
+        self.dtype = "float32"
 
-    def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """``pixel_values (B, 3, H, W)`` → ``(B, D)`` float32 embeddings of L2 norm 1."""
-        x = pixel_values.detach().to("cpu", torch.float32).numpy()
+    @property
+    def compiled(self) -> Any:
+        """The compiled model (compiled now if it was deferred)."""
+        if self._compiled is None:
+            self._compiled = self._factory()
+        return self._compiled
+
+    def encode(self, pixel_values: Any) -> np.ndarray:
+        """``pixel_values (B, 3, H, W)`` float32 (NumPy, or a CPU torch tensor) → ``(B, D)``
+        float32 NumPy embeddings of L2 norm 1."""
+        if self.request is None:
+            self.request = self.compiled.create_infer_request()
+        x = np.ascontiguousarray(as_numpy(pixel_values), dtype=np.float32)
         out = self.request.infer({0: x})[self.compiled.output(0)]
-        return l2_normalize(torch.from_numpy(np.array(out, dtype=np.float32)))
+        return normalized(out)
 
 
 class OpenVINOTextEncoder:
@@ -167,16 +188,28 @@ class OpenVINOTextEncoder:
 
     backend = "openvino"
 
-    def __init__(self, compiled: Any, names: list[str]) -> None:
-        self.compiled = compiled
+    def __init__(self, compiled: Any, names: list[str], manifest: dict | None = None, *,
+                 factory: Callable[[], Any] | None = None) -> None:
+        """``compiled``, or ``None`` with a ``factory`` that compiles it on the first ``encode`` (a
+        run whose label features are all in the store never compiles the text tower)."""
+        self._compiled, self._factory = compiled, factory
         self.names = names
-        self.device = torch.device("cpu")
-        self.dtype = torch.float32
+        self.manifest = manifest or {}
+        self.device = HOST_CPU
+        self.dtype = "float32"
 
-    def encode(self, tokens: Mapping[str, Any]) -> torch.Tensor:
-        """Tokenizer output → ``(L, D)`` float32 embeddings of L2 norm 1."""
+    @property
+    def compiled(self) -> Any:
+        """The compiled model (compiled now if it was deferred)."""
+        if self._compiled is None:
+            self._compiled = self._factory()
+        return self._compiled
+
+    def encode(self, tokens: Mapping[str, Any]) -> np.ndarray:
+        """Tokenizer output (``input_ids (L, T)``...: NumPy or torch) → ``(L, D)`` float32 NumPy
+        embeddings of L2 norm 1."""
         out = self.compiled(numpy_tokens(tokens, self.names))[self.compiled.output(0)]
-        return l2_normalize(torch.from_numpy(np.array(out, dtype=np.float32)))
+        return normalized(out)
 
 
 def build(model: torch.nn.Module, *, base_fields: dict[str, Any], device: str, dtype: str, int8: bool,
@@ -194,6 +227,8 @@ def build(model: torch.nn.Module, *, base_fields: dict[str, Any], device: str, d
         input_size: the image side in pixels (part of the cache key; 224 when unknown).
         tokens: the label prompts' tokenizer output (the text tower's example input).
     """
+    from .towers import example_image, example_tokens, text_names
+
     fields = {**base_fields, "backend": "openvino", "version": version(), "input_size": input_size}
     image_fields = {**fields, "tower": "image", "precision": "int8" if int8 else "float"}
     if int8:
@@ -202,21 +237,45 @@ def build(model: torch.nn.Module, *, base_fields: dict[str, Any], device: str, d
         image_fields.update(nncf=nncf.__version__, calibration_max=CALIBRATION_IMAGES)
     path, manifest = saved_model(model, "image", image_fields, {"pixel_values": example_image(input_size)},
                                  calibration if int8 else None)
-    image = OpenVINOImageEncoder(_checked_compile(path, device, _image_hint(dtype, device), threads, input_size),
-                                 device, manifest)
+    image = compiled_image_encoder(path, device, dtype, threads, input_size, manifest)
     names = text_names(tokens)
     example = example_tokens(tokens, names)
     text_fields = {**fields, "tower": "text", "precision": "float", "inputs": names}
-    text_path, _ = saved_model(model, "text", text_fields, example)
-    text = OpenVINOTextEncoder(compile_model(text_path, device, "f32" if device == "CPU" else None, threads), names)
-    return image, text
+    text_path, text_manifest = saved_model(model, "text", text_fields, example)
+    return image, compiled_text_encoder(text_path, device, threads, names, text_manifest)
+
+
+def compiled_image_encoder(path: Path, device: str, dtype: str, threads: int | None, input_size: int | None,
+                           manifest: dict, *, lazy: bool = False) -> OpenVINOImageEncoder:
+    """The image encoder of a saved conversion (``model.xml`` at ``path``), compiled for ``device``
+    at the precision ``dtype`` asks for (``_image_hint``) and, below f32, checked on a test batch.
+    ``lazy``: with an f32 hint, compiled on the first ``encode`` instead (its precision is known
+    without compiling)."""
+    hint = _image_hint(dtype, device)
+    if lazy and hint == "f32":
+        return OpenVINOImageEncoder(None, device, manifest, precision=DTYPE_NAMES[hint],
+                                    factory=lambda: compile_model(path, device, hint, threads))
+    return OpenVINOImageEncoder(_checked_compile(path, device, hint, threads, input_size), device, manifest)
+
+
+def compiled_text_encoder(path: Path, device: str, threads: int | None, names: list[str],
+                          manifest: dict, *, lazy: bool = False) -> OpenVINOTextEncoder:
+    """The text encoder of a saved conversion, compiled at f32 on a CPU (labels are encoded once);
+    ``lazy``: on the first ``encode``."""
+    def compile_text() -> Any:
+        return compile_model(path, device, "f32" if device == "CPU" else None, threads)
+
+    return OpenVINOTextEncoder(None, names, manifest, factory=compile_text) if lazy else \
+        OpenVINOTextEncoder(compile_text(), names, manifest)
 
 
 def _image_hint(dtype: str, device: str) -> str | None:
     """The image tower's precision hint: the one ``--dtype`` asks for; with ``auto`` OpenVINO's own
-    default, except f32 on a CPU with AMX, where OpenVINO 2026.4's default bf16 returned NaN
-    embeddings and crashed on a partial batch (a 2-core Sapphire Rapids-class VM, full-size
-    Chinese-CLIP ViT-B/16); ``--dtype bfloat16`` still asks for bf16 there."""
+    default, except f32 on a CPU with AMX. There OpenVINO 2026.4's default bf16 was unusable on a
+    2-core Sapphire Rapids-class VM (full-size Chinese-CLIP ViT-B/16, 92 photos): beside torch it
+    returned NaN embeddings; in a process without torch it crashed (SIGSEGV) on the last, partial
+    batch; and the NNCF int8 model ran at 13 images/s with bf16 against 37 with f32.
+    ``--dtype bfloat16`` still asks for bf16."""
     from .devices import cpu_has_amx
 
     hint = PRECISION_HINTS.get(dtype)
@@ -232,7 +291,9 @@ def _checked_compile(path: Path, device: str, hint: str | None, threads: int | N
     compiled = compile_model(path, device, hint, threads)
     if hint == "f32":
         return compiled
-    out = np.asarray(compiled({0: example_image(input_size).numpy()})[compiled.output(0)], dtype=np.float32)
+    side = int(input_size or 224)
+    test = np.random.default_rng(0).standard_normal((2, 3, side, side), dtype=np.float32)
+    out = np.asarray(compiled({0: test})[compiled.output(0)], dtype=np.float32)
     if np.isfinite(out).all():
         return compiled
     log.warning("OpenVINO's %s inference gave non-finite embeddings on a test image on %s: running the image "
@@ -240,7 +301,7 @@ def _checked_compile(path: Path, device: str, hint: str | None, threads: int | N
     return compile_model(path, device, "f32", threads)
 
 
-def calibration_arrays(paths: Iterable[Path], prepare: Callable[[Any], torch.Tensor],
+def calibration_arrays(paths: Iterable[Path], prepare: Callable[[Any], Any],
                        input_size: int | None) -> list[np.ndarray]:
     """``pixel_values (1, 3, S, S)`` float32 arrays of up to ``CALIBRATION_IMAGES`` of ``paths``,
     decoded as a run decodes them (``input.load_image``) and prepared by the task; unreadable
@@ -253,7 +314,7 @@ def calibration_arrays(paths: Iterable[Path], prepare: Callable[[Any], torch.Ten
             break
         try:
             decoded = load_image(Path(path), draft_size=input_size)
-            out.append(prepare(decoded.image).numpy().astype(np.float32))
+            out.append(np.ascontiguousarray(as_numpy(prepare(decoded.image)), dtype=np.float32))
         except Exception as exc:  # one bad file must not stop the calibration
             log.debug("calibration skips %s: %s", path, exc)
     return out

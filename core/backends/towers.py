@@ -72,16 +72,6 @@ def example_tokens(tokens: Mapping[str, Any], names: list[str]) -> dict[str, tor
     return out
 
 
-def numpy_tokens(tokens: Mapping[str, Any], names: list[str]) -> dict[str, np.ndarray]:
-    """The token tensors ``names`` as int64 numpy arrays (what both runtimes take)."""
-    out = {}
-    for name in names:
-        value = tokens[name]
-        value = value.cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
-        out[name] = value.astype(np.int64, copy=False)
-    return out
-
-
 def parameter_count(module: torch.nn.Module) -> int:
     """Number of weights in ``module`` (for the conversion time estimate)."""
     return sum(p.numel() for p in module.parameters())

@@ -14,9 +14,7 @@ from __future__ import annotations
 import logging
 from dataclasses import fields, replace
 from pathlib import Path
-from typing import Any, Sequence, Union
-
-import torch
+from typing import TYPE_CHECKING, Any, Sequence, Union
 
 from .. import hardware as devices
 from ..errors import ImageError, describe
@@ -25,6 +23,9 @@ from ..output import ImageRecord
 from ..tasks import Task
 from .recovery import Recovery
 from .stored import remember_decoded
+
+if TYPE_CHECKING:  # torch is imported only by runs that use it (core/lazy.py)
+    import torch
 
 log = logging.getLogger("wwts")
 
@@ -50,6 +51,8 @@ def to_device(inputs: dict[str, Any], device: torch.device) -> dict[str, Any]:
     and CPU runs pass through."""
     if device.type == "cpu":
         return inputs
+    import torch
+
     cuda = device.type == "cuda"
     out = {}
     for k, v in inputs.items():
@@ -62,8 +65,8 @@ def to_device(inputs: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 def run_model(task: Task, prepared: Sequence[Any], bases: Sequence[ImageRecord]) -> list[ImageRecord]:
-    """One forward pass: ``collate`` → device → ``forward`` under inference mode and autocast →
-    ``postprocess``. Exceptions propagate.
+    """One forward pass: ``collate`` → device → ``forward`` (under inference mode and autocast for a
+    torch task; a task with ``uses_torch = False`` runs as it is) → ``postprocess``. Exceptions propagate.
 
     ``prepared``: each image's ``Sample`` (its ``inputs`` are collated; when every one has a store
     ``key``, the keys go to ``forward`` as ``inputs["keys"]``), or bare ``prepare`` outputs."""
@@ -73,7 +76,12 @@ def run_model(task: Task, prepared: Sequence[Any], bases: Sequence[ImageRecord])
     if samples and len(samples) == len(prepared) and all(k is not None for k in keys):
         inputs["keys"] = keys
     inputs = to_device(inputs, task.device)
-    with torch.inference_mode(), devices.autocast(task.device, task.dtype):
+    if getattr(task, "uses_torch", True):
+        import torch
+
+        with torch.inference_mode(), devices.autocast(task.device, task.dtype):
+            outputs = task.forward(inputs)
+    else:  # OpenVINO / ONNX Runtime towers, NumPy in and out (tasks.CompiledClassifyTask)
         outputs = task.forward(inputs)
     return task.postprocess(outputs, list(bases))
 

@@ -1,5 +1,9 @@
 """What a run will do: find the images, pick and prove the device, set threads, choose dtype and
 batch size, load the task. ``start(config)`` does this slow set-up once and returns a ``Run``.
+
+A classify run on OpenVINO or ONNX Runtime whose model was converted before is served from the
+saved conversion bundle (``tasks.load_compiled_task``) and never imports torch or transformers;
+every other run loads the model with transformers (and converts it for a backend the first time).
 """
 
 from __future__ import annotations
@@ -7,18 +11,19 @@ from __future__ import annotations
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Callable, ContextManager
-
-import torch
+from typing import TYPE_CHECKING, Any, Callable, ContextManager
 
 from .. import hardware as devices
 from .. import backends, models
 from ..config import RunConfig
 from ..errors import UsageError
 from ..input import IMAGE_EXTENSIONS, discover
-from ..tasks import Task, load_task
+from ..tasks import Task, load_compiled_task, load_task
 from .run import Run, now
 from .stored import attach_store
+
+if TYPE_CHECKING:  # imported by the runs that use it
+    import torch
 
 
 def find_images(config: RunConfig) -> list[Path]:
@@ -42,13 +47,27 @@ def _load(config: RunConfig, device: torch.device, dtype: torch.dtype,
     return task
 
 
+def _load_compiled(config: RunConfig, backend: backends.BackendChoice) -> Task | None:
+    """The torch-free task of a classify run on a saved OpenVINO / ONNX Runtime conversion, set up
+    (towers compiled, labels encoded), or ``None`` (see ``tasks.load_compiled_task``)."""
+    task = load_compiled_task(config, backend)
+    if task is not None:
+        attach_store(task, config)
+        task.to(devices.HOST_CPU, "float32")
+    return task
+
+
 def _choose_backend(config: RunConfig, paths: list[Path], threads: int) -> tuple[backends.BackendChoice,
-                                                                                  devices.DeviceChoice]:
-    """The run's backend and the torch device: proven by ``select_device`` for torch, never asked
-    (the CPU, where the inputs are made) for OpenVINO and ONNX Runtime."""
+                                                                                  devices.DeviceChoice | None]:
+    """The run's backend and, for torch, the proven torch device (``None`` for OpenVINO and ONNX
+    Runtime, which are never asked for a torch device: their inputs are made on the CPU). The
+    ``auto`` rule proves a torch device only where this machine may have an accelerator
+    (``hardware.accelerator_present``); on a CPU-only machine it imports no torch."""
     proven: list[devices.DeviceChoice] = []
 
     def torch_device() -> str:
+        if config.device in ("auto", "cpu") and not devices.accelerator_present():
+            return "cpu"
         proven.append(devices.select_device(config.device))  # logs each candidate whose probe failed
         return proven[-1].device.type
 
@@ -56,7 +75,7 @@ def _choose_backend(config: RunConfig, paths: list[Path], threads: int) -> tuple
                                     int8=config.quantize == "int8", threads=threads, paths=paths,
                                     torch_device=torch_device)
     if backend.name != "torch":
-        return backend, devices.DeviceChoice(torch.device("cpu"), auto=False, reason=backend.reason)
+        return backend, None
     return backend, proven[-1] if proven else devices.select_device(config.device)
 
 
@@ -87,15 +106,22 @@ def start(config: RunConfig, *, paths: list[Path] | None = None,
         if not paths:
             raise UsageError("no images found in " + ", ".join(str(p) for p in config.inputs)
                              + " (extensions: " + " ".join(sorted(e[1:] for e in IMAGE_EXTENSIONS)) + ")")
-    threads = devices.configure_threads(config.threads)  # before dtype: the bf16 check runs on these threads
+    threads, _ = devices.resolve_threads(config.threads)
     backend, choice = _choose_backend(config, paths, threads)
+    if choice is None:  # OpenVINO / ONNX Runtime: their own device names, the CPU makes the inputs
+        choice = devices.DeviceChoice(devices.HOST_CPU, auto=False, reason=backend.reason)
+    else:
+        threads = devices.configure_threads(config.threads)  # before dtype: the bf16 check runs on these
     if config.quantize and choice.device.type != "cpu":
         raise UsageError(f"--quantize {config.quantize} runs on the CPU only; the device here is "
                          f"{choice.device} (use --device cpu, or leave out --quantize)")
     batch_size = config.batch_size or devices.default_batch_size(choice.device, config.task)
-    # int8 Linear layers take float32 activations: no autocast on top of them.
-    dtype = torch.float32 if config.quantize or backend.name != "torch" else \
-        devices.select_dtype(choice.device, config.dtype, batch_size)
+    dtype: Any = "float32"  # OpenVINO / ONNX Runtime: the backend's precision (``plan`` below)
+    if backend.name == "torch":
+        import torch
+
+        # int8 Linear layers take float32 activations: no autocast on top of them.
+        dtype = torch.float32 if config.quantize else devices.select_dtype(choice.device, config.dtype, batch_size)
     workers = devices.decode_workers(threads, config.decode_workers, accelerator=choice.device.type != "cpu")
     plan = {"task": config.retrieval or config.task, "images": len(paths),
             "model": models.model_for(config.task, config.lang, config.model), "device": str(choice.device),
@@ -105,9 +131,25 @@ def start(config: RunConfig, *, paths: list[Path] | None = None,
         plan.update(device=backend.device, dtype=config.dtype)
     with loading(plan) if loading is not None else nullcontext():
         t0 = time.perf_counter()
-        task = _load(config, choice.device, dtype, backend)
+        task = _load_compiled(config, backend) if backend.name != "torch" else None
+        if task is None:
+            task, choice = _load_torch(config, choice, dtype, backend, threads)
         load_s = time.perf_counter() - t0
     run = Run(config, paths, task, choice, threads, workers, batch_size, load_s, started)
     if backend.name != "torch":
         run.stats.device = backend.device
     return run
+
+
+def _load_torch(config: RunConfig, choice: devices.DeviceChoice, dtype: Any, backend: backends.BackendChoice,
+                threads: int) -> tuple[Task, devices.DeviceChoice]:
+    """``_load`` for a run that loads the model with transformers; an OpenVINO / ONNX Runtime run
+    that gets here (no saved bundle yet) takes the torch CPU device and float32, and sets torch's
+    threads, for the model it converts."""
+    if choice.device is devices.HOST_CPU:
+        import torch
+
+        devices.configure_threads(threads)
+        choice = devices.DeviceChoice(torch.device("cpu"), auto=False, reason=choice.reason)
+        dtype = torch.float32
+    return _load(config, choice.device, dtype, backend), choice

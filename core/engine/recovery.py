@@ -13,8 +13,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-import torch
-
 from .. import hardware as devices
 from ..errors import DeviceFault, describe
 from ..tasks import Task
@@ -82,6 +80,8 @@ class Recovery:
 
     def to_cpu(self, why: str) -> None:
         """Move the task to the CPU (dtype chosen for it, batch size at least the CPU default)."""
+        import torch  # only a run on an accelerator gets here
+
         old = self.task.device
         cpu = torch.device("cpu")
         self.batch_size = max(self.batch_size, devices.default_batch_size(cpu, self.task.name))

@@ -14,9 +14,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
-
-import torch
+from typing import TYPE_CHECKING, Any, Iterator
 
 from .. import hardware as devices
 from .. import models
@@ -28,6 +26,9 @@ from ..tasks import Task
 from .batch import process_batch
 from .recovery import Recovery
 from .stored import flush_store, store_lookup, store_path
+
+if TYPE_CHECKING:
+    import torch
 
 
 def now() -> str:

@@ -12,19 +12,25 @@ Modules, by job:
 - ``plan``: the plan (device, dtype, threads, batch) in words.
 """
 
+from ..lazy import lazy_exports
+from .choice import DEFAULT_BATCH_SIZES, HOST_CPU, DeviceChoice, HostCPU, accelerator_present, default_batch_size
 from .cpu import (ACCEL_DECODE_CAP, CPU_DECODE_CAP, CPU_FEATURES, configure_threads, cpu_features, cpu_flags,
                   cpu_has_native_bf16, cpu_has_native_fp16, cpu_model_name, decode_workers, physical_cores,
                   resolve_threads, running_under_rosetta, torch_threads, usable_cpus)
-from .dtype import (BF16_MIN_SPEEDUP, DTYPE_NAMES, autocast, cpu_bf16_calibration, cpu_bf16_speedup, dtype_reason,
-                    select_dtype)
-from .nvidia import (cuda_capability, cuda_device_rows, cuda_free_memory, cuda_native_bf16, driver_gpu_rows,
-                     norm_uuid, nvidia_driver_facts, nvidia_smi_facts, nvml_facts)
-from .plan import describe_plan
-from .select import (DEFAULT_BATCH_SIZES, TORCH_INSTALL_URL, DeviceChoice, available_summary, default_batch_size,
-                     empty_cache, is_oom_error, mps_available, mps_built, probe, select_device, torch_build,
-                     torch_facts, xpu_available, xpu_devices)
+
+# the modules below import torch: loaded with the first of their names a run asks for (core/lazy.py)
+_DTYPE = ("BF16_MIN_SPEEDUP", "DTYPE_NAMES", "autocast", "cpu_bf16_calibration", "cpu_bf16_speedup", "dtype_reason",
+          "select_dtype")
+_NVIDIA = ("cuda_capability", "cuda_device_rows", "cuda_free_memory", "cuda_native_bf16", "driver_gpu_rows",
+           "norm_uuid", "nvidia_driver_facts", "nvidia_smi_facts", "nvml_facts")
+_SELECT = ("TORCH_INSTALL_URL", "available_summary",
+           "empty_cache", "is_oom_error", "mps_available", "mps_built", "probe", "select_device", "torch_build",
+           "torch_facts", "xpu_available", "xpu_devices")
+__getattr__ = lazy_exports(__name__, {**dict.fromkeys(_DTYPE, "dtype"), **dict.fromkeys(_NVIDIA, "nvidia"),
+                                      **dict.fromkeys(_SELECT, "select"), "describe_plan": "plan"})
 
 __all__ = [
+    "DeviceChoice", "HOST_CPU", "HostCPU", "accelerator_present",
     # cpu
     "ACCEL_DECODE_CAP", "CPU_DECODE_CAP", "CPU_FEATURES", "configure_threads", "cpu_features", "cpu_flags",
     "cpu_has_native_bf16", "cpu_has_native_fp16", "cpu_model_name", "decode_workers", "physical_cores",
@@ -33,7 +39,7 @@ __all__ = [
     "cuda_capability", "cuda_device_rows", "cuda_free_memory", "cuda_native_bf16", "driver_gpu_rows", "norm_uuid",
     "nvidia_driver_facts", "nvidia_smi_facts", "nvml_facts",
     # select
-    "DEFAULT_BATCH_SIZES", "TORCH_INSTALL_URL", "DeviceChoice", "available_summary", "default_batch_size",
+    "DEFAULT_BATCH_SIZES", "TORCH_INSTALL_URL", "available_summary", "default_batch_size",
     "empty_cache", "is_oom_error", "mps_available", "mps_built", "probe", "select_device", "torch_build",
     "torch_facts", "xpu_available", "xpu_devices",
     # dtype

@@ -17,7 +17,6 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-import torch
 
 log = logging.getLogger(__name__)
 
@@ -243,6 +242,8 @@ def configure_threads(threads: int | None = None) -> int:
     once per process only, so a later call leaves it as it is. Environment variables are read,
     never written.
     """
+    import torch  # here, not at the top: a run on OpenVINO / ONNX Runtime never loads torch
+
     n, _ = resolve_threads(threads)
     torch.set_num_threads(n)
     with contextlib.suppress(RuntimeError):  # only settable before any inter-op work starts
@@ -254,6 +255,8 @@ def configure_threads(threads: int | None = None) -> int:
 def torch_threads(n: int) -> Iterator[None]:
     """torch's intra-op thread count set to ``n`` for the block, then restored (``wwts doctor``
     measures the bf16 calibration at the thread count a run would use, without keeping it)."""
+    import torch
+
     old = torch.get_num_threads()
     torch.set_num_threads(n)
     try:

@@ -12,7 +12,7 @@ import torch
 
 from . import cpu
 from .dtype import dtype_reason
-from .select import DeviceChoice, default_batch_size
+from .choice import DeviceChoice, default_batch_size
 
 
 def _device_label(device: torch.device) -> str:

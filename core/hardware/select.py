@@ -13,13 +13,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from ..errors import DeviceError, describe
 from . import nvidia
+from .choice import DeviceChoice
 
 log = logging.getLogger(__name__)
 
@@ -152,23 +152,6 @@ def probe(device: torch.device) -> str | None:
         return None
     except Exception as exc:  # any failure means "not usable": driver, arch, OOM...
         return describe(exc)
-
-
-@dataclass
-class DeviceChoice:
-    """The chosen device and how it was chosen.
-
-    Attributes:
-        device: the proven ``torch.device``.
-        auto: True when picked by ``--device auto``.
-        tried: ``(device, reason)`` for each candidate whose probe failed before this one.
-        reason: why this device, in words (``"the CUDA GPU with the most free memory (2 GPUs)"``).
-    """
-
-    device: torch.device
-    auto: bool
-    tried: list[tuple[str, str]] = field(default_factory=list)
-    reason: str = ""
 
 
 def _cuda_candidates(tried: list[tuple[str, str]]) -> list[torch.device]:
@@ -313,19 +296,6 @@ def select_device(requested: str = "auto") -> DeviceChoice:
 
 #: Default mini-batch sizes per device type and task. CPU: a batch of 8 already reaches the matmul
 #: peak for ViT-B/16 at 224 px (DESIGN.md measurements); GPUs take larger batches and back off on OOM.
-DEFAULT_BATCH_SIZES = {
-    ("cpu", "classify"): 8, ("cpu", "caption"): 8,
-    ("cuda", "classify"): 64, ("cuda", "caption"): 32,
-    ("mps", "classify"): 32, ("mps", "caption"): 8,
-    ("xpu", "classify"): 32, ("xpu", "caption"): 16,
-}
-
-
-def default_batch_size(device: torch.device, task: str) -> int:
-    """Mini-batch size for ``task`` on ``device`` when the user gave none."""
-    return DEFAULT_BATCH_SIZES.get((device.type, task), 8)
-
-
 def is_oom_error(exc: BaseException) -> bool:
     """True for out-of-memory errors on CUDA, MPS, XPU or the CPU allocator."""
     oom_types = tuple(t for t in (getattr(torch, "OutOfMemoryError", None),

@@ -2,7 +2,9 @@
 
 Modules: ``discover`` (inputs → image paths, stable order), ``decode`` (path → RGB
 ``DecodedImage`` or ``ImageError``), ``pixels`` (EXIF orientation, any mode → 8-bit RGB, draft
-reduce), ``pool`` (decodes in threads or isolated worker processes ahead of the model).
+reduce), ``pool`` (decodes in threads or isolated worker processes ahead of the model),
+``preprocess`` (RGB image → the image tower's ``pixel_values`` with Pillow + NumPy, equal to
+transformers' CLIP / Chinese-CLIP / SigLIP image processors).
 Nothing in this package imports torch.
 """
 
@@ -17,6 +19,7 @@ from .decode import (
 )
 from .discover import IMAGE_EXTENSIONS, discover, is_hidden, is_image_name
 from .pool import DECODE_RECIPE, ISOLATED_EXTENSIONS, DecodePool, Sample, isolated_decode, needs_isolation
+from .preprocess import ImagePreprocessor, UnsupportedPreprocessor
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -36,4 +39,6 @@ __all__ = [
     "isolated_decode",
     "DecodePool",
     "Sample",
+    "ImagePreprocessor",
+    "UnsupportedPreprocessor",
 ]

@@ -21,9 +21,11 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Sequence
+from typing import Any, Sequence
 
-import torch
+import numpy as np
+
+from ..arrays import as_numpy
 
 #: Cosine of two labels' text features at or above which they are reported as nearly identical.
 #: Chinese-CLIP ViT-B/16 puts close synonyms (轿车 / 小汽车) around 0.93-0.97 and merely related
@@ -101,13 +103,13 @@ def text_issues(labels: Sequence[str]) -> list[LabelIssue]:
     return issues
 
 
-def feature_issues(labels: Sequence[str], features: torch.Tensor, *,
+def feature_issues(labels: Sequence[str], features: Any, *,
                    threshold: float = SIMILAR_COSINE, skip: set[frozenset[str]] = frozenset()) -> list[LabelIssue]:
     """``similar`` pairs: labels whose L2-normalised text features ``(L, D)`` have a cosine of at
     least ``threshold``; pairs in ``skip`` (already reported by ``text_issues``) are left out."""
-    feats = features.detach().float().cpu()
-    sims = torch.triu(feats @ feats.T, diagonal=1)
-    rows, cols = torch.nonzero(sims >= threshold, as_tuple=True)
+    feats = as_numpy(features)
+    sims = np.triu(feats @ feats.T, k=1)
+    rows, cols = np.nonzero(sims >= threshold)
     issues = []
     for i, j in zip(rows.tolist(), cols.tolist()):
         if frozenset((labels[i], labels[j])) not in skip:

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
-import torch
+import numpy as np
 
 from ..config import DEFAULT_PROMPT_TEMPLATE, fill_prompt, validate_prompt_template
+from ..arrays import as_numpy
 from ..errors import UsageError
 
 #: Default templates for Chinese models (model type ``chinese_clip``), written for wwts: Chinese-
@@ -73,34 +74,36 @@ def neutral_label(templates: Sequence[str]) -> str:
     return NEUTRAL_LABELS["zh" if any(_CJK.search(t) for t in templates) else "en"]
 
 
-def expand(labels: Sequence[str], templates: Sequence[str]) -> tuple[list[str], torch.Tensor]:
+def expand(labels: Sequence[str], templates: Sequence[str]) -> tuple[list[str], np.ndarray]:
     """Every label in every template: ``(texts, groups)``.
 
     ``texts`` has ``L * T`` prompts, label by label (``fill_prompt``: plain replacement, so braces
     in a label stay literal); ``groups (L * T,)`` int64 gives the label index of each.
     """
     texts = [fill_prompt(template, label) for label in labels for template in templates]
-    groups = torch.arange(len(labels)).repeat_interleave(len(templates))
+    groups = np.repeat(np.arange(len(labels), dtype=np.int64), len(templates))
     return texts, groups
 
 
-def ensemble(features: torch.Tensor, groups: torch.Tensor, n_labels: int) -> torch.Tensor:
+def ensemble(features: Any, groups: Any, n_labels: int) -> np.ndarray:
     """Average L2-normalised prompt features per label and L2-normalise the mean.
 
     Args:
-        features: ``(P, D)`` float32, each row L2-normalised (one per prompt).
+        features: ``(P, D)`` float32, each row L2-normalised (one per prompt): a NumPy array or
+            anything ``as_numpy`` takes (a torch tensor on any device).
         groups: ``(P,)`` int64, the label index of each prompt.
         n_labels: L.
 
     Returns:
-        ``(L, D)`` float32, L2-normalised. A label with one prompt keeps its feature bit for bit
-        (the mean of one row is that row; it is not normalised again), so a one-template
-        ensemble scores exactly like the single template.
+        ``(L, D)`` float32 NumPy array, L2-normalised. A label with one prompt keeps its feature
+        bit for bit (the mean of one row is that row; it is not normalised again), so a
+        one-template ensemble scores exactly like the single template.
     """
-    groups = groups.to(features.device)
-    sums = torch.zeros(n_labels, features.shape[1], dtype=features.dtype, device=features.device)
-    sums.index_add_(0, groups, features)
-    counts = torch.bincount(groups, minlength=n_labels).to(features.dtype).unsqueeze(1)
-    means = sums / counts
-    renormed = means / means.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    return torch.where(counts > 1, renormed, means)
+    feats = as_numpy(features)
+    groups = np.asarray(as_numpy(groups), dtype=np.int64)
+    sums = np.zeros((n_labels, feats.shape[1]), dtype=np.float32)
+    np.add.at(sums, groups, feats)
+    counts = np.bincount(groups, minlength=n_labels).astype(np.float32)[:, None]
+    means = sums / np.maximum(counts, 1)
+    renormed = means / np.maximum(np.linalg.norm(means, axis=-1, keepdims=True), 1e-12)
+    return np.where(counts > 1, renormed, means).astype(np.float32)

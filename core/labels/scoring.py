@@ -19,11 +19,22 @@ on the other labels, in [0, 1], compared with ``--threshold``:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-import torch
+import numpy as np
+
+from ..arrays import as_numpy
 
 
-def sigmoid_scores(logits: torch.Tensor, baseline: torch.Tensor | float) -> torch.Tensor:
+def softmax(logits: Any) -> np.ndarray:
+    """Softmax over the last axis in float32 (the max is subtracted first, so large logits do not
+    overflow): ``(B, L)`` → ``(B, L)`` rows summing to 1. A row holding NaN stays NaN."""
+    x = as_numpy(logits).astype(np.float32, copy=False)
+    z = np.exp(x - x.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
+
+
+def sigmoid_scores(logits: Any, baseline: Any) -> np.ndarray:
     """Per-label scores ``sigmoid(logits - baseline)`` in [0, 1], float32.
 
     Args:
@@ -31,7 +42,24 @@ def sigmoid_scores(logits: torch.Tensor, baseline: torch.Tensor | float) -> torc
         baseline: SigLIP: ``-logit_bias`` (a number); CLIP-style: ``(B, 1)`` the logits of the
             neutral prompt for each image.
     """
-    return torch.sigmoid(logits.float() - baseline)
+    diff = as_numpy(logits).astype(np.float32, copy=False) - as_numpy(baseline).astype(np.float32, copy=False)
+    with np.errstate(over="ignore"):
+        return (1.0 / (1.0 + np.exp(-diff))).astype(np.float32)
+
+
+def label_scores(logits: Any, n_labels: int, *, multi_label: bool, logit_bias: float | None = None) -> np.ndarray:
+    """``(B, L[+1])`` logits (``logit_scale.exp() * image @ text.T``) → ``(B, L)`` scores.
+
+    Single-label: a softmax over the L labels. ``--multi-label``: SigLIP (``logit_bias`` given)
+    ``sigmoid(logit + logit_bias)``; CLIP-style, the sigmoid of each label's logit minus the
+    neutral prompt's (the last column, see the module docstring).
+    """
+    logits = as_numpy(logits)
+    if not multi_label:
+        return softmax(logits[:, :n_labels])
+    if logit_bias is not None:
+        return sigmoid_scores(logits[:, :n_labels], -float(logit_bias))
+    return sigmoid_scores(logits[:, :n_labels], logits[:, n_labels:n_labels + 1])
 
 
 @dataclass(frozen=True)
@@ -51,7 +79,7 @@ class Decision:
     abstain: bool
 
 
-def decide(scores: torch.Tensor, top_k: int, *, threshold: float | None = None,
+def decide(scores: Any, top_k: int, *, threshold: float | None = None,
            min_score: float | None = None) -> list[Decision]:
     """``scores (B, L)`` (finite) → B decisions.
 
@@ -61,16 +89,16 @@ def decide(scores: torch.Tensor, top_k: int, *, threshold: float | None = None,
         threshold: ``--multi-label``'s threshold (``None``: single-label, ``passed`` is ``None``).
         min_score: ``--min-score`` (``None``: never abstain).
     """
-    scores = scores.float().cpu()
-    values, indices = scores.topk(top_k, dim=-1)
-    order = scores.argsort(dim=-1, descending=True) if threshold is not None else None
+    scores = as_numpy(scores)
+    # a stable sort, best first: equal scores keep the labels' order
+    order = np.argsort(-scores, axis=-1, kind="stable")
     decisions = []
     for row in range(scores.shape[0]):
-        top = list(zip(indices[row].tolist(), values[row].tolist()))
+        ranked = order[row]
+        top = [(int(i), float(scores[row, i])) for i in ranked[:top_k]]
         passed = None
-        if order is not None:
-            ranked = order[row][scores[row, order[row]] >= threshold]
-            passed = list(zip(ranked.tolist(), scores[row, ranked].tolist()))
+        if threshold is not None:
+            passed = [(int(i), float(scores[row, i])) for i in ranked if scores[row, i] >= threshold]
         abstain = min_score is not None and top[0][1] < min_score
         decisions.append(Decision(top, passed, abstain))
     return decisions

@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from ..env import quiet_transformers
 from ..errors import ModelLoadError, describe
 from . import hub
 from .modelscope import modelscope_id, modelscope_snapshot
@@ -43,6 +44,8 @@ def load_config(name: str, *, trust_remote_code: bool = False) -> Any:
         ModelLoadError: as ``load``.
     """
     from transformers import AutoConfig
+
+    quiet_transformers()
 
     folder = resolve(name)
     try:
@@ -89,6 +92,8 @@ def load(name: str, *, model_class: Any = None, processor_class: Any = None,
             folder that is not a model, or a model the class cannot load.
     """
     from transformers import AutoModel, AutoProcessor
+
+    quiet_transformers()
 
     model_class = model_class or AutoModel
     processor_class = processor_class or AutoProcessor

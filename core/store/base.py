@@ -9,9 +9,9 @@ without a store. This module imports nothing from the rest of wwts (the store is
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Hashable, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Hashable, Mapping, Protocol, Sequence, runtime_checkable
 
-import torch
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class StoredEmbedding:
         vector: ``(D,)`` float32, L2-normalised, on the CPU.
     """
 
-    vector: torch.Tensor
+    vector: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class StoredImage:
     """
 
     key: str
-    vector: torch.Tensor
+    vector: np.ndarray
     width: int
     height: int
     frames: int = 1
@@ -67,11 +67,11 @@ class EmbeddingStore(Protocol):
     absent from the result; never an error); ``put(items)`` stores ``key → (D,) tensor`` pairs.
     """
 
-    def get(self, keys: Sequence[Hashable]) -> dict[Hashable, torch.Tensor]:
+    def get(self, keys: Sequence[Hashable]) -> dict[Hashable, np.ndarray]:
         """The stored ``(D,)`` embeddings of those ``keys`` that are in the store."""
         ...
 
-    def put(self, items: Mapping[Hashable, torch.Tensor]) -> None:
+    def put(self, items: Mapping[Hashable, Any]) -> None:
         """Store each ``key → (D,)`` embedding (replacing what the key held)."""
         ...
 
@@ -79,11 +79,11 @@ class EmbeddingStore(Protocol):
 class NullStore:
     """A store that keeps nothing: ``get`` finds nothing, ``put`` drops what it is given."""
 
-    def get(self, keys: Sequence[Hashable]) -> dict[Hashable, torch.Tensor]:
+    def get(self, keys: Sequence[Hashable]) -> dict[Hashable, np.ndarray]:
         """Always ``{}``."""
         return {}
 
-    def put(self, items: Mapping[Hashable, torch.Tensor]) -> None:
+    def put(self, items: Mapping[Hashable, Any]) -> None:
         """Does nothing."""
 
     def __repr__(self) -> str:

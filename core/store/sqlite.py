@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any, Callable, Hashable, Mapping, Sequence
 
 import numpy as np
-import torch
 
+from ..arrays import as_numpy
 from .base import StoredImage, TextKey
 from .hashing import content_hash, file_facts
 from .keys import ModelKey
@@ -68,12 +68,12 @@ class StoreFileError(Exception):
         self.kind = kind
 
 
-def _blob(vector: torch.Tensor) -> bytes:
-    return vector.detach().to("cpu", torch.float32).contiguous().numpy().astype("<f4").tobytes()
+def _blob(vector: np.ndarray) -> bytes:
+    return np.ascontiguousarray(vector, dtype="<f4").tobytes()
 
 
-def _vector(blob: bytes) -> torch.Tensor:
-    return torch.from_numpy(np.frombuffer(blob, dtype="<f4").astype(np.float32))
+def _vector(blob: bytes) -> np.ndarray:
+    return np.frombuffer(blob, dtype="<f4").astype(np.float32)
 
 
 def connect(path: Path, key: ModelKey | None) -> tuple[sqlite3.Connection, str]:
@@ -194,9 +194,9 @@ class SqliteStore:
         with self._lock:
             self._facts[key] = (width, height, frames, note)
 
-    def get(self, keys: Sequence[Hashable]) -> dict[Hashable, torch.Tensor]:
+    def get(self, keys: Sequence[Hashable]) -> dict[Hashable, np.ndarray]:
         """The stored ``(D,)`` float32 vectors of those ``keys`` the store holds."""
-        found: dict[Hashable, torch.Tensor] = {}
+        found: dict[Hashable, np.ndarray] = {}
         hashes = [k for k in dict.fromkeys(keys) if isinstance(k, str)]
         for i in range(0, len(hashes), _CHUNK):
             part = hashes[i:i + _CHUNK]
@@ -210,20 +210,21 @@ class SqliteStore:
 
     # -- writes ----------------------------------------------------------------------------------
 
-    def put(self, items: Mapping[Hashable, torch.Tensor]) -> None:
+    def put(self, items: Mapping[Hashable, Any]) -> None:
         """Store each ``key → (D,)`` vector (non-finite vectors are never stored), with the facts
         ``remember`` gave and the path-index rows ``lookup`` gathered, in one transaction."""
         now = time.time()
         images, texts = [], []
         with self._lock:
             for key, vector in items.items():
-                if not bool(torch.isfinite(vector).all()):
+                vector = as_numpy(vector).reshape(-1)
+                if not bool(np.isfinite(vector).all()):
                     continue
                 if isinstance(key, TextKey):
-                    texts.append((key.text, key.settings, key.label, _blob(vector), vector.numel(), now))
+                    texts.append((key.text, key.settings, key.label, _blob(vector), vector.size, now))
                 elif isinstance(key, str):
                     facts = self._facts.pop(key, (None, None, None, None))
-                    images.append((key, _blob(vector), vector.numel(), *facts, now))
+                    images.append((key, _blob(vector), vector.size, *facts, now))
             self._write(images, texts)
 
     def flush(self) -> None:

@@ -12,15 +12,18 @@
 - ``load``: ``load_task``, the adapter for a ``RunConfig``.
 """
 
+from ..lazy import lazy_exports
 from .base import Task, size_dict
-from .caption import CaptionBatch, CaptionTask
-from .caption_families import FAMILIES, CaptionFamily, detect_family, resolve_prompt
-from .classify import ClassifyTask, check_architecture
-from .image_classification import ImageClassificationTask, is_image_classifier
-from .load import load_task
-from .retrieval import EmbedTask, SearchTask
 
 __all__ = ["Task", "size_dict", "ClassifyTask", "check_architecture", "ImageClassificationTask",
            "is_image_classifier", "CaptionTask", "CaptionBatch",
            "CaptionFamily", "FAMILIES", "detect_family", "resolve_prompt", "load_task",
-           "SearchTask", "EmbedTask"]
+           "SearchTask", "EmbedTask", "CompiledClassifyTask", "load_compiled_task"]
+
+# torch and transformers load with the first of these a run asks for (core/lazy.py)
+__getattr__ = lazy_exports(__name__, {
+    "CaptionTask": "caption", "CaptionBatch": "caption", "CaptionFamily": "caption_families",
+    "FAMILIES": "caption_families", "detect_family": "caption_families", "resolve_prompt": "caption_families",
+    "ClassifyTask": "classify", "check_architecture": "classify", "ImageClassificationTask": "image_classification",
+    "is_image_classifier": "image_classification", "load_task": "load", "SearchTask": "retrieval",
+    "EmbedTask": "retrieval", "CompiledClassifyTask": "compiled", "load_compiled_task": "compiled"})

@@ -18,12 +18,13 @@ file I/O or printing.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
-
-import torch
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..config import RunConfig
 from ..output import ImageRecord
+
+if TYPE_CHECKING:  # a torch-free run (OpenVINO, ONNX Runtime) imports this module too
+    import torch
 
 
 def size_dict(value: Any) -> dict[str, int]:

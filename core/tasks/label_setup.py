@@ -12,9 +12,10 @@ import logging
 from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
-import torch
+import numpy as np
 
 from .. import labels as vocabularies
+from ..arrays import as_numpy
 from ..config import RunConfig
 from ..errors import UsageError
 from ..output import ClassifyResult, LabelScore
@@ -80,7 +81,7 @@ class LabelSet:
     vocab: vocabularies.Vocabulary | None
     neutral: str | None
 
-    def expanded(self) -> tuple[list[str], torch.Tensor, list[str]]:
+    def expanded(self) -> tuple[list[str], np.ndarray, list[str]]:
         """``(prompts, groups, prompt_labels)``: every name (then the neutral label, as group
         ``L``) in every template; ``groups (P,)`` the group of each prompt."""
         names = self.names + ([self.neutral] if self.neutral else [])
@@ -121,7 +122,7 @@ def label_run_info(config: RunConfig, shown: Sequence[str], top_k: int, prompt: 
     return info
 
 
-def build_records(scores: torch.Tensor, bases: list[ClassifyResult], shown: Sequence[str], top_k: int,
+def build_records(scores: Any, bases: list[ClassifyResult], shown: Sequence[str], top_k: int,
                   config: RunConfig, error: str) -> list[ClassifyResult]:
     """``scores (B, L)`` → B records: ``label`` / ``score`` the best label (``other_label`` when
     ``--min-score`` is set and no label reaches it; ``score`` then stays the best label's score),
@@ -129,9 +130,9 @@ def build_records(scores: torch.Tensor, bases: list[ClassifyResult], shown: Sequ
 
     A row holding NaN or infinity becomes an error record with ``error``.
     """
-    scores = scores.float().cpu()
-    finite = torch.isfinite(scores).all(dim=-1)
-    safe = torch.where(finite.unsqueeze(1), scores, torch.zeros_like(scores))
+    scores = as_numpy(scores)
+    finite = np.isfinite(scores).all(axis=-1)
+    safe = np.where(finite[:, None], scores, np.zeros_like(scores))
     decisions = vocabularies.decide(safe, top_k, threshold=config.threshold if config.multi_label else None,
                                     min_score=config.min_score)
     records: list[ClassifyResult] = []

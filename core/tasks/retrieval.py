@@ -15,6 +15,7 @@ import math
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
 import torch
 
 from .. import models
@@ -42,16 +43,15 @@ class SearchTask(ClassifyTask):
     name = "search"
     record_type = SearchResult
 
-    def forward(self, inputs: dict[str, Any]) -> torch.Tensor:
+    def forward(self, inputs: dict[str, Any]) -> np.ndarray:
         """``pixel_values (M, 3, S, S)`` (plus store ``keys`` / ``stored``, see ``image_features``) →
-        ``(B,)`` cosine similarities to the query."""
+        ``(B,)`` float32 cosine similarities to the query (NumPy, on the CPU)."""
         feats = self.image_features(inputs["pixel_values"], inputs.get("keys"), stored=inputs.get("stored"))
-        with torch.autocast(device_type=self.device.type, enabled=False):
-            return feats @ self.text_features[0].float()
+        return feats @ self.text_features[0]
 
-    def postprocess(self, outputs: torch.Tensor, bases: list[ImageRecord]) -> list[ImageRecord]:
+    def postprocess(self, outputs: np.ndarray, bases: list[ImageRecord]) -> list[ImageRecord]:
         """``(B,)`` similarities → B ``SearchResult`` records."""
-        scores = outputs.float().cpu().tolist()
+        scores = [float(s) for s in outputs]
         return [replace(base, score=float(s)) if math.isfinite(s) else replace(base, error=_nonfinite(self))
                 for base, s in zip(bases, scores)]
 
@@ -73,27 +73,28 @@ class EmbedTask(ClassifyTask):
     def __init__(self, config: RunConfig, model: torch.nn.Module, processor: Any,
                  device: torch.device, dtype: torch.dtype) -> None:
         Task.__init__(self, config, model, processor, device, dtype)  # no label set: nothing to score
+        self.model_type = getattr(model.config, "model_type", "") or ""
         self.store = NullStore()
         self.image_encoder = self.text_encoder = None
         self.labels, self._prompt_labels, self.top_k = [], [], 0
         # never encoded (``_label_features`` is empty); an example text for a backend that
         # converts the text tower along with the image tower (OpenVINO, ONNX Runtime)
         self.prompts = ["一张照片。"]
-        self.text_features = self._cpu_text_features = None
+        self.text_features = None
         self._opener: StoreOpener | None = None
 
-    def _label_features(self) -> torch.Tensor:
-        """No labels: an empty ``(0, 0)`` tensor."""
-        return torch.empty(0, 0, device=self.device)
+    def _label_features(self) -> np.ndarray:
+        """No labels: an empty ``(0, 0)`` array."""
+        return np.empty((0, 0), dtype=np.float32)
 
-    def forward(self, inputs: dict[str, Any]) -> torch.Tensor:
+    def forward(self, inputs: dict[str, Any]) -> np.ndarray:
         """→ ``(B, D)`` embeddings (see ``ClassifyTask.image_features``)."""
         return self.image_features(inputs["pixel_values"], inputs.get("keys"), stored=inputs.get("stored"))
 
-    def postprocess(self, outputs: torch.Tensor, bases: list[ImageRecord]) -> list[ImageRecord]:
+    def postprocess(self, outputs: np.ndarray, bases: list[ImageRecord]) -> list[ImageRecord]:
         """``(B, D)`` → B ``EmbeddingRecord`` records."""
-        feats = outputs.float().cpu()
-        finite = torch.isfinite(feats).all(dim=-1).tolist()
+        feats = np.asarray(outputs, dtype=np.float32)
+        finite = np.isfinite(feats).all(axis=-1).tolist()
         return [replace(base, embedding=row) if ok else replace(base, error=_nonfinite(self))
                 for base, ok, row in zip(bases, finite, feats.tolist())]
 

@@ -14,10 +14,11 @@ missing.
 from __future__ import annotations
 
 import json
-from typing import Any, Hashable, Sequence
+from typing import Any, Callable, Hashable, Sequence
 
-import torch
+import numpy as np
 
+from ..arrays import as_numpy
 from ..input import DECODE_RECIPE
 from ..store import TextKey
 
@@ -28,28 +29,34 @@ def _encoder_name(encoder: Any) -> str:
     return f"{cls.__module__}.{cls.__qualname__}" + (f"/{precision}" if precision else "")
 
 
+def processor_recipe(processor: Any) -> dict[str, Any]:
+    """An image processor's whole configuration (its ``to_dict()``), JSON-ready: input size,
+    resize / crop / normalisation. A processor without ``to_dict``: its attributes, as text."""
+    try:
+        return processor.to_dict()
+    except Exception:
+        return {k: str(v) for k, v in sorted(vars(processor).items()) if not k.startswith("_")}
+
+
 def store_parts(task: Any) -> dict[str, Any]:
     """The model-key parts of a dual-encoder task on its current device and dtype (the opener adds
-    the weights' identity). JSON-ready; the processor's settings are its ``to_dict()``."""
-    processor = task.image_processor
-    try:
-        recipe = processor.to_dict()
-    except Exception:  # a processor without to_dict: its attributes, as text
-        recipe = {k: str(v) for k, v in sorted(vars(processor).items()) if not k.startswith("_")}
-    return {"model_type": getattr(task.model.config, "model_type", None), "dtype": str(task.dtype),
-            "quantize": task.config.quantize, "backend": _encoder_name(task.image_encoder),
-            "input_size": task.input_size, "preprocess": recipe, "decode_recipe": DECODE_RECIPE}
+    the weights' identity). JSON-ready. The task gives ``model_type``, ``dtype``, ``config``,
+    ``image_encoder``, ``input_size`` and ``image_recipe`` (``processor_recipe`` of its image
+    processor): the torch-loaded and the torch-free classify tasks build the same key."""
+    return {"model_type": task.model_type, "dtype": str(task.dtype).replace("torch.", ""),
+            "quantize": task.config.quantize, "backend": _encoder_name(task.image_encoder), "input_size": task.input_size,
+            "preprocess": task.image_recipe, "decode_recipe": DECODE_RECIPE}
 
 
 def text_settings(task: Any) -> str:
     """What besides the prompt changes a prompt's text features: the text encoder, its token limit
     and SigLIP's fixed padding (the tokenizer itself is part of the model's identity)."""
     return json.dumps({"encoder": _encoder_name(task.text_encoder), "max_length": task.text_max_length(),
-                       "siglip": "siglip" in (getattr(task.model.config, "model_type", "") or "")}, sort_keys=True)
+                       "siglip": "siglip" in (task.model_type or "")}, sort_keys=True)
 
 
-def prompt_features(task: Any, tokens: dict[str, torch.Tensor], labels: Sequence[str], batch: int) -> torch.Tensor:
-    """``(P, D)`` float32 L2-normalised features of ``task.prompts`` on ``task.device``.
+def prompt_features(task: Any, tokens: dict[str, Any], labels: Sequence[str], batch: int) -> np.ndarray:
+    """``(P, D)`` float32 L2-normalised features of ``task.prompts`` (a NumPy array).
 
     Args:
         task: the classify task (``prompts``, ``store``, ``text_encoder``).
@@ -62,25 +69,26 @@ def prompt_features(task: Any, tokens: dict[str, torch.Tensor], labels: Sequence
     """
     settings = text_settings(task)
     keys = [TextKey(prompt, label, settings) for prompt, label in zip(task.prompts, labels)]
-    found: dict[Hashable, torch.Tensor] = dict(task.store.get(keys))
+    found: dict[Hashable, np.ndarray] = dict(task.store.get(keys))
     missing = [i for i, key in enumerate(keys) if key not in found]
     for start in range(0, len(missing), batch):
         rows = missing[start:start + batch]
-        index = torch.tensor(rows)
-        fresh = task.text_encoder.encode({k: v[index] for k, v in tokens.items()})
-        task.store.put({keys[i]: row.cpu() for i, row in zip(rows, fresh)})
+        fresh = as_numpy(task.text_encoder.encode({k: v[rows] for k, v in tokens.items()}))
+        task.store.put({keys[i]: row for i, row in zip(rows, fresh)})
         found.update((keys[i], row) for i, row in zip(rows, fresh))
     if not keys:
-        return torch.empty(0, 0, device=task.device)
-    return torch.stack([found[key].to(task.device, torch.float32) for key in keys])
+        return np.empty((0, 0), dtype=np.float32)
+    return np.stack([found[key] for key in keys]).astype(np.float32, copy=False)
 
 
-def image_embeddings(task: Any, pixel_values: torch.Tensor | None, keys: Sequence[Hashable] | None,
-                     stored: Sequence[torch.Tensor | None] | None) -> torch.Tensor:
-    """``(B, D)`` float32 L2-normalised image embeddings on ``task.device``.
+def image_embeddings(task: Any, pixel_values: Any, keys: Sequence[Hashable] | None,
+                     stored: Sequence[np.ndarray | None] | None) -> np.ndarray:
+    """``(B, D)`` float32 L2-normalised image embeddings (a NumPy array on the CPU, whatever
+    device the encoder ran on: scoring is a ``(B, D) @ (D, L)`` product, cheap anywhere).
 
     Args:
-        pixel_values: ``(M, 3, S, S)``: the images given as pixels, in order (``None`` when M = 0).
+        pixel_values: ``(M, 3, S, S)`` (a torch tensor or a NumPy array: what the task's
+            ``collate`` gives): the images given as pixels, in order (``None`` when M = 0).
         keys: B content keys, or ``None`` (no store lookups).
         stored: B entries: ``None`` for an image given as a row of ``pixel_values``, else its
             ``(D,)`` embedding, read from the store before decoding; ``None``: all B are pixels.
@@ -89,15 +97,12 @@ def image_embeddings(task: Any, pixel_values: torch.Tensor | None, keys: Sequenc
     them since); the rest go through ``task.image_encoder``, one row per distinct key, and are put.
     """
     if stored is None and keys is None:
-        return task.image_encoder.encode(pixel_values)
+        return as_numpy(task.image_encoder.encode(pixel_values))
     count = len(stored) if stored is not None else pixel_values.shape[0]
     rows = [i for i in range(count) if stored is None or stored[i] is None]
-    out: dict[int, torch.Tensor] = {i: s for i, s in enumerate(stored or []) if s is not None}
-    device = task.device  # where the encoder's output lives, once it ran: scoring happens there
+    out: dict[int, np.ndarray] = {i: s for i, s in enumerate(stored or []) if s is not None}
     if rows and keys is None:
-        fresh = task.image_encoder.encode(pixel_values)
-        out.update(zip(rows, fresh))
-        device = fresh.device
+        out.update(zip(rows, as_numpy(task.image_encoder.encode(pixel_values))))
     elif rows:
         row_keys = [keys[i] for i in rows]
         found = dict(task.store.get(row_keys))
@@ -107,20 +112,20 @@ def image_embeddings(task: Any, pixel_values: torch.Tensor | None, keys: Sequenc
                 first.setdefault(key, j)
         if first:
             index = list(first.values())
-            fresh = task.image_encoder.encode(pixel_values if len(index) == len(rows) else pixel_values[index])
-            task.store.put({key: row.cpu() for key, row in zip(first, fresh)})
+            fresh = as_numpy(task.image_encoder.encode(pixel_values if len(index) == len(rows)
+                                                       else pixel_values[index]))
+            task.store.put(dict(zip(first, fresh)))
             found.update(zip(first, fresh))
-            device = fresh.device
         out.update((i, found[key]) for i, key in zip(rows, row_keys))
-    return torch.stack([out[i].to(device, torch.float32) for i in range(count)])
+    return np.stack([out[i] for i in range(count)]).astype(np.float32, copy=False)
 
 
-def collate_stored(items: list[Any], stored_type: type) -> dict[str, Any]:
+def collate_stored(items: list[Any], stored_type: type, concat: Callable[[list[Any]], Any]) -> dict[str, Any]:
     """B items, each ``pixel_values (1, 3, S, S)`` or a ``stored_type`` (an embedding read from the
     store) → ``{"pixel_values": (M, 3, S, S) or None, "stored": B entries}`` (``stored`` only
-    when some item is one)."""
+    when some item is one). ``concat`` joins the pixel items (``torch.cat``, ``np.concatenate``)."""
     pixels = [item for item in items if not isinstance(item, stored_type)]
-    out: dict[str, Any] = {"pixel_values": torch.cat(pixels) if pixels else None}
+    out: dict[str, Any] = {"pixel_values": concat(pixels) if pixels else None}
     if len(pixels) < len(items):
         out["stored"] = [item.vector if isinstance(item, stored_type) else None for item in items]
     return out

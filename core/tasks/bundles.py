@@ -1,0 +1,38 @@
+"""The classify task's side of conversion bundles (``core.backends`` ``write_bundle``): the model
+facts a torch-free run needs, saved by the run that loaded the model with transformers."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ..backends import model_identity, write_bundle
+from ..errors import describe
+
+log = logging.getLogger(__name__)
+
+
+def bundle_facts(task: Any) -> dict[str, Any]:
+    """What ``compiled.CompiledClassifyTask`` takes from a loaded ``ClassifyTask``: the weights'
+    folder (the store key's), ``model_type``, ``logit_scale`` (already ``exp()``-ed), SigLIP's raw
+    ``logit_bias``, the image processor's configuration, the input size and the text token limit."""
+    bias = getattr(task.model, "logit_bias", None)
+    return {"weights_folder": task.weights_folder, "model_type": task.model_type, "logit_scale": task.logit_scale,
+            "logit_bias": None if bias is None else float(bias.detach().float().reshape(-1)[0]),
+            "image_recipe": task.image_recipe, "input_size": task.input_size,
+            "text_max_length": task.text_max_length()}
+
+
+def save_bundle(task: Any) -> None:
+    """Save the bundle of ``task``'s converted towers (its backend is OpenVINO or ONNX Runtime) so
+    that the next run with the same model and backend starts without torch. A failure to write it
+    is logged at debug level: the run goes on, the next run loads the model with torch again."""
+    folder = task.weights_folder
+    manifests = [getattr(encoder, "manifest", None) for encoder in (task.image_encoder, task.text_encoder)]
+    if not folder or not all(m and m.get("fields") for m in manifests):
+        return
+    try:
+        write_bundle(folder, task.backend.name, bool(task.backend.int8), model_identity(task.model), manifests[0],
+                     manifests[1], bundle_facts(task))
+    except Exception as exc:  # a cache folder that cannot be written must not stop the run
+        log.debug("the conversion bundle was not saved: %s", describe(exc))

@@ -1,0 +1,145 @@
+"""Zero-shot classification on a saved OpenVINO / ONNX Runtime conversion, without torch or
+transformers.
+
+Importing torch and transformers and loading the weights costs 2-3 s before the first image, more
+than a hundred photos take on OpenVINO (issue 12's prototype, and ``make bench``). A run that loaded
+the model once on a backend saved a bundle (``core.backends`` ``write_bundle``, by ``bundles.py``):
+both towers' conversions and the model facts scoring needs. ``load_compiled_task`` serves a later run
+with the same model, backend and precision from that bundle: pixels from ``core.input.ImagePreprocessor``
+(Pillow + NumPy, equal to the transformers processor's ``pixel_values``: tests/test_preprocess.py),
+label tokens from ``core.models.TextTokenizer`` (the ``tokenizers`` library, equal to the model's
+transformers tokenizer: tests/test_tokenizer.py), towers from the runtime, scores in NumPy. The
+records, store keys and text features are those of ``classify.ClassifyTask`` on the same backend.
+
+This module must not import torch or transformers.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import models
+from ..backends import bundle_encoders, load_bundle
+from ..config import RunConfig
+from ..hardware import HOST_CPU
+from ..input import ImagePreprocessor, UnsupportedPreprocessor
+from ..store import StoredEmbedding
+from .label_setup import check_text_hygiene
+from .stored import collate_stored
+from .zero_shot import ZeroShotTask
+
+log = logging.getLogger(__name__)
+
+
+class CompiledClassifyTask(ZeroShotTask):
+    """``ZeroShotTask`` on a conversion bundle: NumPy in, NumPy out, no torch (``uses_torch`` is
+    False: the engine runs ``forward`` without inference mode or autocast).
+
+    ``prepare``: one RGB image → ``pixel_values (1, 3, S, S)`` float32 (``ImagePreprocessor``).
+    ``collate``: B of those → ``{"pixel_values": (B, 3, S, S)}`` (store hits in ``"stored"``).
+
+    Attributes:
+        bundle: the verified bundle (``load_bundle``).
+        preprocessor: the image preprocessing; text_tokenizer: the label tokenizer.
+    """
+
+    uses_torch = False
+
+    def __init__(self, config: RunConfig, bundle: dict[str, Any], preprocessor: ImagePreprocessor,
+                 tokenizer: Any, backend: Any) -> None:
+        self.facts = bundle["facts"]
+        super().__init__(config, None, None, HOST_CPU, "float32", model_type=self.facts.get("model_type") or "")
+        self.bundle = bundle
+        self.preprocessor = preprocessor
+        self.text_tokenizer = tokenizer
+        self.backend = backend
+
+    @property
+    def image_recipe(self) -> dict[str, Any]:
+        """The image processor's configuration as the loading run recorded it (same store key)."""
+        return self.facts["image_recipe"]
+
+    @property
+    def weights_folder(self) -> str | None:
+        """The folder the loading run read the weights from."""
+        return self.facts.get("weights_folder")
+
+    @property
+    def input_size(self) -> int | None:
+        """Side in pixels of the model's input."""
+        return self.facts.get("input_size") or self.preprocessor.input_size
+
+    def text_max_length(self) -> int | None:
+        """The text tower's token limit the loading run found."""
+        return self.facts.get("text_max_length")
+
+    def tokenize(self, texts: list[str], max_length: int | None, pad_to_max_length: bool) -> dict[str, Any]:
+        """``TextTokenizer``: int64 NumPy ``input_ids (N, T)``..."""
+        return self.text_tokenizer(list(texts), max_length=max_length, pad_to_max_length=pad_to_max_length)
+
+    def token_lengths(self, texts: list[str]) -> list[int]:
+        """Token counts without truncation."""
+        return self.text_tokenizer.lengths(list(texts))
+
+    @property
+    def logit_scale(self) -> float:
+        """``logit_scale.exp()`` as the loading run read it from the weights."""
+        return float(self.facts["logit_scale"])
+
+    @property
+    def logit_bias(self) -> float | None:
+        """SigLIP's ``logit_bias`` for ``--multi-label`` (``None`` for CLIP-style models)."""
+        bias = self.facts.get("logit_bias")
+        return None if self.label_set.neutral is not None or bias is None else float(bias)
+
+    def setup(self) -> None:
+        """Compile (OpenVINO) or open (ONNX Runtime) both saved towers, open the store, encode the
+        label prompts once (``(L, D)`` float32 ``text_features``)."""
+        if self.image_encoder is None:
+            self.image_encoder, self.text_encoder = bundle_encoders(self.bundle, self.backend, self.input_size)
+        self.use_store()
+        if self.text_features is None:
+            self.text_features = self._label_features()
+
+    def to(self, device: Any, dtype: Any) -> None:
+        """Nothing to move: the runtime holds the towers; runs ``setup``."""
+        self.setup()
+
+    def prepare(self, image: Any) -> np.ndarray:
+        """One RGB image → ``pixel_values (1, 3, S, S)`` float32."""
+        return self.preprocessor(image)
+
+    def collate(self, items: list[Any]) -> dict[str, Any]:
+        """B ``(1, 3, S, S)`` arrays (or ``StoredEmbedding``) → ``{"pixel_values": (M, 3, S, S)}``
+        (``"stored"`` when some came from the store)."""
+        return collate_stored(items, StoredEmbedding, np.concatenate)
+
+
+def load_compiled_task(config: RunConfig, backend: Any) -> CompiledClassifyTask | None:
+    """The torch-free classify task of this run, or ``None`` when the run must load the model with
+    transformers: not a plain classify run (search, embed), the backend is torch, no verified
+    bundle for this model and backend (first run, changed model, removed conversion), or an image
+    processor or tokenizer that ``ImagePreprocessor`` / ``TextTokenizer`` do not reproduce.
+
+    Raises:
+        ModelLoadError: the model is not cached and cannot be downloaded (``models.resolve``).
+        UsageError: an unknown ``--vocab``; with ``--strict-labels``, duplicate or contained labels.
+    """
+    if config.retrieval or config.task != "classify" or backend is None or backend.name == "torch":
+        return None
+    folder = models.resolve(models.model_for("classify", config.lang, config.model))
+    bundle = load_bundle(folder, backend.name, bool(backend.int8))
+    if bundle is None:
+        return None
+    try:
+        preprocessor = ImagePreprocessor.from_config(bundle["facts"]["image_recipe"])
+        tokenizer = models.TextTokenizer.from_folder(Path(folder))
+    except (UnsupportedPreprocessor, models.UnsupportedTokenizer, KeyError) as exc:
+        log.info("loading the model with transformers: %s", exc)
+        return None
+    check_text_hygiene(config)  # before the towers load: --strict-labels stops here
+    return CompiledClassifyTask(config, bundle, preprocessor, tokenizer, backend)
