@@ -170,7 +170,8 @@ def _backend_renderables(b: dict) -> list:
         rows.append((label, f"{a.get('backend') or '-'}: {a.get('reason')}"))
     conv = b.get("conversions") or {}
     rows.append(("conversions", f"{conv.get('count', 0)} saved, {_size(conv.get('bytes'))} (+ "
-                                f"{_size(conv.get('compiled_bytes'))} compiled) in {conv.get('folder')}"))
+                                f"{_size(conv.get('compiled_bytes'))} compiled) in {conv.get('folder')}; "
+                                f"{conv.get('bundles', 0)} model(s) start without torch"))
     for c in (conv.get("items") or [])[:8]:
         rows.append(("", f"{c.get('backend')} {c.get('tower')} {c.get('precision')}: {c.get('model')}"))
     return [_kv_table("Backends (--backend)", rows)]

@@ -698,7 +698,7 @@ def main(argv: list[str] | None = None) -> int:
                     "--backend", "torch", "--dtype", "bfloat16")
     # torch's int8 is retired for classify: --quantize int8 is the backend's (auto: OpenVINO NNCF)
     w_q8 = classify("wwts classify --quantize int8", "wwts-classify-int8.json", "--quantize", "int8")
-    from bench_backends import backend_rows, embedding_agreement
+    from bench_backends import backend_checks, backend_rows, embedding_agreement
 
     backend_plan = backend_rows(classify, work / "conversion-caches")
     from bench_labels import ensemble_lines, ensemble_rows
@@ -707,6 +707,11 @@ def main(argv: list[str] | None = None) -> int:
     from bench_store import hashing_lines, store_checks, store_rows
 
     store_plan = store_rows(classify, work / "store")
+    # the same on the best backend here (OpenVINO NNCF int8: its conversion saved by the rows above)
+    from bench_backends import variant_args
+
+    ov_store_plan = store_rows(classify, work / "store-openvino-int8", "openvino-int8",
+                               tuple(variant_args("openvino", "auto", True)), work / "conversion-caches" / "openvino-int8")
     c_seed = Row(f"seed caption (generate 1 image/call, {CAPTION_TOKENS} tokens)",
                  [python, seed_py, "--mode", "caption", "--model", str(blip), "--max-new-tokens",
                   str(CAPTION_TOKENS), str(cap_dir)])
@@ -720,7 +725,8 @@ def main(argv: list[str] | None = None) -> int:
     if only_gate:
         plan = [w_fp, w_bf, w_q8, *backend_plan]
     else:
-        plan = [(seed, None), (pipe, None), w_def, w_fp, w_bf, w_q8, *backend_plan, *store_plan, *prompt_plan]
+        plan = [(seed, None), (pipe, None), w_def, w_fp, w_bf, w_q8, *backend_plan, *store_plan, *ov_store_plan,
+                *prompt_plan]
         if with_caption:
             plan += [(c_seed, None), c_def, c_fp, c_bf, c_q8]
     for row, out in plan:
@@ -791,7 +797,10 @@ def main(argv: list[str] | None = None) -> int:
         seed, pipe, c_seed, [(def_label, w_def, c_def if with_caption else None),
                              ("int8", w_q8, c_q8 if with_caption else None)])
     if not only_gate:
+        checks += backend_checks(backend_plan, seed, pipe, w_fp)
         checks += store_checks(store_plan, w_def, compare_classify)
+        ov_cached = next(r for r, _ in backend_plan if r.name == "wwts classify openvino-int8: conversion cached")
+        checks += store_checks(ov_store_plan, ov_cached, compare_classify, "openvino-int8")
         checks += ensemble_lines([r for r, _ in prompt_plan])
         try:
             checks += hashing_lines(sorted(cls_dir.glob("*.jpg")), clip)

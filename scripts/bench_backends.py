@@ -63,8 +63,11 @@ def embedding_agreement(clip: Path, photos: Path, cache_root: Path, labels: tupl
                            dtype=dtype, quantize="int8" if int8 else None)
         run = engine.start(config)
         task = run.task
-        pixels = torch.cat([task.prepare(load_image(p, draft_size=task.input_size).image) for p in run.paths])
-        return torch.cat([task.image_encoder.encode(pixels[i:i + 8]) for i in range(0, len(pixels), 8)])
+        # torch tensors (torch-loaded task) or NumPy arrays (a task served from a saved conversion)
+        pixels = torch.cat([torch.as_tensor(task.prepare(load_image(p, draft_size=task.input_size).image))
+                            for p in run.paths])
+        return torch.cat([torch.as_tensor(task.image_encoder.encode(pixels[i:i + 8]))
+                          for i in range(0, len(pixels), 8)])
 
     saved = os.environ.get("XDG_CACHE_HOME")
     lines = []
@@ -83,4 +86,39 @@ def embedding_agreement(clip: Path, photos: Path, cache_root: Path, labels: tupl
             os.environ.pop("XDG_CACHE_HOME", None)
         else:
             os.environ["XDG_CACHE_HOME"] = saved
+    return lines
+
+
+#: Issue 12's targets for the best backend on this CPU (whole processes, conversion cached).
+VS_SEED, VS_PIPELINE, STEADY_VS_TORCH_FP32 = 5.0, 3.5, 4.0
+
+
+def backend_checks(rows: list[tuple], seed, pipe, torch_fp32) -> list[str]:
+    """Target lines of issue 12 from the rows of ``backend_rows``: the fastest variant whose
+    conversion is cached against the seed's loop and HF's pipeline (wall time, model load and
+    loading the conversion included), its steady state against torch float32 eager in the same
+    bench run, and each variant's first (converting) run's extra time on its own line."""
+    def ok(flag: bool) -> str:
+        return "PASS" if flag else "FAIL"
+
+    pairs = [(rows[i][0], rows[i + 1][0]) for i in range(0, len(rows), 2)]
+    cached = [c for _, c in pairs if c.wall_s and not c.error]
+    if not cached or not seed.wall_s or not pipe.wall_s:
+        return ["- backends: not measured (a row failed)"]
+    best = min(cached, key=lambda r: r.wall_s)
+    name = best.name.removeprefix("wwts classify ").removesuffix(": conversion cached")
+    vs_seed, vs_pipe = seed.wall_s / best.wall_s, pipe.wall_s / best.wall_s
+    lines = [f"- best backend on this CPU ({name}, conversion cached, {best.wall_s:.1f} s): {vs_seed:.2f}x the "
+             f"seed's loop {ok(vs_seed >= VS_SEED)} (target >= {VS_SEED:g}x), {vs_pipe:.2f}x HF's pipeline "
+             f"{ok(vs_pipe >= VS_PIPELINE)} (target >= {VS_PIPELINE:g}x)"]
+    if best.steady_ips and torch_fp32.steady_ips:
+        ratio = best.steady_ips / torch_fp32.steady_ips
+        lines.append(f"- steady state, {name}: {best.steady_ips:.1f} images/s = {ratio:.2f}x torch float32 eager "
+                     f"({torch_fp32.steady_ips:.1f}) {ok(ratio >= STEADY_VS_TORCH_FP32)} "
+                     f"(target >= {STEADY_VS_TORCH_FP32:g}x)")
+    for first, again in pairs:
+        tag = first.name.removeprefix("wwts classify ").removesuffix(": first run (converts)")
+        if first.wall_s and again.wall_s:
+            lines.append(f"- {tag}: the first, converting run took {first.wall_s - again.wall_s:+.1f} s more than a "
+                         f"run on the saved conversion ({first.wall_s:.1f} s vs {again.wall_s:.1f} s)")
     return lines

@@ -32,42 +32,54 @@ SAME_RECORDS_MAX_DIFF = 1e-4
 HASH_FILES = 10_000
 
 
-def store_rows(classify: Callable, store_dir: Path) -> list:
-    """``[(Row, out)]`` of the store rows, built with bench.py's ``classify(name, out, *extra)``.
+def store_rows(classify: Callable, store_dir: Path, tag: str = "", extra: tuple[str, ...] = (),
+               cache: Path | None = None) -> list:
+    """``[(Row, out)]`` of the store rows, built with bench.py's ``classify(name, out, *extra)``:
+    with the default options, or (``tag``) with ``extra`` options and the conversion cache
+    ``cache`` (``XDG_CACHE_HOME``: a backend whose conversion an earlier row saved).
 
     The first-run row's command is wrapped in ``sh -c`` so each repeat starts from an empty store
     (only the ``*.sqlite*`` files are removed: a few milliseconds, inside the timed process).
     """
     store = ["--store", str(store_dir)]
     new = ["--labels", ",".join(NEW_LABELS)]
-    first = classify("wwts classify, store: first run (empty store)", "wwts-store-first.json", *store)
+    name = f"wwts classify{' ' + tag if tag else ''}"
+    slug = f"-{tag.replace(' ', '-')}" if tag else ""
+    first = classify(f"{name}, store: first run (empty store)", f"wwts-store{slug}-first.json", *extra, *store)
     first[0].cmd = ["sh", "-c", 'mkdir -p "$0" && rm -f "$0"/*.sqlite* && exec "$@"', str(store_dir),
                     *first[0].cmd]
-    second = classify("wwts classify, store: second run, new labels", "wwts-store-second.json", *store, *new)
-    reference = classify("wwts classify --no-store, new labels", "wwts-store-reference.json", "--no-store", *new)
-    return [first, second, reference]
+    second = classify(f"{name}, store: second run, new labels", f"wwts-store{slug}-second.json", *extra, *store, *new)
+    reference = classify(f"{name} --no-store, new labels", f"wwts-store{slug}-reference.json", *extra, "--no-store",
+                         *new)
+    rows = [first, second, reference]
+    if cache is not None:
+        for row, _ in rows:
+            row.cmd = ["env", f"XDG_CACHE_HOME={cache}", *row.cmd]
+    return rows
 
 
-def store_checks(rows: list, default_row, compare: Callable) -> list[str]:
-    """Target lines: second-run speed-up, equal records, first-run overhead."""
+def store_checks(rows: list, default_row, compare: Callable, tag: str = "") -> list[str]:
+    """Target lines: second-run speed-up, equal records, first-run overhead (against ``default_row``,
+    the same options with ``--no-store``)."""
     (first, _), (second, _), (reference, _) = rows
     lines = []
+    store = f"store{' (' + tag + ')' if tag else ''}"
     if first.wall_s and second.wall_s:
         speedup = first.wall_s / second.wall_s
         cached = second.data.get("run", {}).get("cached")
-        lines.append(f"- store, second run with new labels: {speedup:.1f}x the first run ({first.wall_s:.1f} s -> "
+        lines.append(f"- {store}, second run with new labels: {speedup:.1f}x the first run ({first.wall_s:.1f} s -> "
                      f"{second.wall_s:.1f} s, model load included; {cached} of {second.images} embeddings reused) "
                      f"(target >= {SECOND_RUN_SPEEDUP:g}x): {'PASS' if speedup >= SECOND_RUN_SPEEDUP else 'FAIL'}")
     else:
-        lines.append(f"- store, second run: not measured ({first.error or second.error})")
+        lines.append(f"- {store}, second run: not measured ({first.error or second.error})")
     if not second.error and not reference.error:
         c = compare(second, reference)
         ok = c["same"] == c["n"] == reference.images and c["max_diff"] < SAME_RECORDS_MAX_DIFF
-        lines.append(f"- store, second run records vs --no-store: top-1 {c['same']}/{c['n']}, max |dp| "
+        lines.append(f"- {store}, second run records vs --no-store: top-1 {c['same']}/{c['n']}, max |dp| "
                      f"{c['max_diff']:.2e} (target: equal, |dp| < {SAME_RECORDS_MAX_DIFF:g}): {'PASS' if ok else 'FAIL'}")
     if first.wall_s and default_row.wall_s:
         overhead = first.wall_s / default_row.wall_s - 1
-        lines.append(f"- store overhead on a first run: {overhead * 100:+.1f} % ({default_row.wall_s:.1f} s "
+        lines.append(f"- {store} overhead on a first run: {overhead * 100:+.1f} % ({default_row.wall_s:.1f} s "
                      f"--no-store -> {first.wall_s:.1f} s) (target < {OVERHEAD_MAX * 100:g} %): "
                      f"{'PASS' if overhead < OVERHEAD_MAX else 'FAIL'}")
     return lines

@@ -22,7 +22,8 @@ def backend_facts(torch_device: str | None) -> dict[str, Any]:
     Returns:
         ``{"openvino": {"installed", "version", "devices": [{"name", "full_name",
         "capabilities"}], "install"}, "onnxruntime": {"installed", "version", "providers",
-        "install"}, "conversions": {"folder", "count", "bytes", "compiled_bytes", "items": [...]},
+        "install"}, "conversions": {"folder", "count", "bytes", "compiled_bytes", "bundles" (saved models a
+        classify run starts from without torch), "items": [...]},
         "auto": {"classify": {"backend", "reason"}, "classify_int8": {...}}}``; a part that
         fails carries ``"error"``.
     """
@@ -69,7 +70,8 @@ def _conversions() -> dict[str, Any]:
     items = list_conversions()
     blobs = compiled_dir()
     compiled = sum(p.stat().st_size for p in blobs.rglob("*") if p.is_file()) if blobs.is_dir() else 0
+    bundles = sorted((cache_root() / "bundles").glob("*.json"))
     return {"folder": str(cache_root()), "count": len(items), "bytes": sum(c.size_bytes for c in items),
-            "compiled_bytes": compiled,
+            "compiled_bytes": compiled, "bundles": len(bundles),
             "items": [{"backend": c.backend, "model": c.model, "tower": c.tower, "precision": c.precision,
                        "bytes": c.size_bytes, "seconds": c.seconds} for c in items]}
