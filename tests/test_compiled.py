@@ -106,7 +106,7 @@ def test_store_run_on_the_bundle_reads_every_embedding_and_never_compiles_the_im
     new = ("鸟", "天空", "山")
     relabel, records = _run(tiny_clip, sample_images, "openvino", labels=new, store=True, store_dir=str(store))
     assert relabel.stats.cached == len(records)
-    assert relabel.task.image_encoder._compiled is None  # no image went through the tower
+    assert not relabel.task.image_encoder.runtime.ready  # no image went through the tower: never compiled
     _, fresh = _run(tiny_clip, sample_images, "openvino", labels=new, store=False)
     _assert_same(fresh, records)
 

@@ -78,3 +78,27 @@ def numpy_tokens(tokens: Mapping[str, Any], names: list[str]) -> dict[str, np.nd
         value = value.cpu().numpy() if hasattr(value, "cpu") else np.asarray(value)
         out[name] = value.astype(np.int64, copy=False)
     return out
+
+
+class Deferred:
+    """A runtime object (an OpenVINO compiled model, an ONNX Runtime session) made on first use.
+
+    ``Deferred(obj)`` holds one made already; ``Deferred(None, factory)`` calls ``factory()`` the
+    first time ``get`` is called (a run whose photos and labels all come from the embedding store
+    never compiles a tower)."""
+
+    def __init__(self, value: Any = None, factory: Any = None) -> None:
+        if value is None and factory is None:
+            raise ValueError("Deferred needs a value or a factory")
+        self.value, self.factory = value, factory
+
+    @property
+    def ready(self) -> bool:
+        """Whether the object exists (was given, or ``get`` made it)."""
+        return self.value is not None
+
+    def get(self) -> Any:
+        """The object, made now if it was deferred (what the factory raises propagates)."""
+        if self.value is None:
+            self.value = self.factory()
+        return self.value

@@ -27,7 +27,7 @@ from ..errors import UsageError
 from . import cache
 from ..arrays import as_numpy
 from ..hardware import HOST_CPU
-from .base import normalized, numpy_tokens
+from .base import Deferred, normalized, numpy_tokens
 
 if TYPE_CHECKING:  # torch is needed to export, never to run a saved conversion
     import torch
@@ -130,8 +130,7 @@ class OnnxImageEncoder:
     def __init__(self, sess: Any, manifest: dict, int8: bool, *, factory: Callable[[], Any] | None = None) -> None:
         """``sess``, or ``None`` with a ``factory`` that opens it on the first ``encode`` (a run whose
         images all come from the embedding store never opens it)."""
-        self._session, self._factory = sess, factory
-        self.target = ",".join(sess.get_providers()) if sess is not None else "deferred"
+        self.runtime = Deferred(sess, factory)
         self.precision = "float32"
         self.int8 = int8
         self.manifest = manifest
@@ -141,10 +140,12 @@ class OnnxImageEncoder:
     @property
     def session(self) -> Any:
         """The ``InferenceSession`` (opened now if it was deferred)."""
-        if self._session is None:
-            self._session = self._factory()
-            self.target = ",".join(self._session.get_providers())
-        return self._session
+        return self.runtime.get()
+
+    @property
+    def target(self) -> str:
+        """The providers in use (``"deferred"`` until the session is opened)."""
+        return ",".join(self.session.get_providers()) if self.runtime.ready else "deferred"
 
     def encode(self, pixel_values: Any) -> np.ndarray:
         """``pixel_values (B, 3, H, W)`` float32 (NumPy, or a CPU torch tensor) → ``(B, D)``
@@ -163,7 +164,7 @@ class OnnxTextEncoder:
     def __init__(self, sess: Any, names: list[str], manifest: dict | None = None, *,
                  factory: Callable[[], Any] | None = None) -> None:
         """``sess``, or ``None`` with a ``factory`` that opens it on the first ``encode``."""
-        self._session, self._factory = sess, factory
+        self.runtime = Deferred(sess, factory)
         self.names = names
         self.manifest = manifest or {}
         self.device = HOST_CPU
@@ -172,9 +173,7 @@ class OnnxTextEncoder:
     @property
     def session(self) -> Any:
         """The ``InferenceSession`` (opened now if it was deferred)."""
-        if self._session is None:
-            self._session = self._factory()
-        return self._session
+        return self.runtime.get()
 
     def encode(self, tokens: Mapping[str, Any]) -> np.ndarray:
         """Tokenizer output (NumPy or torch) → ``(L, D)`` float32 NumPy embeddings of L2 norm 1."""

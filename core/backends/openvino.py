@@ -27,7 +27,7 @@ import numpy as np
 from ..arrays import as_numpy
 from ..hardware import HOST_CPU
 from . import cache
-from .base import normalized, numpy_tokens
+from .base import Deferred, normalized, numpy_tokens
 
 if TYPE_CHECKING:  # torch is needed to convert, never to run a saved conversion
     import torch
@@ -158,7 +158,7 @@ class OpenVINOImageEncoder:
         """``compiled``: the compiled model; or ``None`` with ``factory`` (compiles it on the first
         ``encode``: a run whose images all come from the embedding store never compiles the
         tower) and the ``precision`` that compile gives (an explicit hint's)."""
-        self._compiled, self._factory, self.request = compiled, factory, None
+        self.runtime, self.request = Deferred(compiled, factory), None
         self.target = target
         self.precision = precision or inference_dtype(compiled)
         self.manifest = manifest
@@ -168,9 +168,7 @@ class OpenVINOImageEncoder:
     @property
     def compiled(self) -> Any:
         """The compiled model (compiled now if it was deferred)."""
-        if self._compiled is None:
-            self._compiled = self._factory()
-        return self._compiled
+        return self.runtime.get()
 
     def encode(self, pixel_values: Any) -> np.ndarray:
         """``pixel_values (B, 3, H, W)`` float32 (NumPy, or a CPU torch tensor) → ``(B, D)``
@@ -192,7 +190,7 @@ class OpenVINOTextEncoder:
                  factory: Callable[[], Any] | None = None) -> None:
         """``compiled``, or ``None`` with a ``factory`` that compiles it on the first ``encode`` (a
         run whose label features are all in the store never compiles the text tower)."""
-        self._compiled, self._factory = compiled, factory
+        self.runtime = Deferred(compiled, factory)
         self.names = names
         self.manifest = manifest or {}
         self.device = HOST_CPU
@@ -201,9 +199,7 @@ class OpenVINOTextEncoder:
     @property
     def compiled(self) -> Any:
         """The compiled model (compiled now if it was deferred)."""
-        if self._compiled is None:
-            self._compiled = self._factory()
-        return self._compiled
+        return self.runtime.get()
 
     def encode(self, tokens: Mapping[str, Any]) -> np.ndarray:
         """Tokenizer output (``input_ids (L, T)``...: NumPy or torch) → ``(L, D)`` float32 NumPy
