@@ -169,3 +169,16 @@ def test_auto_on_a_cpu_only_machine_proves_no_torch_device(monkeypatch):
     config = RunConfig(task="classify", inputs=(Path("."),), labels=LABELS, backend="auto")
     backend, choice = plan._choose_backend(config, [], 2)
     assert backend.name == "openvino" and choice is None
+
+
+def test_clearing_conversions_removes_their_bundles(tiny_clip, sample_images):
+    from wwts.core.backends import clear_conversions
+
+    _run(tiny_clip, sample_images, "openvino")
+    assert bundle_path(tiny_clip, "openvino", False).is_file()
+    clear_conversions("onnxruntime")  # another backend's: this bundle stays
+    assert bundle_path(tiny_clip, "openvino", False).is_file()
+    clear_conversions("openvino")
+    assert not bundle_path(tiny_clip, "openvino", False).exists()
+    run, _ = _run(tiny_clip, sample_images, "openvino")
+    assert isinstance(run.task, ClassifyTask)  # converted again, with transformers

@@ -801,7 +801,8 @@ def read_records(out: Path) -> list[dict]:
     ("--dtype", "bfloat16"),
     ("--model", "COPY"),
     ("--quantize", "int8"),
-], ids=["labels", "prompt", "dtype", "model", "quantize"])
+    ("--backend", "onnxruntime"),
+], ids=["labels", "prompt", "dtype", "model", "quantize", "backend"])
 def test_resume_with_other_settings_is_refused(tiny_clip, six_images, tmp_path, change):
     out = tmp_path / "r.jsonl"
     assert classify(six_images, *FAST, "--model", tiny_clip, "--out", out).exit_code == 0

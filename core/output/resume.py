@@ -161,7 +161,7 @@ log = logging.getLogger("wwts")
 
 #: Run settings that must match for --resume to append to an existing output.
 RESUME_KEYS = ("task", "model", "dtype", "quantize", "labels", "prompt", "top_k", "max_new_tokens", "num_beams",
-               "vocab", "multi_label", "threshold", "min_score", "other_label")
+               "vocab", "multi_label", "threshold", "min_score", "other_label", "backend")
 
 
 def check_settings(out: Path, old: dict | None, new: dict) -> None:
