@@ -264,6 +264,8 @@ def test_conversions_command_and_doctor(tiny_clip, sample_images):
     doctor = CliRunner().invoke(app, ["doctor", "--json"])
     facts = json.loads(doctor.output)["backends"]
     assert facts["conversions"]["count"] == 2 and facts["auto"]["classify"]["reason"]
+    # the rule ran (a failure would leave backend None and the exception as the reason)
+    assert facts["auto"]["classify"]["backend"] in ("torch", "openvino") and facts["conversions"]["bundles"] == 1
     assert any(d["name"] == "CPU" for d in facts["openvino"]["devices"])
     cleared = CliRunner().invoke(app, ["conversions", "clear"])
     assert cleared.exit_code == 0 and "removed 2 conversions" in cleared.output

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..errors import describe
 from .cache import cache_root, compiled_dir, list_conversions
-from .devices import onnxruntime_providers, openvino_device_names, openvino_devices
+from .devices import cpu_has_amx, onnxruntime_providers, openvino_device_names, openvino_devices
 from .select import INSTALL, auto_backend, installed
 
 

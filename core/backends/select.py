@@ -8,9 +8,10 @@ The ``auto`` rule (``auto_backend``; ``wwts doctor`` prints its pick and reason)
    OpenVINO backend never uses CUDA);
 4. a CPU with AMX-BF16 picks torch for a float run: torch's bf16 autocast runs on AMX there (a
    ViT-B/16 block measured 3.55x float32 on a 2-core Sapphire Rapids-class VM, where whole-process
-   classify of 92 photos took 10.7 s against 19.9 s float32 and 18.8 s OpenVINO f32), while
-   OpenVINO 2026.4's default bf16 path returned NaN embeddings for every image and crashed on a
-   partial batch on that same VM;
+   classify of 92 photos took 10.7 s against 19.9 s float32 and 18.8 s OpenVINO f32; with the
+   torch-free start of a saved conversion, OpenVINO f32 still took 11.4 s against torch bf16's
+   9.7 s), while OpenVINO 2026.4's default bf16 path returned NaN embeddings beside torch, and
+   crashed (SIGSEGV) on a partial batch without torch, on that same VM;
 5. with OpenVINO installed: an x86 CPU, or an Intel GPU / NPU that OpenVINO sees, picks OpenVINO
    (its bf16 path ran 10.6-11.4 images/s against torch float32's 3.3 on the issue's 2-core AMD
    VM, image tower, batch 8; its NNCF int8 17-21);
@@ -123,8 +124,8 @@ def auto_backend(device: str, task: str, int8: bool, *, torch_device: Callable[[
     if kind in ("cuda", "mps") and not int8:
         return "torch", f"auto: PyTorch on {kind.upper()} (half-precision autocast; OpenVINO never uses CUDA)"
     if kind == "cpu" and not int8 and cpu_has_amx():
-        return "torch", ("auto: PyTorch bf16 autocast on this CPU's AMX (faster here than OpenVINO, whose "
-                         "bf16 path gave NaN and crashed on an AMX machine)")
+        return "torch", ("auto: PyTorch bf16 autocast on this CPU's AMX (faster here than OpenVINO at f32; "
+                         "OpenVINO's bf16 gave NaN or crashed on an AMX machine)")
     if ov:
         names = openvino_devices()
         if is_x86() or any(n.split(".")[0] in ("GPU", "NPU") for n in names):
