@@ -704,14 +704,16 @@ def main(argv: list[str] | None = None) -> int:
     from bench_labels import ensemble_lines, ensemble_rows
 
     prompt_plan = ensemble_rows(classify, work)
-    from bench_store import hashing_lines, store_checks, store_rows
+    from bench_store import distinct_photos, hashing_lines, store_checks, store_rows
 
-    store_plan = store_rows(classify, work / "store")
+    distinct = (cls_dir, distinct_photos(cls_dir, work / "photos-distinct"))
+    store_plan = store_rows(classify, work / "store", photos=distinct)
     # the same on the best backend here (OpenVINO NNCF int8: its conversion saved by the rows above)
     from bench_backends import variant_args
 
     ov_store_plan = store_rows(classify, work / "store-openvino-int8", "openvino-int8",
-                               tuple(variant_args("openvino", "auto", True)), work / "conversion-caches" / "openvino-int8")
+                               tuple(variant_args("openvino", "auto", True)), work / "conversion-caches" / "openvino-int8",
+                               photos=distinct)
     c_seed = Row(f"seed caption (generate 1 image/call, {CAPTION_TOKENS} tokens)",
                  [python, seed_py, "--mode", "caption", "--model", str(blip), "--max-new-tokens",
                   str(CAPTION_TOKENS), str(cap_dir)])
