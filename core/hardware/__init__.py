@@ -2,14 +2,19 @@
 
 Modules, by job:
 
+- ``choice``: ``DeviceChoice``, ``HOST_CPU`` (the device of a torch-free run), default batch sizes,
+  ``accelerator_present`` (may torch find a GPU here? answered without torch).
 - ``cpu``: CPU model and instruction sets, usable CPUs (affinity, cgroup quota), physical cores,
   torch threads, the decode pool size.
 - ``nvidia``: NVIDIA GPUs as the driver (NVML, nvidia-smi) and torch see them; bf16 capability.
 - ``select``: the torch build, ``probe`` and ``select_device`` (a proven device), MPS / XPU
-  availability, default batch sizes, out-of-memory handling.
+  availability, out-of-memory handling.
 - ``dtype``: the dtype policy (``select_dtype``, ``autocast``) and the CPU bf16 calibration it
   rests on; ``calibration`` measures and caches that.
 - ``plan``: the plan (device, dtype, threads, batch) in words.
+
+``choice`` and ``cpu`` load with the package; the modules that import torch on first use of one of
+their names (``core/lazy.py``).
 """
 
 from ..lazy import lazy_exports

@@ -1,6 +1,6 @@
 """Labels: vocabularies, prompt ensembles, label hygiene, label maps and multi-label scores.
 
-A leaf package (it imports only ``..config`` and ``..errors``, and torch for tensors):
+A leaf package (it imports only ``..config``, ``..errors`` and ``..arrays``; NumPy for features, never torch):
 
 - ``vocab``: the built-in vocabularies (``everyday``, the default; ``imagenet``) shipped as package
   data, and ``load_vocab`` for ``--vocab NAME|FILE``.

@@ -1,8 +1,11 @@
 """Task adapters: each task is prepare (per image) → collate → forward → postprocess (records).
 
 - ``base``: the ``Task`` interface the engine drives, ``size_dict``.
-- ``classify``: zero-shot classification with a dual encoder (through ``core.backends``' encoders
-  and ``core.store``'s embedding store).
+- ``zero_shot``: ``ZeroShotTask``, what both zero-shot classify tasks share (labels, label features
+  through the store, scoring, records); ``classify``: ``ClassifyTask``, the dual encoder loaded with
+  transformers (towers through ``core.backends``' encoders); ``compiled``: ``CompiledClassifyTask``,
+  a saved OpenVINO / ONNX Runtime conversion without torch or transformers; ``bundles``: what the
+  first saves for the second.
 - ``caption``: captioning with ``generate``; ``caption_families``: how each model family is
   detected, prompted and given a processor.
 - ``image_classification``: closed-set classifiers (``AutoModelForImageClassification``, own
@@ -10,6 +13,9 @@
 - ``retrieval``: ``SearchTask`` (``wwts search``) and ``EmbedTask`` (``wwts embed``), the classify
   image path with a similarity or embedding head; ``stored``: how they use the embedding store.
 - ``load``: ``load_task``, the adapter for a ``RunConfig``.
+
+Only ``base`` is imported with the package; the others (and torch, transformers) on first use of
+one of their names (``core/lazy.py``).
 """
 
 from ..lazy import lazy_exports
