@@ -75,9 +75,11 @@ def store_rows(classify: Callable, store_dir: Path, tag: str = "", extra: tuple[
     rows = [first, second, reference]
     if photos is not None:
         bench_dir, distinct = photos
+        # the same store folder, emptied again: its weights-index.json (the once-per-model
+        # identification of the weights, timed in the hashing lines) stays, as for the first-run row
         empty = classify(f"{name}, store: first run, {len(list(distinct.iterdir()))} distinct photos",
-                         f"wwts-store{slug}-distinct.json", *extra, "--store", str(store_dir) + "-distinct")
-        empty[0].cmd = ["sh", "-c", 'mkdir -p "$0" && rm -f "$0"/*.sqlite* && exec "$@"', str(store_dir) + "-distinct",
+                         f"wwts-store{slug}-distinct.json", *extra, *store)
+        empty[0].cmd = ["sh", "-c", 'mkdir -p "$0" && rm -f "$0"/*.sqlite* && exec "$@"', str(store_dir),
                         *empty[0].cmd]
         bare = classify(f"{name} --no-store, the same distinct photos", f"wwts-store{slug}-distinct-none.json",
                         *extra, "--no-store")
