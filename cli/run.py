@@ -36,7 +36,7 @@ from typing import Any, Iterator
 import typer
 from rich.console import Console
 
-from ..core import RunConfig, UsageError, WwtsError, configure_libraries, describe, prepare_environment
+from ..core import RunConfig, UsageError, WwtsError, configure_libraries, describe, dtype_name, prepare_environment
 from .console import DataConsole, log_to, styled
 from .after_run import AfterRun
 from .progress import RunProgress, loading
@@ -345,7 +345,7 @@ def _summarize(outcome: _Outcome, task: str, options: OutputOptions, console: Co
             + (f"{stats.cached} embeddings reused from the store, " if getattr(stats, "cached", 0) else "")
             + f"{stats.seconds:.1f} s "
             f"({stats.images_per_s:.2f} images/s; model load {stats.load_s:.1f} s) on {stats.device} "
-            f"{str(run.dtype).replace('torch.', '')}, final batch size {stats.batch_size}"
+            f"{dtype_name(run.dtype)}, final batch size {stats.batch_size}"
             + (f" → {saved}" if out is not None else ""))
     if exit_code != EXIT_OK and images < run.total:
         if out is not None:

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from ..core import dtype_name
 from .console import DataConsole, styled
 from .store_options import STORE_DIR_ONLY, STORE_HELP
 
@@ -53,7 +54,7 @@ def _describe(entry: Any) -> dict[str, Any]:
     key, stats = entry.key or {}, entry.stats or {}
     weights = key.get("weights") or {}
     out.update(model=stats.get("model"), revision=weights.get("revision") or weights.get("files", "")[:16] or None,
-               dtype=str(key.get("dtype", "")).replace("torch.", ""), quantize=key.get("quantize"),
+               dtype=dtype_name(key.get("dtype", "")), quantize=key.get("quantize"),
                input_size=key.get("input_size"), photos=stats.get("photos"), paths=stats.get("paths"),
                label_prompts=stats.get("texts"), dim=stats.get("dim"), oldest=_when(stats.get("oldest")),
                newest=_when(stats.get("newest")))

@@ -10,6 +10,7 @@ The package itself exports its shared leaves, which import no torch: the run con
 
 from importlib.metadata import PackageNotFoundError, version
 
+from .arrays import dtype_name
 from .config import BACKENDS
 from .config import (DEFAULT_OTHER_LABEL, DEFAULT_PROMPT_TEMPLATE, DTYPES, LANGS, QUANTIZE, TASKS, RunConfig,
                      fill_prompt, parse_labels, read_labels_file, validate_labels, validate_prompt_template)
@@ -23,6 +24,8 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 
 __all__ = [
     "__version__",
+    # arrays.py
+    "dtype_name",
     # config.py
     "BACKENDS", "DEFAULT_OTHER_LABEL", "DEFAULT_PROMPT_TEMPLATE", "DTYPES", "LANGS", "QUANTIZE", "TASKS", "RunConfig", "fill_prompt", "parse_labels",
     "read_labels_file", "validate_labels", "validate_prompt_template",

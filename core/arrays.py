@@ -1,5 +1,6 @@
 """Arrays at the seams: model outputs come as NumPy arrays (OpenVINO, ONNX Runtime, the store) or as
-torch tensors (the torch backend); scoring, label features and the store work on NumPy.
+torch tensors (the torch backend); scoring, label features and the store work on NumPy. Dtypes come
+as ``torch.dtype`` or as names; ``dtype_name`` is how wwts writes either.
 
 This module must not import torch: a run on OpenVINO or ONNX Runtime never loads it.
 """
@@ -27,3 +28,9 @@ def as_numpy(values: Any) -> np.ndarray:
     if array.dtype.kind == "f" and array.dtype != np.float32:
         return array.astype(np.float32)
     return array
+
+
+def dtype_name(dtype: Any) -> str:
+    """``torch.bfloat16`` (or the string ``"bfloat16"``) → ``"bfloat16"``: the name records, the
+    store key and messages use, without importing torch."""
+    return str(dtype).removeprefix("torch.")

@@ -47,12 +47,6 @@ class ClusterFault(WwtsError):
     exit_code = 4
 
 
-def _now() -> str:
-    from datetime import datetime, timezone
-
-    return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
-
-
 def _worker_config(config: RunConfig, layout: Layout) -> RunConfig:
     """``config`` as the nodes use it: a local model folder as an absolute path (workers do not
     share the driver's working directory) and the actors' thread count."""
@@ -80,7 +74,7 @@ def start(config: RunConfig, *, paths: list[Path] | None = None,
         DeviceError: ``--device cuda`` on a cluster without GPUs, or unusable on the probe's node.
         ModelLoadError: the model cannot be loaded on the cluster.
     """
-    started = _now()
+    started = engine.now()
     ray = import_ray()
     if paths is None:
         paths = engine.find_images(config)
@@ -131,7 +125,7 @@ def _probe(ray: Any, config: RunConfig, layout: Layout) -> dict[str, Any]:
     return probed
 
 
-class ClusterRun:
+class ClusterRun(engine.BatchRun):
     """One prepared run on a Ray cluster; iterate ``batches()`` for records (completion order).
 
     The CLI drives it exactly like ``core.engine.Run``: ``total``, ``info()``, ``stats``,
@@ -163,11 +157,6 @@ class ClusterRun:
                                      device=layout.describe())
 
     @property
-    def total(self) -> int:
-        """Number of images the run will produce records for."""
-        return len(self.paths)
-
-    @property
     def device(self) -> str:
         """The actors' device as the probe found it (``cuda:0``, ``cpu``)."""
         return str(self._probed["info"]["device"])
@@ -191,18 +180,10 @@ class ClusterRun:
             info["cluster"]["first_batch_s"] = round(self._first_s, 3)
         if self.stats.seconds:
             info.update(seconds=round(self.stats.seconds, 3), images_per_s=round(self.stats.images_per_s, 3),
-                        errors=self.stats.errors, finished=_now())
+                        errors=self.stats.errors, finished=engine.now())
         if self.stats.events:
             info["events"] = list(self.stats.events)
         return info
-
-    def stop(self) -> None:
-        """Stop after the batch in flight (Ctrl-C / SIGTERM): the pipeline and its actors end."""
-        self._stop = True
-
-    def __iter__(self) -> Iterator[ImageRecord]:
-        for batch in self.batches():
-            yield from batch
 
     def batches(self) -> Iterator[list[ImageRecord]]:
         """Yield lists of records as the actors finish them; each path once.

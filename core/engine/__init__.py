@@ -15,6 +15,6 @@
 from .batch import Item, process_batch
 from .plan import find_images, load_task, start
 from .recovery import Recovery
-from .run import Run, RunStats
+from .run import BatchRun, Run, RunStats, now
 
-__all__ = ["start", "find_images", "load_task", "Run", "RunStats", "process_batch", "Item", "Recovery"]
+__all__ = ["start", "find_images", "load_task", "BatchRun", "Run", "RunStats", "now", "process_batch", "Item", "Recovery"]

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, ContextManager
 
 from .. import hardware as devices
 from .. import backends, models
+from ..arrays import dtype_name
 from ..config import RunConfig
 from ..errors import UsageError
 from ..input import IMAGE_EXTENSIONS, discover
@@ -125,7 +126,7 @@ def start(config: RunConfig, *, paths: list[Path] | None = None,
     workers = devices.decode_workers(threads, config.decode_workers, accelerator=choice.device.type != "cpu")
     plan = {"task": config.retrieval or config.task, "images": len(paths),
             "model": models.model_for(config.task, config.lang, config.model), "device": str(choice.device),
-            "dtype": str(dtype).replace("torch.", ""), "quantize": config.quantize, "threads": threads,
+            "dtype": dtype_name(dtype), "quantize": config.quantize, "threads": threads,
             "batch_size": batch_size, "backend": backend.name}
     if backend.name != "torch":  # the backend's own device name and precision request
         plan.update(device=backend.device, dtype=config.dtype)

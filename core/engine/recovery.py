@@ -14,6 +14,7 @@ import logging
 from dataclasses import dataclass, field
 
 from .. import hardware as devices
+from ..arrays import dtype_name
 from ..errors import DeviceFault, describe
 from ..tasks import Task
 
@@ -89,7 +90,7 @@ class Recovery:
         self.task.to(cpu, dtype)
         devices.empty_cache(old)
         self.device_label = f"{old}→cpu"
-        self.event(f"{why}: the rest of the run goes to the CPU ({str(dtype).replace('torch.', '')}, "
+        self.event(f"{why}: the rest of the run goes to the CPU ({dtype_name(dtype)}, "
                    f"batch size {self.batch_size})")
 
     def event(self, message: str) -> None:

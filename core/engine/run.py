@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from .. import hardware as devices
 from .. import models
+from ..arrays import dtype_name
 from ..config import RunConfig
 from ..errors import ImageError
 from ..input import DecodePool, Sample
@@ -71,7 +72,32 @@ class RunStats:
         return self.images / self.seconds if self.seconds > 0 else 0.0
 
 
-class Run:
+class BatchRun:
+    """What the CLI iterates, whoever computes the records: ``paths``, ``total``, ``stop`` and
+    iteration over ``batches()`` (``Run`` here; ``core.cluster.ClusterRun`` on a Ray cluster)."""
+
+    paths: list[Path]
+    _stop: bool = False
+
+    @property
+    def total(self) -> int:
+        """Number of images the run will produce records for."""
+        return len(self.paths)
+
+    def stop(self) -> None:
+        """Ask the run to stop after the batch in flight (used on Ctrl-C / SIGTERM)."""
+        self._stop = True
+
+    def __iter__(self) -> Iterator[ImageRecord]:
+        for batch in self.batches():
+            yield from batch
+
+    def batches(self) -> Iterator[list[ImageRecord]]:
+        """Lists of records, one per mini-batch."""
+        raise NotImplementedError
+
+
+class Run(BatchRun):
     """One prepared run. Iterate it (or ``batches()``) to get records in input order.
 
     Attributes:
@@ -100,11 +126,6 @@ class Run:
         self._stop = False
 
     @property
-    def total(self) -> int:
-        """Number of images the run will produce records for."""
-        return len(self.paths)
-
-    @property
     def device(self) -> torch.device:
         """Where the task runs now (the CPU after a fallback)."""
         return self.task.device
@@ -123,7 +144,7 @@ class Run:
             "task": self.config.task,
             "model": models.model_for(self.config.task, self.config.lang, self.config.model),
             "device": self.stats.device,  # e.g. "cuda:0→cpu" after a fallback
-            "dtype": str(self.task.dtype).replace("torch.", ""),
+            "dtype": dtype_name(self.task.dtype),
             "quantize": self.config.quantize,
             "threads": self.threads,
             "decode_workers": self.workers,
@@ -149,14 +170,6 @@ class Run:
         if self.stats.events:
             info["events"] = list(self.stats.events)
         return info
-
-    def stop(self) -> None:
-        """Ask the run to stop after the batch in flight (used on Ctrl-C / SIGTERM)."""
-        self._stop = True
-
-    def __iter__(self) -> Iterator[ImageRecord]:
-        for batch in self.batches():
-            yield from batch
 
     def batches(self) -> Iterator[list[ImageRecord]]:
         """Yield lists of records (one list per mini-batch), in input order.

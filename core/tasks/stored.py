@@ -18,7 +18,7 @@ from typing import Any, Callable, Hashable, Sequence
 
 import numpy as np
 
-from ..arrays import as_numpy
+from ..arrays import as_numpy, dtype_name
 from ..input import DECODE_RECIPE
 from ..store import TextKey
 
@@ -43,7 +43,7 @@ def store_parts(task: Any) -> dict[str, Any]:
     the weights' identity). JSON-ready. The task gives ``model_type``, ``dtype``, ``config``,
     ``image_encoder``, ``input_size`` and ``image_recipe`` (``processor_recipe`` of its image
     processor): the torch-loaded and the torch-free classify tasks build the same key."""
-    return {"model_type": task.model_type, "dtype": str(task.dtype).replace("torch.", ""),
+    return {"model_type": task.model_type, "dtype": dtype_name(task.dtype),
             "quantize": task.config.quantize, "backend": _encoder_name(task.image_encoder), "input_size": task.input_size,
             "preprocess": task.image_recipe, "decode_recipe": DECODE_RECIPE}
 

@@ -17,6 +17,7 @@ from typing import Any, Hashable, Sequence
 
 import numpy as np
 
+from ..arrays import dtype_name
 from ..config import RunConfig
 from ..labels import ensemble, feature_issues, label_scores, text_issues
 from ..output import ClassifyResult
@@ -184,7 +185,7 @@ class ZeroShotTask(Task):
         return build_records(scores, bases, self.labels, self.top_k, self.config, self._nonfinite_error())
 
     def _nonfinite_error(self) -> str:
-        reduced = str(self.dtype).replace("torch.", "") != "float32" or \
+        reduced = dtype_name(self.dtype) != "float32" or \
             getattr(self.image_encoder, "precision", "float32") not in ("float32", None)
         hint = "; try --dtype float32" if reduced else ""
         return f"nonfinite: the model gave NaN or infinite scores for this image{hint}"
