@@ -26,7 +26,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -258,10 +258,15 @@ class DecodePool:
         pool = self._process_pool()
         try:
             return _unwrap(pool.submit(self._isolated, path).result())
-        except BrokenProcessPool:
+        except (BrokenProcessPool, CancelledError):
+            # broken under this file, or shut down (its queued work cancelled) by the thread that
+            # saw it break first: this file may be innocent, retry it alone
             self._reset_process_pool(pool)
         except ImageError:
             raise
+        except RuntimeError as exc:
+            if self._proc is pool and not self._closed:  # not "submitted to a pool already replaced"
+                raise ImageError("decode", f"{type(exc).__name__}: {exc}") from None
         except Exception as exc:
             raise ImageError("decode", f"{type(exc).__name__}: {exc}") from None
         # A worker died with this file (or another one) inside: retry it alone, in a process that
