@@ -94,8 +94,15 @@ def connect(path: Path, key: ModelKey | None) -> tuple[sqlite3.Connection, str]:
     conn = sqlite3.connect(os.fspath(path), timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
     try:
         try:
-            app, version = (conn.execute(f"PRAGMA {name}").fetchone()[0] for name in ("application_id", "user_version"))
-            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            # one read transaction: the header and the tables from the same moment (another process
+            # creating the store commits both at once, in _create)
+            conn.execute("BEGIN")
+            try:
+                app, version = (conn.execute(f"PRAGMA {name}").fetchone()[0]
+                                for name in ("application_id", "user_version"))
+                tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            finally:
+                conn.execute("COMMIT")
         except sqlite3.DatabaseError as exc:
             raise StoreFileError("corrupt", f"not a readable SQLite database ({exc})") from None
         if app == 0 and not tables and key is not None:
