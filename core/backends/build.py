@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 from ..errors import ModelLoadError, UsageError, WwtsError, describe
 from . import cache, devices
 from .base import ImageEncoder, TextEncoder
-from .select import BACKENDS, NAMES, BackendChoice, auto_backend, check_request
+from .select import TEXT_ON_OPENVINO, BACKENDS, NAMES, BackendChoice, auto_backend, auto_text_backend, check_request
 
 if TYPE_CHECKING:  # plan_backend runs without torch (a torch-free OpenVINO / ONNX Runtime run)
     import torch
@@ -64,14 +64,26 @@ def plan_backend(backend: str, device: str, *, task: str, dtype: str = "auto", i
             return plan_backend(preset, device, task=task, dtype=dtype, int8=int8, threads=threads, paths=paths,
                                 torch_device=torch_device, reason=f"{ENV_BACKEND}={preset}")
     check_request(backend, task, int8)
+    text = ""
     if backend == "auto":
-        name, reason = auto_backend(device, task, int8, torch_device=torch_device,
+        kinds: list[str] = []
+
+        def probe() -> str:
+            kinds.append(torch_device())
+            return kinds[-1]
+
+        name, reason = auto_backend(device, task, int8, torch_device=probe,
                                     openvino_devices=devices.openvino_device_names,
                                     cpu_has_amx=devices.cpu_has_amx)
+        text = auto_text_backend(name, kinds[-1] if kinds else None, task, int8)
+        if text != name:
+            reason += TEXT_ON_OPENVINO
+        else:
+            text = ""
     else:
         name, reason = backend, reason or "--backend " + backend
     choice = BackendChoice(name, reason, device=device, dtype=dtype, int8=int8, threads=threads,
-                           calibration_paths=tuple(paths[:300]) if int8 else ())
+                           calibration_paths=tuple(paths[:300]) if int8 else (), text=text)
     if name == "openvino":
         return replace(choice, device=devices.resolve_openvino_device(device))
     if name == "onnxruntime":
@@ -125,7 +137,14 @@ def build_encoders(model: torch.nn.Module, device: torch.device, dtype: torch.dt
 
         from .torch import TorchImageEncoder, TorchTextEncoder
 
-        return TorchImageEncoder(model, device, dtype), TorchTextEncoder(model, device, torch.float32)
+        image = TorchImageEncoder(model, device, dtype)
+        if choice is not None and choice.text_backend == "openvino" and tokens is not None:
+            try:
+                return image, _openvino_text(model, choice, tokens(), input_size)
+            except Exception as exc:  # the run goes on with torch's text tower (float32 as well)
+                log.warning("label text runs on PyTorch: the text tower could not run on OpenVINO (%s)",
+                            describe(exc))
+        return image, TorchTextEncoder(model, device, torch.float32)
     if tokens is None:
         raise ValueError("the label tokens are needed to convert the text tower")
     try:
@@ -135,6 +154,15 @@ def build_encoders(model: torch.nn.Module, device: torch.device, dtype: torch.dt
     except Exception as exc:
         raise ModelLoadError(f"cannot run the model on {NAMES[choice.name]}: {describe(exc)} "
                              "(--backend torch runs it on PyTorch)") from exc
+
+
+def _openvino_text(model: torch.nn.Module, choice: BackendChoice, tokens: Mapping[str, Any],
+                   input_size: int | None) -> TextEncoder:
+    """The text tower on OpenVINO's CPU at f32, beside a torch image tower on the CPU."""
+    from . import openvino
+
+    return openvino.build_text(model, base_fields=model_identity(model), device="CPU", threads=choice.threads,
+                               input_size=input_size, tokens=tokens)
 
 
 def _convert(model: torch.nn.Module, choice: BackendChoice, tokens: Mapping[str, Any], input_size: int | None,

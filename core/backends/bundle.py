@@ -32,7 +32,14 @@ BUNDLE_VERSION = 1
 
 
 def runtime_version(backend: str) -> str:
-    """The version of the runtime that runs ``backend``'s conversions (imports it)."""
+    """The version of the runtime that runs ``backend``'s conversions (imports it). ``torch``: a
+    torch image tower beside an OpenVINO text tower (``select.auto_text_backend``), both versions
+    (torch's read from its metadata: no import)."""
+    if backend == "torch":
+        from ..hardware import torch_version
+        from .openvino import version
+
+        return f"torch {torch_version()}; openvino {version()}"
     if backend == "openvino":
         from .openvino import version
     else:
@@ -41,8 +48,9 @@ def runtime_version(backend: str) -> str:
 
 
 def bundle_path(folder: str | os.PathLike, backend: str, int8: bool) -> Path:
-    """The bundle file of the model in ``folder`` on ``backend`` (``openvino`` / ``onnxruntime``)
-    at its float or int8 precision, for the installed runtime version."""
+    """The bundle file of the model in ``folder`` on ``backend`` (``openvino`` / ``onnxruntime``;
+    ``torch``: the torch image tower with the OpenVINO text tower) at its float or int8 precision,
+    for the installed runtime version."""
     request = {"folder": str(Path(folder).resolve()), "backend": backend, "version": runtime_version(backend),
                "int8": bool(int8), "format": BUNDLE_VERSION}
     digest = hashlib.sha256(json.dumps(request, sort_keys=True).encode("utf-8")).hexdigest()[:20]
@@ -50,22 +58,24 @@ def bundle_path(folder: str | os.PathLike, backend: str, int8: bool) -> Path:
 
 
 def write_bundle(folder: str | os.PathLike, backend: str, int8: bool, identity: dict[str, Any],
-                 image_manifest: dict[str, Any], text_manifest: dict[str, Any], facts: dict[str, Any]) -> Path:
+                 image_manifest: dict[str, Any] | None, text_manifest: dict[str, Any], facts: dict[str, Any]) -> Path:
     """Save the bundle of a model whose towers were just converted (or loaded from the cache).
 
     Args:
         folder: the model folder the weights were loaded from.
         backend / int8: as for ``bundle_path``.
         identity: ``build.model_identity`` of the loaded model.
-        image_manifest / text_manifest: the two conversions' manifests (their ``fields``).
+        image_manifest / text_manifest: the two conversions' manifests (their ``fields``);
+            ``image_manifest`` is ``None`` for ``torch`` (the image tower is torch's own).
         facts: JSON-ready model facts (``model_type``, ``logit_scale``...), kept as they are.
 
     Raises:
         OSError: the cache folder cannot be written.
     """
     path = bundle_path(folder, backend, int8)
-    towers = {tower: {"dir": str(cache.entry_dir(backend, manifest["fields"])), "fields": manifest["fields"]}
-              for tower, manifest in (("image", image_manifest), ("text", text_manifest))}
+    towers = {tower: {"dir": str(cache.entry_dir(manifest["fields"].get("backend", backend), manifest["fields"])),
+                      "fields": manifest["fields"]}
+              for tower, manifest in (("image", image_manifest), ("text", text_manifest)) if manifest is not None}
     data = {"version": BUNDLE_VERSION, "backend": backend, "int8": bool(int8),
             "identity": json.loads(json.dumps(identity, default=str)), "towers": towers, "facts": facts}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -93,7 +103,7 @@ def load_bundle(folder: str | os.PathLike, backend: str, int8: bool) -> dict[str
     if any(now.get(k) != saved.get(k) for k in ("folder", "files")) or now.get("folder") is None:
         log.info("the model in %s changed since %s was saved: loading it with torch", folder, path.name)
         return None
-    for tower in ("image", "text"):
+    for tower in ("image", "text") if backend != "torch" else ("text",):
         entry = (data.get("towers") or {}).get(tower) or {}
         manifest = cache.load_entry(Path(entry.get("dir", "")), entry.get("fields") or {})
         if manifest is None:
@@ -107,13 +117,19 @@ def bundle_encoders(bundle: dict[str, Any], choice: Any, input_size: int | None)
     ``choice`` (``select.BackendChoice``: device, ``--dtype``, threads): OpenVINO compiles the
     saved IR (from its blob cache after the first time), ONNX Runtime opens sessions, each when
     first used where its precision is known beforehand (a run served by the embedding store may
-    never need a tower). No torch.
+    never need a tower). No torch. A ``torch`` bundle gives ``(None, text encoder)``: its image
+    tower is loaded with the model when a photo needs it (``tasks.compiled``).
 
     Raises:
         whatever the runtime raises for a model it cannot load or compile.
     """
-    image, text = bundle["towers"]["image"], bundle["towers"]["text"]
+    image, text = bundle["towers"].get("image"), bundle["towers"]["text"]
     names = list(text["fields"].get("inputs") or ["input_ids"])
+    if choice.name == "torch":  # the caller gives the image tower (tasks.compiled)
+        from .openvino import compiled_text_encoder
+
+        return None, compiled_text_encoder(Path(text["dir"]) / "model.xml", "CPU", choice.threads, names,
+                                           text["manifest"], lazy=True)
     if choice.name == "openvino":
         from .openvino import compiled_image_encoder, compiled_text_encoder
 

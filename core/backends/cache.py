@@ -241,9 +241,11 @@ def clear_conversions(backend: str | None = None) -> tuple[int, int]:
         freed += sum(p.stat().st_size for p in blobs.rglob("*") if p.is_file())
         shutil.rmtree(blobs, ignore_errors=True)
     # the bundles naming them (backends/bundle.py): small JSON files, of no use without the conversions
-    for bundle in (cache_root() / "bundles").glob(f"*-{backend or '*'}-*.json"):
-        freed += bundle.stat().st_size
-        bundle.unlink(missing_ok=True)
+    # (a torch bundle names an OpenVINO text tower)
+    for kind in [backend or "*"] + (["torch"] if backend == "openvino" else []):
+        for bundle in (cache_root() / "bundles").glob(f"*-{kind}-*.json"):
+            freed += bundle.stat().st_size
+            bundle.unlink(missing_ok=True)
     return count, freed
 
 

@@ -9,7 +9,7 @@ from typing import Any
 from ..errors import describe
 from .cache import cache_root, compiled_dir, list_conversions
 from .devices import cpu_has_amx, onnxruntime_providers, openvino_device_names, openvino_devices
-from .select import INSTALL, auto_backend, installed
+from .select import INSTALL, TEXT_ON_OPENVINO, auto_backend, auto_text_backend, installed
 
 
 def backend_facts(torch_device: str | None) -> dict[str, Any]:
@@ -24,7 +24,7 @@ def backend_facts(torch_device: str | None) -> dict[str, Any]:
         "capabilities"}], "install"}, "onnxruntime": {"installed", "version", "providers",
         "install"}, "conversions": {"folder", "count", "bytes", "compiled_bytes", "bundles" (saved models a
         classify run starts from without torch), "items": [...]},
-        "auto": {"classify": {"backend", "reason"}, "classify_int8": {...}}}``; a part that
+        "auto": {"classify": {"backend", "reason", "text_backend"}, "classify_int8": {...}}}``; a part that
         fails carries ``"error"``.
     """
     kind = (torch_device or "cpu").split(":")[0]
@@ -34,7 +34,9 @@ def backend_facts(torch_device: str | None) -> dict[str, Any]:
         try:
             name, reason = auto_backend("auto", "classify", int8, torch_device=lambda: kind,
                                         openvino_devices=openvino_device_names, cpu_has_amx=cpu_has_amx)
-            auto[key] = {"backend": name, "reason": reason}
+            text = auto_text_backend(name, kind, "classify", int8)
+            auto[key] = {"backend": name, "reason": reason + (TEXT_ON_OPENVINO if text != name else ""),
+                         "text_backend": text}
         except Exception as exc:  # e.g. int8 with neither runtime installed
             auto[key] = {"backend": None, "reason": describe(exc)}
     preset = os.environ.get("WWTS_BACKEND", "").strip().lower()

@@ -223,7 +223,7 @@ def build(model: torch.nn.Module, *, base_fields: dict[str, Any], device: str, d
         input_size: the image side in pixels (part of the cache key; 224 when unknown).
         tokens: the label prompts' tokenizer output (the text tower's example input).
     """
-    from .towers import example_image, example_tokens, text_names
+    from .towers import example_image
 
     fields = {**base_fields, "backend": "openvino", "version": version(), "input_size": input_size}
     image_fields = {**fields, "tower": "image", "precision": "int8" if int8 else "float"}
@@ -234,11 +234,27 @@ def build(model: torch.nn.Module, *, base_fields: dict[str, Any], device: str, d
     path, manifest = saved_model(model, "image", image_fields, {"pixel_values": example_image(input_size)},
                                  calibration if int8 else None)
     image = compiled_image_encoder(path, device, dtype, threads, input_size, manifest)
+    return image, build_text(model, base_fields=base_fields, device=device, threads=threads, input_size=input_size,
+                             tokens=tokens)
+
+
+def build_text(model: torch.nn.Module, *, base_fields: dict[str, Any], device: str, threads: int | None,
+               input_size: int | None, tokens: Mapping[str, Any]) -> OpenVINOTextEncoder:
+    """The text tower alone on OpenVINO ``device`` at f32 on a CPU (converted or loaded from the
+    cache, compiled): ``build``'s text half, also used beside a torch image tower
+    (``select.auto_text_backend``). Its cache entry is the one ``build`` makes, so the OpenVINO
+    backend and a torch run share one conversion. Arguments as for ``build``.
+
+    Raises:
+        whatever the exporter or OpenVINO raise.
+    """
+    from .towers import example_tokens, text_names
+
     names = text_names(tokens)
-    example = example_tokens(tokens, names)
-    text_fields = {**fields, "tower": "text", "precision": "float", "inputs": names}
-    text_path, text_manifest = saved_model(model, "text", text_fields, example)
-    return image, compiled_text_encoder(text_path, device, threads, names, text_manifest)
+    fields = {**base_fields, "backend": "openvino", "version": version(), "input_size": input_size, "tower": "text",
+              "precision": "float", "inputs": names}
+    text_path, text_manifest = saved_model(model, "text", fields, example_tokens(tokens, names))
+    return compiled_text_encoder(text_path, device, threads, names, text_manifest)
 
 
 def compiled_image_encoder(path: Path, device: str, dtype: str, threads: int | None, input_size: int | None,

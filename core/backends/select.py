@@ -20,6 +20,13 @@ The ``auto`` rule (``auto_backend``; ``wwts doctor`` prints its pick and reason)
 7. otherwise torch. ONNX Runtime is never picked for a float run: its float32 (3.6-4.7 images/s)
    trailed torch bf16 autocast (6.7) on that machine.
 
+The text tower may run elsewhere than the image tower (``auto_text_backend``): when rule 4 leaves
+the image tower on torch's CPU and OpenVINO is installed, the label text runs on a saved OpenVINO
+conversion at f32. Label features are computed once per label set (then read from the embedding
+store), so its speed hardly matters; what matters is that a later run with new labels whose photos
+are all in the store needs neither torch nor the image tower (``tasks.compiled``): 4.3 s → about
+1 s to re-label the 92 bench photos on the AMX machine (``make bench``).
+
 A backend asked for by name and not installed is one ``UsageError`` line saying what to install.
 """
 
@@ -60,6 +67,8 @@ class BackendChoice:
         threads: CPU threads the runtime may use (``None``: its default).
         providers: ONNX Runtime's execution providers in order (after ``resolve_device``).
         calibration_paths: images NNCF calibrates int8 on (the run's first ones).
+        text: the text tower's backend when it differs from ``name`` (``openvino`` beside a torch
+            image tower on the CPU, see ``auto_text_backend``); empty: ``name``.
     """
 
     name: str
@@ -70,6 +79,12 @@ class BackendChoice:
     threads: int | None = None
     providers: tuple[str, ...] = ()
     calibration_paths: tuple[Path, ...] = field(default=(), compare=False)
+    text: str = ""
+
+    @property
+    def text_backend(self) -> str:
+        """The backend of the text tower (``text`` or ``name``)."""
+        return self.text or self.name
 
 
 def installed(name: str) -> bool:
@@ -138,6 +153,20 @@ def auto_backend(device: str, task: str, int8: bool, *, torch_device: Callable[[
                          f"neither is installed: {INSTALL['openvino']} (or {INSTALL['onnxruntime']})")
     why = "not an x86 CPU" if ov else f"OpenVINO is not installed ({INSTALL['openvino']} may be faster)"
     return "torch", f"auto: PyTorch ({why})"
+
+
+#: Added to the ``auto`` reason when the text tower runs on OpenVINO beside torch's image tower.
+TEXT_ON_OPENVINO = "; label text on OpenVINO f32, so new labels need no torch once the photos are stored"
+
+
+def auto_text_backend(name: str, kind: str | None, task: str, int8: bool) -> str:
+    """The text tower's backend under ``--backend auto`` once the image tower's is ``name``:
+    ``openvino`` when the image tower runs on torch's CPU (``kind`` is the proven torch device
+    type, ``None`` when the rule never probed one), OpenVINO is installed, the CPU is x86 and the
+    run is a float classify run; else ``name`` (the module docstring says why)."""
+    if name == "torch" and kind == "cpu" and task == "classify" and not int8 and is_x86() and installed("openvino"):
+        return "openvino"
+    return name
 
 
 def check_request(backend: str, task: str, int8: bool) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence, Union
 
 from .. import hardware as devices
-from ..errors import ImageError, describe
+from ..errors import ImageError, ModelLoadError, describe
 from ..input import Sample
 from ..output import ImageRecord
 from ..tasks import Task
@@ -92,6 +92,7 @@ def infer(task: Task, prepared: Sequence[Any], bases: Sequence[ImageRecord], rec
 
     Raises:
         DeviceFault: from ``recovery``.
+        ModelLoadError: a tower loaded on first use (``tasks.LazyTorchImageEncoder``) could not load.
     """
     out: list[ImageRecord] = []
     i = 0
@@ -100,6 +101,8 @@ def infer(task: Task, prepared: Sequence[Any], bases: Sequence[ImageRecord], rec
         part, part_bases = prepared[i:i + n], bases[i:i + n]
         try:
             records = run_model(task, part, part_bases)
+        except ModelLoadError:
+            raise  # a tower loaded on first use could not load: every image would fail the same way
         except Exception as exc:
             if recovery.handle(exc, n):
                 continue

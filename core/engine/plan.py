@@ -2,8 +2,10 @@
 batch size, load the task. ``start(config)`` does this slow set-up once and returns a ``Run``.
 
 A classify run on OpenVINO or ONNX Runtime whose model was converted before is served from the
-saved conversion bundle (``tasks.load_compiled_task``) and never imports torch or transformers;
-every other run loads the model with transformers (and converts it for a backend the first time).
+saved conversion bundle (``tasks.load_compiled_task``) and never imports torch or transformers; so
+is a run of torch's CPU image tower beside OpenVINO's text tower (``--backend auto`` on an AMX CPU)
+until a photo that is not in the embedding store needs the image tower. Every other run loads the
+model with transformers (and converts it for a backend the first time).
 """
 
 from __future__ import annotations
@@ -48,10 +50,11 @@ def _load(config: RunConfig, device: torch.device, dtype: torch.dtype,
     return task
 
 
-def _load_compiled(config: RunConfig, backend: backends.BackendChoice) -> Task | None:
-    """The torch-free task of a classify run on a saved OpenVINO / ONNX Runtime conversion, set up
-    (towers compiled, labels encoded), or ``None`` (see ``tasks.load_compiled_task``)."""
-    task = load_compiled_task(config, backend)
+def _load_compiled(config: RunConfig, backend: backends.BackendChoice, dtype: str | None) -> Task | None:
+    """The torch-free task of a classify run on a saved OpenVINO / ONNX Runtime conversion (or
+    torch's image tower with OpenVINO's text tower, ``dtype`` the image tower's), set up (towers
+    compiled, labels encoded), or ``None`` (see ``tasks.load_compiled_task``)."""
+    task = load_compiled_task(config, backend, dtype)
     if task is not None:
         attach_store(task, config)
         task.to(devices.HOST_CPU, "float32")
@@ -61,8 +64,9 @@ def _load_compiled(config: RunConfig, backend: backends.BackendChoice) -> Task |
 def _choose_backend(config: RunConfig, paths: list[Path], threads: int) -> tuple[backends.BackendChoice,
                                                                                   devices.DeviceChoice | None]:
     """The run's backend and, for torch, the proven torch device (``None`` for OpenVINO and ONNX
-    Runtime, which are never asked for a torch device: their inputs are made on the CPU). The
-    ``auto`` rule proves a torch device only where this machine may have an accelerator
+    Runtime, which are never asked for a torch device: their inputs are made on the CPU, and for
+    torch on a CPU-only machine when its text tower is OpenVINO's: that run may never need torch).
+    The ``auto`` rule proves a torch device only where this machine may have an accelerator
     (``hardware.accelerator_present``); on a CPU-only machine it imports no torch."""
     proven: list[devices.DeviceChoice] = []
 
@@ -75,7 +79,7 @@ def _choose_backend(config: RunConfig, paths: list[Path], threads: int) -> tuple
     backend = backends.plan_backend(config.backend, config.device, task=config.task, dtype=config.dtype,
                                     int8=config.quantize == "int8", threads=threads, paths=paths,
                                     torch_device=torch_device)
-    if backend.name != "torch":
+    if backend.name != "torch" or (not proven and backend.text_backend != "torch"):
         return backend, None
     return backend, proven[-1] if proven else devices.select_device(config.device)
 
@@ -109,8 +113,15 @@ def start(config: RunConfig, *, paths: list[Path] | None = None,
                              + " (extensions: " + " ".join(sorted(e[1:] for e in IMAGE_EXTENSIONS)) + ")")
     threads, _ = devices.resolve_threads(config.threads)
     backend, choice = _choose_backend(config, paths, threads)
+    cpu_dtype = None  # torch's dtype on the CPU, decided without torch (a run that may not need it)
+    if choice is None and backend.name == "torch":
+        batch = config.batch_size or devices.default_batch_size(devices.HOST_CPU, config.task)
+        cpu_dtype = devices.cpu_dtype_without_torch(config.dtype, batch, threads)
+        if cpu_dtype is None:  # e.g. bf16 never calibrated here: torch measures it
+            choice = devices.select_device(config.device)
     if choice is None:  # OpenVINO / ONNX Runtime: their own device names, the CPU makes the inputs
-        choice = devices.DeviceChoice(devices.HOST_CPU, auto=False, reason=backend.reason)
+        choice = devices.DeviceChoice(devices.HOST_CPU, auto=backend.name == "torch" and config.device == "auto",
+                                      reason=backend.reason)
     else:
         threads = devices.configure_threads(config.threads)  # before dtype: the bf16 check runs on these
     if config.quantize and choice.device.type != "cpu":
@@ -118,7 +129,9 @@ def start(config: RunConfig, *, paths: list[Path] | None = None,
                          f"{choice.device} (use --device cpu, or leave out --quantize)")
     batch_size = config.batch_size or devices.default_batch_size(choice.device, config.task)
     dtype: Any = "float32"  # OpenVINO / ONNX Runtime: the backend's precision (``plan`` below)
-    if backend.name == "torch":
+    if cpu_dtype is not None:
+        dtype = cpu_dtype
+    elif backend.name == "torch":
         import torch
 
         # int8 Linear layers take float32 activations: no autocast on top of them.
@@ -132,7 +145,7 @@ def start(config: RunConfig, *, paths: list[Path] | None = None,
         plan.update(device=backend.device, dtype=config.dtype)
     with loading(plan) if loading is not None else nullcontext():
         t0 = time.perf_counter()
-        task = _load_compiled(config, backend) if backend.name != "torch" else None
+        task = _load_compiled(config, backend, dtype_name(dtype)) if choice.device is devices.HOST_CPU else None
         if task is None:
             task, choice = _load_torch(config, choice, dtype, backend, threads)
         load_s = time.perf_counter() - t0
@@ -146,11 +159,12 @@ def _load_torch(config: RunConfig, choice: devices.DeviceChoice, dtype: Any, bac
                 threads: int) -> tuple[Task, devices.DeviceChoice]:
     """``_load`` for a run that loads the model with transformers; an OpenVINO / ONNX Runtime run
     that gets here (no saved bundle yet) takes the torch CPU device and float32, and sets torch's
-    threads, for the model it converts."""
+    threads, for the model it converts; a torch run that got here without torch keeps the dtype
+    decided without it (``hardware.cpu_dtype_without_torch``: ``select_dtype``'s rule)."""
     if choice.device is devices.HOST_CPU:
         import torch
 
         devices.configure_threads(threads)
-        choice = devices.DeviceChoice(torch.device("cpu"), auto=False, reason=choice.reason)
-        dtype = torch.float32
+        choice = devices.DeviceChoice(torch.device("cpu"), auto=choice.auto, reason=choice.reason)
+        dtype = getattr(torch, dtype_name(dtype)) if backend.name == "torch" else torch.float32
     return _load(config, choice.device, dtype, backend), choice

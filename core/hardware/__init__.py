@@ -11,6 +11,8 @@ Modules, by job:
   availability, out-of-memory handling.
 - ``dtype``: the dtype policy (``select_dtype``, ``autocast``) and the CPU bf16 calibration it
   rests on; ``calibration`` measures and caches that.
+- ``cpu_dtype``: ``--dtype`` on the CPU decided without torch (the same rule, from the cached
+  calibration), for a run that may never import torch.
 - ``plan``: the plan (device, dtype, threads, batch) in words.
 
 ``choice`` and ``cpu`` load with the package; the modules that import torch on first use of one of
@@ -22,6 +24,8 @@ from .choice import DEFAULT_BATCH_SIZES, HOST_CPU, DeviceChoice, HostCPU, accele
 from .cpu import (ACCEL_DECODE_CAP, CPU_DECODE_CAP, CPU_FEATURES, configure_threads, cpu_features, cpu_flags,
                   cpu_has_native_bf16, cpu_has_native_fp16, cpu_model_name, decode_workers, physical_cores,
                   resolve_threads, running_under_rosetta, torch_threads, usable_cpus)
+from .calibration import torch_version
+from .cpu_dtype import cpu_dtype_without_torch
 
 # the modules below import torch: loaded with the first of their names a run asks for (core/lazy.py)
 _DTYPE = ("BF16_MIN_SPEEDUP", "DTYPE_NAMES", "autocast", "cpu_bf16_calibration", "cpu_bf16_speedup", "dtype_reason",
@@ -35,7 +39,7 @@ __getattr__ = lazy_exports(__name__, {**dict.fromkeys(_DTYPE, "dtype"), **dict.f
                                       **dict.fromkeys(_SELECT, "select"), "describe_plan": "plan"})
 
 __all__ = [
-    "DeviceChoice", "HOST_CPU", "HostCPU", "accelerator_present",
+    "DeviceChoice", "HOST_CPU", "HostCPU", "accelerator_present", "cpu_dtype_without_torch", "torch_version",
     # cpu
     "ACCEL_DECODE_CAP", "CPU_DECODE_CAP", "CPU_FEATURES", "configure_threads", "cpu_features", "cpu_flags",
     "cpu_has_native_bf16", "cpu_has_native_fp16", "cpu_model_name", "decode_workers", "physical_cores",

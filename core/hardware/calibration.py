@@ -20,14 +20,16 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.metadata
 import json
 import logging
 import os
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
-import torch
 from platformdirs import user_cache_dir
 
 log = logging.getLogger(__name__)
@@ -57,40 +59,60 @@ def calibration_key(cpu_name: str, flags: frozenset[str], threads: int, batch_si
     """The cache key: ``"<cpu name>|flags:<12 hex>|torch <version>|<n> threads|batch <b>"``."""
     digest = hashlib.sha1(" ".join(sorted(flags)).encode()).hexdigest()[:12]
     batch = max(1, min(batch_size, MAX_CALIBRATION_BATCH))
-    return f"{cpu_name or 'unknown CPU'}|flags:{digest}|torch {torch.__version__}|{threads} threads|batch {batch}"
+    return f"{cpu_name or 'unknown CPU'}|flags:{digest}|torch {torch_version()}|{threads} threads|batch {batch}"
 
 
-class _Block(torch.nn.Module):
+def torch_version() -> str:
+    """The installed torch's version (``2.13.0+cpu``): ``torch.__version__`` once torch is
+    imported, else the installed distribution's metadata (the same string), so a torch-free run
+    reads the same cache entry as a run that imported torch."""
+    loaded = sys.modules.get("torch")
+    if loaded is not None and getattr(loaded, "__version__", None):
+        return str(loaded.__version__)
+    try:
+        return importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _block() -> Any:
     """One pre-norm transformer encoder block as CLIP's ViT writes it (LayerNorm → attention with
-    ``scaled_dot_product_attention`` → LayerNorm → Linear-GELU-Linear), random weights."""
+    ``scaled_dot_product_attention`` → LayerNorm → Linear-GELU-Linear), random weights, in eval
+    mode. Defined here so that reading the cache never imports torch."""
+    import torch
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.norm1 = torch.nn.LayerNorm(BLOCK_HIDDEN)
-        self.qkv = torch.nn.Linear(BLOCK_HIDDEN, 3 * BLOCK_HIDDEN)
-        self.proj = torch.nn.Linear(BLOCK_HIDDEN, BLOCK_HIDDEN)
-        self.norm2 = torch.nn.LayerNorm(BLOCK_HIDDEN)
-        self.fc1 = torch.nn.Linear(BLOCK_HIDDEN, BLOCK_MLP)
-        self.fc2 = torch.nn.Linear(BLOCK_MLP, BLOCK_HIDDEN)
+    class Block(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.norm1 = torch.nn.LayerNorm(BLOCK_HIDDEN)
+            self.qkv = torch.nn.Linear(BLOCK_HIDDEN, 3 * BLOCK_HIDDEN)
+            self.proj = torch.nn.Linear(BLOCK_HIDDEN, BLOCK_HIDDEN)
+            self.norm2 = torch.nn.LayerNorm(BLOCK_HIDDEN)
+            self.fc1 = torch.nn.Linear(BLOCK_HIDDEN, BLOCK_MLP)
+            self.fc2 = torch.nn.Linear(BLOCK_MLP, BLOCK_HIDDEN)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, T, 768)
-        b, t, _ = x.shape
-        q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, BLOCK_HEADS, -1).permute(2, 0, 3, 1, 4)
-        attn = torch.nn.functional.scaled_dot_product_attention(q, k, v)
-        x = x + self.proj(attn.transpose(1, 2).reshape(b, t, BLOCK_HIDDEN))
-        return x + self.fc2(torch.nn.functional.gelu(self.fc1(self.norm2(x))))
+        def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, T, 768)
+            b, t, _ = x.shape
+            q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, BLOCK_HEADS, -1).permute(2, 0, 3, 1, 4)
+            attn = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+            x = x + self.proj(attn.transpose(1, 2).reshape(b, t, BLOCK_HIDDEN))
+            return x + self.fc2(torch.nn.functional.gelu(self.fc1(self.norm2(x))))
+
+    return Block().eval()
 
 
 def time_block(batch_size: int, rounds: int = 3) -> dict[str, float]:
-    """Seconds for one forward of ``_Block`` on ``(batch, 197, 768)`` float32 input, best of
+    """Seconds for one forward of ``_block()`` on ``(batch, 197, 768)`` float32 input, best of
     ``rounds`` after one warm-up, in float32 and under CPU bf16 autocast (as ``dtype.autocast``
     runs the model). About 22 GFLOP at batch 8: 0.1-0.3 s per float32 pass on 2 cores.
 
     Returns:
         ``{"float32": seconds, "bfloat16": seconds}``.
     """
+    import torch
+
     torch.manual_seed(0)
-    block = _Block().eval()
+    block = _block()
     x = torch.randn(max(1, min(batch_size, MAX_CALIBRATION_BATCH)), BLOCK_TOKENS, BLOCK_HIDDEN)
     out = {}
     with torch.inference_mode():

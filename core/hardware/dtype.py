@@ -16,18 +16,13 @@ import torch
 
 from ..config import DTYPES
 from ..errors import DeviceError
-from . import calibration, cpu, nvidia
+from . import cpu, cpu_dtype, nvidia
+from .cpu_dtype import BF16_MIN_SPEEDUP  # noqa: F401  (exported: hardware.BF16_MIN_SPEEDUP)
 
 log = logging.getLogger(__name__)
 
 #: Explicit dtype names (``config.DTYPES`` less ``"auto"``): ``("float32", "float16", "bfloat16")``.
 DTYPE_NAMES: tuple[str, ...] = tuple(name for name in DTYPES if name != "auto")
-
-#: bf16 must beat float32 by this factor on the calibration block to be chosen automatically:
-#: below it the gain is within the noise of a busy machine and float32 keeps full precision.
-#: (Measured on a KVM guest with AVX512-BF16 but no AMX: block 0.7x, whole ViT-B/16 tower 0.65x;
-#: on a Zen 4 guest: 1.6x, whole classify run 1.55x.)
-BF16_MIN_SPEEDUP = 1.2
 
 
 def cpu_bf16_calibration(batch_size: int = 8, *, refresh: bool = False) -> dict | None:
@@ -46,11 +41,7 @@ def cpu_bf16_calibration(batch_size: int = 8, *, refresh: bool = False) -> dict 
         ``{"speedup": float32_s / bfloat16_s, "measured": ISO 8601 UTC time, "float32_s",
         "bfloat16_s", "workload", "key"}``, or ``None`` when it could not be measured.
     """
-    key = calibration.calibration_key(cpu.cpu_model_name(), cpu.cpu_flags(), torch.get_num_threads(), batch_size)
-    entry = None if refresh else calibration.cached_entry(key)
-    if entry is None:
-        entry = calibration.measure(key, batch_size)
-    return None if entry is None else {**entry, "key": key}
+    return cpu_dtype.bf16_entry(batch_size, torch.get_num_threads(), refresh=refresh)
 
 
 def cpu_bf16_speedup(batch_size: int = 8, *, refresh: bool = False) -> float | None:
@@ -66,23 +57,11 @@ def _autocast_ok(device_type: str) -> bool:
         return device_type in ("cpu", "cuda")
 
 
-_NO_NATIVE_BF16 = "CPU without native bf16 (AVX512-BF16 / AMX): bf16 would be slower than float32"
-
-
 def _auto_cpu_dtype(batch_size: int) -> tuple[torch.dtype, str]:
-    """``--dtype auto`` on the CPU: bf16 only when native and measured to pay here."""
-    if not (cpu.cpu_has_native_bf16() and _autocast_ok("cpu")):
-        return torch.float32, _NO_NATIVE_BF16
-    names = " and ".join(n for n in ("AMX-BF16", "AVX512-BF16", "Arm BF16") if cpu.cpu_features().get(n)) or "bf16"
-    entry = cpu_bf16_calibration(batch_size)
-    if entry is None:
-        return torch.float32, f"CPU reports {names} but its bf16 speed could not be measured: float32"
-    speedup, day = entry["speedup"], str(entry.get("measured", ""))[:10]
-    if speedup >= BF16_MIN_SPEEDUP:
-        return torch.bfloat16, (f"CPU has native bf16 via {names}; a ViT block measured bf16 at "
-                                f"{speedup:.2f}x float32 here ({day})")
-    return torch.float32, (f"CPU reports {names} but a ViT block measured bf16 at only {speedup:.2f}x "
-                           f"float32 here ({day}; needs {BF16_MIN_SPEEDUP}x): float32")
+    """``--dtype auto`` on the CPU: bf16 only when native and measured to pay here
+    (``cpu_dtype.auto_cpu_dtype``, the torch-free rule, at torch's thread count)."""
+    name, why = cpu_dtype.auto_cpu_dtype(batch_size, torch.get_num_threads(), autocast=_autocast_ok("cpu"))
+    return getattr(torch, name), why
 
 
 def _auto_dtype(device: torch.device, batch_size: int = 8) -> tuple[torch.dtype, str]:
@@ -103,7 +82,7 @@ def _auto_dtype(device: torch.device, batch_size: int = 8) -> tuple[torch.dtype,
         return torch.float32, "MPS: float32 unless measured otherwise (half precision is not reliably faster there)"
     if device.type == "cpu":
         return _auto_cpu_dtype(batch_size)
-    return torch.float32, _NO_NATIVE_BF16
+    return torch.float32, cpu_dtype.NO_NATIVE_BF16
 
 
 def _check_explicit(device: torch.device, requested: str, dtype: torch.dtype) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..backends import model_identity, write_bundle
 from ..errors import describe
+from .stored import encoder_name
 
 log = logging.getLogger(__name__)
 
@@ -15,24 +16,29 @@ log = logging.getLogger(__name__)
 def bundle_facts(task: Any) -> dict[str, Any]:
     """What ``compiled.CompiledClassifyTask`` takes from a loaded ``ClassifyTask``: the weights'
     folder (the store key's), ``model_type``, ``logit_scale`` (already ``exp()``-ed), SigLIP's raw
-    ``logit_bias``, the image processor's configuration, the input size and the text token limit."""
+    ``logit_bias``, the image processor's configuration, the input size, the text token limit and
+    the image encoder's name in the store key (``stored.encoder_name``)."""
     bias = getattr(task.model, "logit_bias", None)
     return {"weights_folder": task.weights_folder, "model_type": task.model_type, "logit_scale": task.logit_scale,
             "logit_bias": None if bias is None else float(bias.detach().float().reshape(-1)[0]),
             "image_recipe": task.image_recipe, "input_size": task.input_size,
-            "text_max_length": task.text_max_length()}
+            "text_max_length": task.text_max_length(), "image_encoder": encoder_name(task.image_encoder)}
 
 
 def save_bundle(task: Any) -> None:
-    """Save the bundle of ``task``'s converted towers (its backend is OpenVINO or ONNX Runtime) so
-    that the next run with the same model and backend starts without torch. A failure to write it
+    """Save the bundle of ``task``'s converted towers (its backend is OpenVINO or ONNX Runtime, or
+    torch with the text tower on OpenVINO) so that the next run with the same model and backend
+    starts without torch (on torch: until a photo that is not in the embedding store needs the
+    image tower). A failure to write it
     is logged at debug level: the run goes on, the next run loads the model with torch again."""
     folder = task.weights_folder
-    manifests = [getattr(encoder, "manifest", None) for encoder in (task.image_encoder, task.text_encoder)]
-    if not folder or not all(m and m.get("fields") for m in manifests):
+    on_torch = task.backend.name == "torch"  # the torch image tower beside an OpenVINO text tower
+    image = None if on_torch else getattr(task.image_encoder, "manifest", None)
+    text = getattr(task.text_encoder, "manifest", None)
+    if not folder or not (text and text.get("fields")) or not (on_torch or (image and image.get("fields"))):
         return
     try:
-        write_bundle(folder, task.backend.name, bool(task.backend.int8), model_identity(task.model), manifests[0],
-                     manifests[1], bundle_facts(task))
+        write_bundle(folder, task.backend.name, bool(task.backend.int8), model_identity(task.model), image, text,
+                     bundle_facts(task))
     except Exception as exc:  # a cache folder that cannot be written must not stop the run
         log.debug("the conversion bundle was not saved: %s", describe(exc))

@@ -150,7 +150,7 @@ class ClassifyTask(ZeroShotTask):
             self.image_encoder, self.text_encoder = build_encoders(
                 self.model, self.device, self.dtype, self.backend, input_size=self.input_size, prepare=self.prepare,
                 tokens=lambda: dict(self.tokenizer(self.prompts[:2], padding=True, return_tensors="pt")))
-            if self.backend is not None and self.backend.name != "torch":
+            if self.backend is not None and self.backend.text_backend != "torch":
                 save_bundle(self)
         self.use_store()
         if self.text_features is None:

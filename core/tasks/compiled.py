@@ -11,7 +11,13 @@ label tokens from ``core.models.TextTokenizer`` (the ``tokenizers`` library, equ
 transformers tokenizer: tests/test_tokenizer.py), towers from the runtime, scores in NumPy. The
 records, store keys and text features are those of ``classify.ClassifyTask`` on the same backend.
 
-This module must not import torch or transformers.
+The same serves a run whose image tower is torch's on the CPU and whose text tower is OpenVINO's
+(``--backend auto`` on an AMX CPU, ``backends.auto_text_backend``): its bundle holds the text
+tower, and the image tower loads with the model only when a photo is not in the embedding store, so
+re-labelling stored photos needs no torch.
+
+This module must not import torch or transformers at import time (``LazyTorchImageEncoder`` imports
+them when it loads the model).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from .. import models
-from ..backends import bundle_encoders, load_bundle
+from ..backends import Deferred, bundle_encoders, load_bundle
 from ..config import RunConfig
 from ..hardware import HOST_CPU
 from ..input import ImagePreprocessor, UnsupportedPreprocessor
@@ -50,9 +56,11 @@ class CompiledClassifyTask(ZeroShotTask):
     uses_torch = False
 
     def __init__(self, config: RunConfig, bundle: dict[str, Any], preprocessor: ImagePreprocessor,
-                 tokenizer: Any, backend: Any) -> None:
+                 tokenizer: Any, backend: Any, dtype: str = "float32") -> None:
+        """``dtype``: the torch image tower's compute dtype on a ``torch`` bundle (its store key);
+        float32 (the inputs' dtype) on OpenVINO / ONNX Runtime, whose precision their encoder gives."""
         self.facts = bundle["facts"]
-        super().__init__(config, None, None, HOST_CPU, "float32", model_type=self.facts.get("model_type") or "")
+        super().__init__(config, None, None, HOST_CPU, dtype, model_type=self.facts.get("model_type") or "")
         self.bundle = bundle
         self.preprocessor = preprocessor
         self.text_tokenizer = tokenizer
@@ -100,7 +108,9 @@ class CompiledClassifyTask(ZeroShotTask):
         """Compile (OpenVINO) or open (ONNX Runtime) both saved towers, open the store, encode the
         label prompts once (``(L, D)`` float32 ``text_features``)."""
         if self.image_encoder is None:
-            self.image_encoder, self.text_encoder = bundle_encoders(self.bundle, self.backend, self.input_size)
+            image, self.text_encoder = bundle_encoders(self.bundle, self.backend, self.input_size)
+            self.image_encoder = image if image is not None else LazyTorchImageEncoder(
+                self.config, self.dtype, self.backend.threads, self.facts.get("image_encoder"))
         self.use_store()
         if self.text_features is None:
             self.text_features = self._label_features()
@@ -119,17 +129,65 @@ class CompiledClassifyTask(ZeroShotTask):
         return collate_stored(items, StoredEmbedding, np.concatenate)
 
 
-def load_compiled_task(config: RunConfig, backend: Any) -> CompiledClassifyTask | None:
+class LazyTorchImageEncoder:
+    """The torch image tower of a run served from a ``torch`` bundle (torch's CPU image tower with
+    an OpenVINO text tower, ``backends.auto_text_backend``): the model is loaded with transformers
+    on the first ``encode``, i.e. only when a photo is not in the embedding store. Its embeddings
+    are ``TorchImageEncoder``'s (the same pixel_values, dtype and threads as a run that loaded the
+    model first), and so is its name in the store key (``store_name``).
+
+    ``encode``: ``pixel_values (B, 3, S, S)`` float32 NumPy → ``(B, D)`` float32, L2-normalised.
+
+    Raises (from ``encode``): ``ModelLoadError`` when the model cannot be loaded (the engine ends
+    the run: every image would fail the same way).
+    """
+
+    def __init__(self, config: RunConfig, dtype: str, threads: int | None, store_name: str | None) -> None:
+        self.config = config
+        self.compute_dtype = dtype
+        self.threads = threads
+        self.store_name = store_name or "wwts.core.backends.torch.TorchImageEncoder"
+        self.runtime = Deferred(None, self._load)
+        self.device = HOST_CPU  # where its inputs are made
+        self.dtype = "float32"
+
+    def _load(self) -> Any:
+        import torch
+
+        from .. import hardware
+        from ..backends import TorchImageEncoder
+        from .classify import load_dual_encoder
+
+        log.info("a photo is not in the embedding store: loading the image tower with torch")
+        hardware.configure_threads(self.threads)
+        model, _ = load_dual_encoder(self.config, models.model_for("classify", self.config.lang, self.config.model))
+        return TorchImageEncoder(model.eval(), torch.device("cpu"), getattr(torch, self.compute_dtype))
+
+    def encode(self, pixel_values: Any) -> Any:
+        """``pixel_values (B, 3, S, S)`` → ``(B, D)`` float32 torch tensor of L2 norm 1."""
+        import torch
+
+        encoder = self.runtime.get()
+        return encoder.encode(torch.from_numpy(np.ascontiguousarray(pixel_values, dtype=np.float32)))
+
+
+def load_compiled_task(config: RunConfig, backend: Any, dtype: str | None = None) -> CompiledClassifyTask | None:
     """The torch-free classify task of this run, or ``None`` when the run must load the model with
-    transformers: not a plain classify run (search, embed), the backend is torch, no verified
-    bundle for this model and backend (first run, changed model, removed conversion), or an image
-    processor or tokenizer that ``ImagePreprocessor`` / ``TextTokenizer`` do not reproduce.
+    transformers: not a plain classify run (search, embed), the backend is torch with its text tower
+    on torch (or ``dtype``, the torch image tower's, is unknown), no verified bundle for this model
+    and backend (first run, changed model, removed conversion), or an image processor or tokenizer
+    that ``ImagePreprocessor`` / ``TextTokenizer`` do not reproduce.
+
+    A ``torch`` bundle's run starts without torch; its image tower loads with the model when a
+    photo is not in the embedding store (``LazyTorchImageEncoder``).
 
     Raises:
         ModelLoadError: the model is not cached and cannot be downloaded (``models.resolve``).
         UsageError: an unknown ``--vocab``; with ``--strict-labels``, duplicate or contained labels.
     """
-    if config.retrieval or config.task != "classify" or backend is None or backend.name == "torch":
+    if config.retrieval or config.task != "classify" or backend is None:
+        return None
+    if backend.name == "torch" and (backend.text_backend != "openvino" or dtype is None):
         return None
     folder = models.resolve(models.model_for("classify", config.lang, config.model))
     bundle = load_bundle(folder, backend.name, bool(backend.int8))
@@ -142,4 +200,5 @@ def load_compiled_task(config: RunConfig, backend: Any) -> CompiledClassifyTask 
         log.info("loading the model with transformers: %s", exc)
         return None
     check_text_hygiene(config)  # before the towers load: --strict-labels stops here
-    return CompiledClassifyTask(config, bundle, preprocessor, tokenizer, backend)
+    return CompiledClassifyTask(config, bundle, preprocessor, tokenizer, backend,
+                                dtype=dtype if backend.name == "torch" else "float32")

@@ -23,7 +23,13 @@ from ..input import DECODE_RECIPE
 from ..store import TextKey
 
 
-def _encoder_name(encoder: Any) -> str:
+def encoder_name(encoder: Any) -> str:
+    """An encoder's name in store keys: its class (``wwts.core.backends.torch.TorchImageEncoder``)
+    and the precision its runtime computes in, if it says (``.../float32``); an encoder standing in
+    for another (a lazily loaded torch tower) gives that one's name as ``store_name``."""
+    named = getattr(encoder, "store_name", None)
+    if named:
+        return str(named)
     cls = type(encoder)
     precision = getattr(encoder, "precision", None)
     return f"{cls.__module__}.{cls.__qualname__}" + (f"/{precision}" if precision else "")
@@ -44,14 +50,14 @@ def store_parts(task: Any) -> dict[str, Any]:
     ``image_encoder``, ``input_size`` and ``image_recipe`` (``processor_recipe`` of its image
     processor): the torch-loaded and the torch-free classify tasks build the same key."""
     return {"model_type": task.model_type, "dtype": dtype_name(task.dtype),
-            "quantize": task.config.quantize, "backend": _encoder_name(task.image_encoder), "input_size": task.input_size,
+            "quantize": task.config.quantize, "backend": encoder_name(task.image_encoder), "input_size": task.input_size,
             "preprocess": task.image_recipe, "decode_recipe": DECODE_RECIPE}
 
 
 def text_settings(task: Any) -> str:
     """What besides the prompt changes a prompt's text features: the text encoder, its token limit
     and SigLIP's fixed padding (the tokenizer itself is part of the model's identity)."""
-    return json.dumps({"encoder": _encoder_name(task.text_encoder), "max_length": task.text_max_length(),
+    return json.dumps({"encoder": encoder_name(task.text_encoder), "max_length": task.text_max_length(),
                        "siglip": "siglip" in (task.model_type or "")}, sort_keys=True)
 
 

@@ -1,0 +1,175 @@
+"""``--backend auto`` on a CPU where torch runs the image tower (AMX) puts the label text on a saved
+OpenVINO conversion (``backends.auto_text_backend``), so that re-labelling photos the embedding
+store holds needs neither torch nor the image tower (issue 13): the first run saves a ``torch``
+bundle; a later run starts without torch, reads every embedding from the store and encodes only
+the new labels; a photo the store lacks loads the image tower with torch on first use. Records
+equal a ``--no-store`` run's. AMX and a CPU-only machine are simulated; the towers run for real
+(tiny models, the real exporter)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from wwts.core import engine, hardware
+from wwts.core.backends import bundle_path, devices, is_x86, plan_backend
+from wwts.core.config import RunConfig
+from wwts.core.errors import ModelLoadError
+from wwts.core.tasks import ClassifyTask, CompiledClassifyTask
+
+pytest.importorskip("openvino")
+if not is_x86():
+    pytest.skip("the auto rule puts the text tower on OpenVINO on x86 CPUs", allow_module_level=True)
+
+LABELS = ("人", "车", "猫", "花")
+NEW = ("鸟", "天空", "山")
+#: Same inputs, same towers: scores equal up to float rounding.
+SAME = 1e-6
+#: Simulates AMX and a CPU-only machine in a fresh interpreter (the auto rule's inputs).
+SIMULATE = ("import wwts.core.backends.devices as d, wwts.core.hardware as h\n"
+            "d.cpu_has_amx = lambda: True\n"
+            "h.accelerator_present = lambda: False\n")
+
+
+@pytest.fixture
+def amx(monkeypatch):
+    """``--backend auto`` as on a CPU-only machine with AMX (torch's bf16 rule), no preset."""
+    monkeypatch.delenv("WWTS_BACKEND", raising=False)
+    monkeypatch.setattr(devices, "cpu_has_amx", lambda: True)
+    monkeypatch.setattr(hardware, "accelerator_present", lambda: False)
+
+
+def _run(model, images, **kw):
+    config = RunConfig(task="classify", inputs=(images,), labels=kw.pop("labels", LABELS), model=str(model),
+                       backend="auto", batch_size=4, **kw)
+    run = engine.start(config)
+    return run, list(run)
+
+
+def _scores(records):
+    return {Path(r.path).name: {t.label: t.score for t in r.top_k} for r in records}
+
+
+def _assert_same(a, b, tol=SAME):
+    sa, sb = _scores(a), _scores(b)
+    assert sa.keys() == sb.keys()
+    for name in sa:
+        assert sa[name].keys() == sb[name].keys()
+        assert max(abs(sa[name][k] - sb[name][k]) for k in sa[name]) <= tol, name
+
+
+def test_auto_on_amx_puts_the_text_tower_on_openvino(amx):
+    choice = plan_backend("auto", "auto", task="classify", threads=2)
+    assert (choice.name, choice.text_backend) == ("torch", "openvino")
+    assert "label text on OpenVINO" in choice.reason
+    # int8 runs both towers on OpenVINO; caption and an explicit --backend torch keep the text on torch
+    int8 = plan_backend("auto", "auto", task="classify", int8=True, threads=2)
+    assert (int8.name, int8.text) == ("openvino", "")
+    assert plan_backend("auto", "auto", task="caption", threads=2).text_backend == "torch"
+    assert plan_backend("torch", "auto", task="classify", threads=2).text_backend == "torch"
+
+
+def test_relabel_is_served_without_the_image_tower_and_equals_a_fresh_run(amx, tiny_clip, sample_images, tmp_path):
+    store = dict(store=True, store_dir=str(tmp_path / "store"))
+    first, _ = _run(tiny_clip, sample_images, **store)
+    assert isinstance(first.task, ClassifyTask)  # the model loaded; the text tower converted
+    assert first.task.text_encoder.backend == "openvino" and type(first.task.image_encoder).__name__ == \
+        "TorchImageEncoder"
+    assert bundle_path(tiny_clip, "torch", False).is_file()
+    relabel, records = _run(tiny_clip, sample_images, labels=NEW, **store)
+    assert isinstance(relabel.task, CompiledClassifyTask)
+    assert relabel.stats.cached == len(records)  # the torch run's embeddings, found by the same store key
+    assert not relabel.task.image_encoder.runtime.ready  # the model was never loaded
+    assert relabel.info()["backend"] == "torch" and relabel.info()["dtype"] == first.info()["dtype"]
+    _, fresh = _run(tiny_clip, sample_images, labels=NEW, store=False)
+    _assert_same(fresh, records)
+
+
+def test_a_photo_missing_from_the_store_loads_the_image_tower(amx, tiny_clip, sample_images, tmp_path):
+    photos = tmp_path / "photos"
+    shutil.copytree(sample_images, photos)
+    store = dict(store=True, store_dir=str(tmp_path / "store"))
+    _run(tiny_clip, photos, **store)
+    shutil.copyfile(next(photos.glob("*.jpg")), photos / "new copy.jpg")
+    (photos / "new copy.jpg").write_bytes((photos / "new copy.jpg").read_bytes() + b"\0")  # other bytes
+    run, records = _run(tiny_clip, photos, labels=NEW, **store)
+    assert isinstance(run.task, CompiledClassifyTask) and run.task.image_encoder.runtime.ready
+    assert run.stats.cached == len(records) - 1
+    _, fresh = _run(tiny_clip, photos, labels=NEW, store=False)
+    _assert_same(fresh, records, tol=1e-5)  # the new photo went through the tower in a batch of its own
+
+
+def test_an_image_tower_that_cannot_load_ends_the_run(amx, tiny_clip, sample_images, tmp_path, monkeypatch):
+    from wwts.core.tasks import classify
+
+    store = dict(store=True, store_dir=str(tmp_path / "store"))
+    _run(tiny_clip, sample_images, **store)  # saves the bundle; the store is for these labels' model key
+    empty = dict(store=True, store_dir=str(tmp_path / "empty"))
+
+    def broken(*args, **kwargs):
+        raise ModelLoadError("cannot load the weights")
+
+    monkeypatch.setattr(classify, "load_dual_encoder", broken)
+    run = engine.start(RunConfig(task="classify", inputs=(sample_images,), labels=NEW, model=str(tiny_clip),
+                                 backend="auto", batch_size=4, **empty))
+    assert isinstance(run.task, CompiledClassifyTask)
+    with pytest.raises(ModelLoadError, match="cannot load the weights"):
+        list(run)  # not one "inference:" error per image, each retrying the load
+
+
+def test_the_torch_free_dtype_is_the_one_torch_chooses(monkeypatch):
+    from wwts.core.hardware import calibration, cpu, select_dtype
+
+    monkeypatch.setattr(cpu, "cpu_has_native_bf16", lambda: True)
+    import torch
+
+    threads = torch.get_num_threads()
+    assert hardware.cpu_dtype_without_torch("auto", 8, threads) is None  # never calibrated: torch measures
+    for times, want in (({"float32": 0.10, "bfloat16": 0.05}, "bfloat16"), ({"float32": 0.10, "bfloat16": 0.14},
+                                                                            "float32")):
+        monkeypatch.setattr(calibration, "time_block", lambda batch_size, rounds=3, t=times: dict(t))
+        calibration.cache_file().unlink(missing_ok=True)
+        assert str(select_dtype(torch.device("cpu"), "auto", 8)) == f"torch.{want}"  # measures, caches
+        assert hardware.cpu_dtype_without_torch("auto", 8, threads) == want
+    assert hardware.cpu_dtype_without_torch("float32", 8, threads) == "float32"
+    assert hardware.cpu_dtype_without_torch("bfloat16", 8, threads) == "bfloat16"
+    monkeypatch.setattr(cpu, "cpu_has_native_fp16", lambda: False)
+    assert hardware.cpu_dtype_without_torch("float16", 8, threads) is None  # torch's path says why
+
+
+def _cli(args: list[str]) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """``wwts ARGS`` in a new interpreter on a simulated AMX CPU; the heavy modules it imported."""
+    code = (SIMULATE + "import sys\nfrom wwts.cli.app import main\n"
+            f"sys.argv = ['wwts'] + {args!r}\n"
+            "try:\n    main()\n"
+            "finally:\n"
+            "    print('MODULES', [m for m in ('torch', 'transformers') if m in sys.modules], file=sys.stderr)\n")
+    env = {k: v for k, v in os.environ.items() if k != "WWTS_BACKEND"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    line = [x for x in proc.stderr.splitlines() if x.startswith("MODULES")][-1]
+    return proc, eval(line.split(" ", 1)[1])  # a list literal printed by the child
+
+
+def test_relabelling_stored_photos_imports_neither_torch_nor_transformers(tiny_clip, sample_images, tmp_path):
+    base = ["classify", str(sample_images), "--model", str(tiny_clip), "--quiet", "--overwrite",
+            "--store", str(tmp_path / "store")]
+    first, modules = _cli([*base, "--labels", ",".join(LABELS), "--out", str(tmp_path / "a.json")])
+    assert first.returncode == 0, first.stderr
+    assert "torch" in modules
+    second, modules = _cli([*base, "--labels", ",".join(NEW), "--out", str(tmp_path / "b.json")])
+    assert second.returncode == 0, second.stderr
+    assert modules == []
+    b = json.loads((tmp_path / "b.json").read_text(encoding="utf-8"))
+    assert all(r["cached"] for r in b["results"]) and b["run"]["backend"] == "torch"
+    ref, _ = _cli(["classify", str(sample_images), "--model", str(tiny_clip), "--quiet", "--no-store",
+                   "--labels", ",".join(NEW), "--out", str(tmp_path / "c.json")])
+    assert ref.returncode == 0, ref.stderr
+    c = json.loads((tmp_path / "c.json").read_text(encoding="utf-8"))
+    assert [r["label"] for r in b["results"]] == [r["label"] for r in c["results"]]
+    assert max(abs(x["score"] - y["score"]) for x, y in zip(b["results"], c["results"])) <= SAME
