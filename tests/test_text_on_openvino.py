@@ -101,6 +101,7 @@ def test_a_photo_missing_from_the_store_loads_the_image_tower(amx, tiny_clip, sa
     run, records = _run(tiny_clip, photos, labels=NEW, **store)
     assert isinstance(run.task, CompiledClassifyTask) and run.task.image_encoder.runtime.ready
     assert run.stats.cached == len(records) - 1
+    assert run.stats.load_s >= run.task.image_encoder.load_s > 0  # reported as model load, not iteration
     _, fresh = _run(tiny_clip, photos, labels=NEW, store=False)
     _assert_same(fresh, records, tol=1e-5)  # the new photo went through the tower in a batch of its own
 

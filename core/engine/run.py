@@ -37,6 +37,12 @@ def now() -> str:
     return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
 
 
+def late_load_s(task: Any) -> float:
+    """Seconds the task's image tower spent loading on first use (``tasks.LazyTorchImageEncoder``:
+    a run served from the embedding store loads the model only for a new photo); 0 otherwise."""
+    return float(getattr(task.image_encoder, "load_s", 0.0) or 0.0) if hasattr(task, "image_encoder") else 0.0
+
+
 @dataclass
 class RunStats:
     """What happened during a run; the CLI prints it and writers store it in the ``run`` section.
@@ -186,6 +192,7 @@ class Run(BatchRun):
                           allow_truncated=self.config.allow_truncated, transform=task.prepare)
         pending: deque[tuple[Path, Future]] = deque()
         path_iter = iter(self.paths)
+        loaded = late_load_s(task)
         try:
             self._submit_more(pool, pending, path_iter)
             while pending and not self._stop:
@@ -194,6 +201,10 @@ class Run(BatchRun):
                     records = process_batch(task, chunk, recovery=recovery)
                 finally:
                     self._sync(recovery)
+                if late_load_s(task) > loaded:  # the model loaded in this batch: load time, not iteration
+                    t0 += late_load_s(task) - loaded
+                    self.stats.load_s += late_load_s(task) - loaded
+                    loaded = late_load_s(task)
                 self.stats.images += len(records)
                 self.stats.errors += sum(1 for r in records if r.error)
                 self.stats.cached += sum(1 for r in records if getattr(r, "cached", None))

@@ -23,6 +23,7 @@ them when it loads the model).
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -150,8 +151,11 @@ class LazyTorchImageEncoder:
         self.runtime = Deferred(None, self._load)
         self.device = HOST_CPU  # where its inputs are made
         self.dtype = "float32"
+        #: Seconds the load took (0 until it happens); the run counts them as model load.
+        self.load_s = 0.0
 
     def _load(self) -> Any:
+        t0 = time.perf_counter()
         import torch
 
         from .. import hardware
@@ -161,7 +165,9 @@ class LazyTorchImageEncoder:
         log.info("a photo is not in the embedding store: loading the image tower with torch")
         hardware.configure_threads(self.threads)
         model, _ = load_dual_encoder(self.config, models.model_for("classify", self.config.lang, self.config.model))
-        return TorchImageEncoder(model.eval(), torch.device("cpu"), getattr(torch, self.compute_dtype))
+        encoder = TorchImageEncoder(model.eval(), torch.device("cpu"), getattr(torch, self.compute_dtype))
+        self.load_s = time.perf_counter() - t0
+        return encoder
 
     def encode(self, pixel_values: Any) -> Any:
         """``pixel_values (B, 3, S, S)`` → ``(B, D)`` float32 torch tensor of L2 norm 1."""
