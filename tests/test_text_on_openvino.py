@@ -82,6 +82,8 @@ def test_relabel_is_served_without_the_image_tower_and_equals_a_fresh_run(amx, t
     assert first.task.text_encoder.backend == "openvino" and type(first.task.image_encoder).__name__ == \
         "TorchImageEncoder"
     assert bundle_path(tiny_clip, "torch", False).is_file()
+    assert first.task.model.text_model is None  # torch's copy of the text tower is freed
+    assert not first.task.text_encoder.runtime.ready  # and OpenVINO's, once the labels are encoded
     relabel, records = _run(tiny_clip, sample_images, labels=NEW, **store)
     assert isinstance(relabel.task, CompiledClassifyTask)
     assert relabel.stats.cached == len(records)  # the torch run's embeddings, found by the same store key
@@ -91,13 +93,23 @@ def test_relabel_is_served_without_the_image_tower_and_equals_a_fresh_run(amx, t
     _assert_same(fresh, records)
 
 
-def test_a_photo_missing_from_the_store_loads_the_image_tower(amx, tiny_clip, sample_images, tmp_path):
-    photos = tmp_path / "photos"
-    shutil.copytree(sample_images, photos)
+def _photos(sample_images, folder: Path, count: int = 40) -> Path:
+    """``count`` distinct photos (sample images with a byte appended), named in order: more than the
+    32 a torch bundle's run checks in the store before it starts without torch."""
+    folder.mkdir()
+    sources = sorted(p for p in sample_images.iterdir() if p.suffix.lower() in (".jpg", ".png"))
+    for i in range(count):
+        src = sources[i % len(sources)]
+        (folder / f"p{i:03d}{src.suffix}").write_bytes(src.read_bytes() + bytes([i]))
+    return folder
+
+
+def test_a_photo_missing_from_the_store_loads_the_image_tower(amx, sample_images, tiny_clip, tmp_path):
+    photos = _photos(sample_images, tmp_path / "photos")
     store = dict(store=True, store_dir=str(tmp_path / "store"))
     _run(tiny_clip, photos, **store)
-    shutil.copyfile(next(photos.glob("*.jpg")), photos / "new copy.jpg")
-    (photos / "new copy.jpg").write_bytes((photos / "new copy.jpg").read_bytes() + b"\0")  # other bytes
+    shutil.copyfile(photos / "p000.jpg", photos / "z new.jpg")  # last: not among the 32 checked
+    (photos / "z new.jpg").write_bytes((photos / "z new.jpg").read_bytes() + b"new")
     run, records = _run(tiny_clip, photos, labels=NEW, **store)
     assert isinstance(run.task, CompiledClassifyTask) and run.task.image_encoder.runtime.ready
     assert run.stats.cached == len(records) - 1
@@ -106,19 +118,34 @@ def test_a_photo_missing_from_the_store_loads_the_image_tower(amx, tiny_clip, sa
     _assert_same(fresh, records, tol=1e-5)  # the new photo went through the tower in a batch of its own
 
 
-def test_an_image_tower_that_cannot_load_ends_the_run(amx, tiny_clip, sample_images, tmp_path, monkeypatch):
+def test_photos_the_store_lacks_or_no_store_load_the_model_first(amx, sample_images, tiny_clip, tmp_path):
+    """Where the image tower will be needed anyway, the run loads the model up front instead of
+    starting without torch and loading it in the first batch."""
+    photos = _photos(sample_images, tmp_path / "photos")
+    store = dict(store=True, store_dir=str(tmp_path / "store"))
+    _run(tiny_clip, photos, **store)
+    assert bundle_path(tiny_clip, "torch", False).is_file()
+    no_store, _ = _run(tiny_clip, photos, labels=NEW, store=False)
+    assert isinstance(no_store.task, ClassifyTask)
+    (photos / "p005.jpg").write_bytes((photos / "p005.jpg").read_bytes() + b"changed")  # among the 32 checked
+    changed, records = _run(tiny_clip, photos, labels=NEW, **store)
+    assert isinstance(changed.task, ClassifyTask) and changed.stats.cached == len(records) - 1
+
+
+def test_an_image_tower_that_cannot_load_ends_the_run(amx, sample_images, tiny_clip, tmp_path, monkeypatch):
     from wwts.core.tasks import classify
 
+    photos = _photos(sample_images, tmp_path / "photos")
     store = dict(store=True, store_dir=str(tmp_path / "store"))
-    _run(tiny_clip, sample_images, **store)  # saves the bundle; the store is for these labels' model key
-    empty = dict(store=True, store_dir=str(tmp_path / "empty"))
+    _run(tiny_clip, photos, **store)  # saves the bundle and the embeddings
+    (photos / "z new.jpg").write_bytes((photos / "p000.jpg").read_bytes() + b"new")  # not among the 32 checked
 
     def broken(*args, **kwargs):
         raise ModelLoadError("cannot load the weights")
 
     monkeypatch.setattr(classify, "load_dual_encoder", broken)
-    run = engine.start(RunConfig(task="classify", inputs=(sample_images,), labels=NEW, model=str(tiny_clip),
-                                 backend="auto", batch_size=4, **empty))
+    run = engine.start(RunConfig(task="classify", inputs=(photos,), labels=NEW, model=str(tiny_clip),
+                                 backend="auto", batch_size=4, **store))
     assert isinstance(run.task, CompiledClassifyTask)
     with pytest.raises(ModelLoadError, match="cannot load the weights"):
         list(run)  # not one "inference:" error per image, each retrying the load
@@ -174,3 +201,15 @@ def test_relabelling_stored_photos_imports_neither_torch_nor_transformers(tiny_c
     c = json.loads((tmp_path / "c.json").read_text(encoding="utf-8"))
     assert [r["label"] for r in b["results"]] == [r["label"] for r in c["results"]]
     assert max(abs(x["score"] - y["score"]) for x, y in zip(b["results"], c["results"])) <= SAME
+
+
+def test_the_text_stays_on_torch_where_no_later_run_could_start_without_torch(amx, sample_images, tmp_path):
+    """SigLIP's SentencePiece tokenizer is not one ``TextTokenizer`` reproduces: converting its text
+    tower would buy nothing, so it stays on torch and no bundle is saved."""
+    from tests.tiny_models import build_tiny_siglip
+
+    folder = build_tiny_siglip(tmp_path / "siglip")
+    run, records = _run(folder, sample_images, store=False)
+    assert isinstance(run.task, ClassifyTask) and all(r.error is None for r in records)
+    assert type(run.task.text_encoder).__name__ == "TorchTextEncoder"
+    assert not bundle_path(folder, "torch", False).exists()

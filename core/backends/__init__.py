@@ -28,8 +28,8 @@ from .devices import onnxruntime_providers, openvino_device_names, openvino_devi
 from .select import BACKENDS, INSTALL, BackendChoice, auto_backend, auto_text_backend, installed, is_x86
 
 __all__ = [
-    "Deferred", "ImageEncoder", "TextEncoder", "l2_normalize", "normalized", "identity_of", "bundle_encoders", "bundle_path",
-    "load_bundle", "write_bundle", "TorchImageEncoder", "TorchTextEncoder", "as_features",
+    "Deferred", "ImageEncoder", "TextEncoder", "l2_normalize", "normalized", "identity_of", "bundle_encoders",
+    "bundle_path", "load_bundle", "write_bundle", "TorchImageEncoder", "TorchTextEncoder", "as_features",
     "backend_facts", "build_encoders", "model_identity", "plan_backend", "Conversion", "cache_root", "clear_conversions",
     "list_conversions", "onnxruntime_providers", "openvino_device_names", "openvino_devices",
     "resolve_openvino_device", "BACKENDS", "INSTALL", "BackendChoice", "auto_backend", "auto_text_backend", "installed",

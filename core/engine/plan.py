@@ -10,6 +10,7 @@ model with transformers (and converts it for a backend the first time).
 
 from __future__ import annotations
 
+import logging
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -27,6 +28,8 @@ from .stored import attach_store
 
 if TYPE_CHECKING:  # imported by the runs that use it
     import torch
+
+log = logging.getLogger(__name__)
 
 
 def find_images(config: RunConfig) -> list[Path]:
@@ -50,14 +53,27 @@ def _load(config: RunConfig, device: torch.device, dtype: torch.dtype,
     return task
 
 
-def _load_compiled(config: RunConfig, backend: backends.BackendChoice, dtype: str | None) -> Task | None:
+def _load_compiled(config: RunConfig, backend: backends.BackendChoice, dtype: str | None,
+                   paths: list[Path]) -> Task | None:
     """The torch-free task of a classify run on a saved OpenVINO / ONNX Runtime conversion (or
     torch's image tower with OpenVINO's text tower, ``dtype`` the image tower's), set up (towers
-    compiled, labels encoded), or ``None`` (see ``tasks.load_compiled_task``)."""
+    compiled, labels encoded), or ``None`` (see ``tasks.load_compiled_task``).
+
+    On torch, the run starts without torch only when the embedding store holds the photos (a
+    sample of ``paths``, ``CompiledClassifyTask.store_holds``): otherwise the image tower would
+    load anyway, after OpenVINO and the text tower, for nothing (``--no-store``, a new folder)."""
     task = load_compiled_task(config, backend, dtype)
-    if task is not None:
-        attach_store(task, config)
-        task.to(devices.HOST_CPU, "float32")
+    if task is None:
+        return None
+    attach_store(task, config)
+    if backend.name == "torch":
+        task.open()
+        if not task.store_holds(paths):
+            if task.store_opener is not None:
+                task.store_opener.close()
+            log.info("the embedding store does not hold these photos: loading the model with torch")
+            return None
+    task.to(devices.HOST_CPU, "float32")
     return task
 
 
@@ -145,7 +161,7 @@ def start(config: RunConfig, *, paths: list[Path] | None = None,
         plan.update(device=backend.device, dtype=config.dtype)
     with loading(plan) if loading is not None else nullcontext():
         t0 = time.perf_counter()
-        task = _load_compiled(config, backend, dtype_name(dtype)) if choice.device is devices.HOST_CPU else None
+        task = _load_compiled(config, backend, dtype_name(dtype), paths) if choice.device is devices.HOST_CPU else None
         if task is None:
             task, choice = _load_torch(config, choice, dtype, backend, threads)
         load_s = time.perf_counter() - t0

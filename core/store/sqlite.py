@@ -196,6 +196,19 @@ class SqliteStore:
             return key, None
         return key, StoredImage(key, _vector(blob), int(width), int(height), int(frames or 1), note)
 
+    def indexed(self, path: Path | str) -> bool:
+        """Whether the store holds the embedding of the file at ``path`` as it is now, by the path
+        index alone (resolved path, size, mtime_ns): the file is never read. ``False`` for a file
+        the index does not know (new, changed or touched: ``lookup`` would hash it), one that
+        cannot be reached, or a store that failed."""
+        try:
+            facts = file_facts(path)
+        except OSError:
+            return False
+        sql = ("SELECT 1 FROM paths p JOIN images i ON i.hash = p.hash WHERE p.path = ? AND p.size = ? "
+               "AND p.mtime_ns = ? AND i.embedding IS NOT NULL")
+        return self._query(sql, (facts.path, facts.size, facts.mtime_ns)) is not None
+
     def remember(self, key: str, width: int, height: int, frames: int = 1, note: str | None = None) -> None:
         """The record facts of image ``key``, written with its embedding at the next ``put``."""
         with self._lock:

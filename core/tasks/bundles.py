@@ -4,10 +4,14 @@ facts a torch-free run needs, saved by the run that loaded the model with transf
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
+from .. import models
 from ..backends import model_identity, write_bundle
 from ..errors import describe
+from ..input import ImagePreprocessor, UnsupportedPreprocessor
 from .stored import encoder_name
 
 log = logging.getLogger(__name__)
@@ -23,6 +27,29 @@ def bundle_facts(task: Any) -> dict[str, Any]:
             "logit_bias": None if bias is None else float(bias.detach().float().reshape(-1)[0]),
             "image_recipe": task.image_recipe, "input_size": task.input_size,
             "text_max_length": task.text_max_length(), "image_encoder": encoder_name(task.image_encoder)}
+
+
+def text_beside_torch(task: Any) -> Any:
+    """``task.backend`` for building the encoders: as it is, except that a text tower planned on
+    OpenVINO beside torch's image tower (``backends.auto_text_backend``) stays on torch when no
+    later run could start without torch anyway: ``wwts search`` / ``embed`` (always loaded with
+    transformers), or an image processor / tokenizer that ``ImagePreprocessor`` /
+    ``TextTokenizer`` do not reproduce (SigLIP's SentencePiece, for one). Converting the text tower
+    would then cost its first run time and buy nothing."""
+    backend = task.backend
+    if backend is None or backend.name != "torch" or backend.text_backend == "torch":
+        return backend
+    why = "wwts search / embed load the model with transformers" if task.config.retrieval else None
+    if why is None:
+        try:
+            ImagePreprocessor.from_config(task.image_recipe)
+            models.TextTokenizer.from_folder(Path(task.weights_folder or ""))
+        except (UnsupportedPreprocessor, models.UnsupportedTokenizer, OSError, ValueError, KeyError) as exc:
+            why = describe(exc)
+    if why is None:
+        return backend
+    log.info("label text stays on torch: %s", why)
+    return replace(backend, text="")
 
 
 def save_bundle(task: Any) -> None:

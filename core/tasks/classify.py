@@ -25,7 +25,7 @@ from ..config import RunConfig
 from ..errors import ModelLoadError
 from ..store import EmbeddingStore, StoredEmbedding
 from .base import Task, size_dict
-from .bundles import save_bundle
+from .bundles import save_bundle, text_beside_torch
 from .image_classification import is_image_classifier, load_image_classifier
 from .label_setup import check_text_hygiene
 from .stored import collate_stored, processor_recipe
@@ -143,18 +143,29 @@ class ClassifyTask(ZeroShotTask):
         ``text_features`` ``(L, D)``, float32, L2-normalised (in float32, whatever the run's dtype),
         a NumPy array: scoring runs on the CPU, after the image tower.
 
-        On OpenVINO / ONNX Runtime, the bundle of the conversions is saved (``save_bundle``).
+        On OpenVINO / ONNX Runtime, and on torch with the text tower on OpenVINO
+        (``bundles.text_beside_torch``), the bundle of the conversions is saved (``save_bundle``).
         After a move to another device the features are kept, not recomputed.
         """
         if self.image_encoder is None or self.backend is None or self.backend.name == "torch":
+            backend = text_beside_torch(self)
             self.image_encoder, self.text_encoder = build_encoders(
-                self.model, self.device, self.dtype, self.backend, input_size=self.input_size, prepare=self.prepare,
+                self.model, self.device, self.dtype, backend, input_size=self.input_size, prepare=self.prepare,
                 tokens=lambda: dict(self.tokenizer(self.prompts[:2], padding=True, return_tensors="pt")))
-            if self.backend is not None and self.backend.text_backend != "torch":
+            if backend is not None and backend.text_backend != "torch":
                 save_bundle(self)
+                if getattr(self.text_encoder, "backend", "torch") != "torch":
+                    self._drop_torch_text_tower()
         self.use_store()
         if self.text_features is None:
             self.text_features = self._label_features()
+
+    def _drop_torch_text_tower(self) -> None:
+        """Free torch's copy of the text tower once OpenVINO runs it (converted already): ~400 MB
+        of float32 BERT-base weights that would otherwise sit beside OpenVINO's compiled copy."""
+        for name in ("text_model", "text_projection"):
+            if isinstance(getattr(self.model, name, None), torch.nn.Module):
+                setattr(self.model, name, None)
 
     def prepare(self, image: Any) -> torch.Tensor:
         """One RGB image → ``pixel_values (1, 3, S, S)`` float32 through the model's image processor."""

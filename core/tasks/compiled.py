@@ -42,6 +42,10 @@ from .zero_shot import ZeroShotTask
 log = logging.getLogger(__name__)
 
 
+#: Photos whose path-index rows are checked before a ``torch`` bundle's run starts without torch.
+STORE_SAMPLE = 32
+
+
 class CompiledClassifyTask(ZeroShotTask):
     """``ZeroShotTask`` on a conversion bundle: NumPy in, NumPy out, no torch (``uses_torch`` is
     False: the engine runs ``forward`` without inference mode or autocast).
@@ -105,14 +109,29 @@ class CompiledClassifyTask(ZeroShotTask):
         bias = self.facts.get("logit_bias")
         return None if self.label_set.neutral is not None or bias is None else float(bias)
 
-    def setup(self) -> None:
-        """Compile (OpenVINO) or open (ONNX Runtime) both saved towers, open the store, encode the
-        label prompts once (``(L, D)`` float32 ``text_features``)."""
+    def open(self) -> None:
+        """Make both towers' encoders (compiled or opened now, or on first use where their
+        precision is known beforehand; a ``torch`` bundle's image tower loads on first use) and
+        open the store of the model key."""
         if self.image_encoder is None:
             image, self.text_encoder = bundle_encoders(self.bundle, self.backend, self.input_size)
             self.image_encoder = image if image is not None else LazyTorchImageEncoder(
                 self.config, self.dtype, self.backend.threads, self.facts.get("image_encoder"))
         self.use_store()
+
+    def store_holds(self, paths: list[Path], sample: int = STORE_SAMPLE) -> bool:
+        """Whether the store (after ``open``) holds the embeddings of ``paths`` as the files are
+        now, judged by the path index on up to ``sample`` of them spread evenly over the list (a
+        100,000-photo run is not stat-ed twice); ``False`` without a store."""
+        indexed = getattr(self.store, "indexed", None)
+        if indexed is None or not paths:
+            return False
+        step = max(1, len(paths) // sample)
+        return all(indexed(path) for path in paths[::step][:sample])
+
+    def setup(self) -> None:
+        """``open``, then encode the label prompts once (``(L, D)`` float32 ``text_features``)."""
+        self.open()
         if self.text_features is None:
             self.text_features = self._label_features()
 
@@ -193,8 +212,8 @@ def load_compiled_task(config: RunConfig, backend: Any, dtype: str | None = None
     """
     if config.retrieval or config.task != "classify" or backend is None:
         return None
-    if backend.name == "torch" and (backend.text_backend != "openvino" or dtype is None):
-        return None
+    if backend.name == "torch" and (backend.text_backend != "openvino" or dtype is None or not config.store):
+        return None  # without the store every photo needs torch's image tower: load the model now
     folder = models.resolve(models.model_for("classify", config.lang, config.model))
     bundle = load_bundle(folder, backend.name, bool(backend.int8))
     if bundle is None:

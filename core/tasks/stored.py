@@ -50,7 +50,8 @@ def store_parts(task: Any) -> dict[str, Any]:
     ``image_encoder``, ``input_size`` and ``image_recipe`` (``processor_recipe`` of its image
     processor): the torch-loaded and the torch-free classify tasks build the same key."""
     return {"model_type": task.model_type, "dtype": dtype_name(task.dtype),
-            "quantize": task.config.quantize, "backend": encoder_name(task.image_encoder), "input_size": task.input_size,
+            "quantize": task.config.quantize, "backend": encoder_name(task.image_encoder),
+            "input_size": task.input_size,
             "preprocess": task.image_recipe, "decode_recipe": DECODE_RECIPE}
 
 

@@ -138,6 +138,10 @@ class ZeroShotTask(Task):
         # read from the embedding store first; only missing prompts are encoded (and stored)
         prompt_feats = prompt_features(self, self._text_inputs(), self._prompt_labels, TEXT_BATCH)
         feats = ensemble(prompt_feats, self._prompt_groups, self.label_set.groups)
+        # a runtime's compiled text tower can go: the features are computed once per run
+        release = getattr(self.text_encoder, "release", None)
+        if release is not None:
+            release()
         vocab = self.label_set.vocab
         if vocab is None or not vocab.builtin:
             names = self.label_set.names
