@@ -93,52 +93,61 @@ def test_relabel_is_served_without_the_image_tower_and_equals_a_fresh_run(amx, t
     _assert_same(fresh, records)
 
 
-def _photos(sample_images, folder: Path, count: int = 40) -> Path:
-    """``count`` distinct photos (sample images with a byte appended), named in order: more than the
-    32 a torch bundle's run checks in the store before it starts without torch."""
+def _photos(sample_images, folder: Path, count: int = 40) -> tuple[Path, Path]:
+    """``count`` distinct photos (sample images with a byte appended): more than the 32 a torch
+    bundle's run checks in the store before it starts without torch. Returns the folder and one
+    photo that check skips (``compiled.sample_indices``, in the run's order)."""
+    from wwts.core.tasks.compiled import sample_indices
+
     folder.mkdir()
     sources = sorted(p for p in sample_images.iterdir() if p.suffix.lower() in (".jpg", ".png"))
     for i in range(count):
         src = sources[i % len(sources)]
         (folder / f"p{i:03d}{src.suffix}").write_bytes(src.read_bytes() + bytes([i]))
-    return folder
+    order = engine.find_images(RunConfig(task="classify", inputs=(folder,), labels=LABELS))
+    skipped = sorted(set(range(count)) - set(sample_indices(count)))
+    assert skipped and sample_indices(count)[-1] == count - 1  # the last photo is always checked
+    return folder, order[skipped[len(skipped) // 2]]
+
+
+def _change(photo: Path) -> None:
+    photo.write_bytes(photo.read_bytes() + b"changed")  # other bytes: not in the store
 
 
 def test_a_photo_missing_from_the_store_loads_the_image_tower(amx, sample_images, tiny_clip, tmp_path):
-    photos = _photos(sample_images, tmp_path / "photos")
+    photos, unchecked = _photos(sample_images, tmp_path / "photos")
     store = dict(store=True, store_dir=str(tmp_path / "store"))
     _run(tiny_clip, photos, **store)
-    shutil.copyfile(photos / "p000.jpg", photos / "z new.jpg")  # last: not among the 32 checked
-    (photos / "z new.jpg").write_bytes((photos / "z new.jpg").read_bytes() + b"new")
+    _change(unchecked)
     run, records = _run(tiny_clip, photos, labels=NEW, **store)
     assert isinstance(run.task, CompiledClassifyTask) and run.task.image_encoder.runtime.ready
     assert run.stats.cached == len(records) - 1
     assert run.stats.load_s >= run.task.image_encoder.load_s > 0  # reported as model load, not iteration
     _, fresh = _run(tiny_clip, photos, labels=NEW, store=False)
-    _assert_same(fresh, records, tol=1e-5)  # the new photo went through the tower in a batch of its own
+    _assert_same(fresh, records, tol=1e-5)  # the changed photo went through the tower in a batch of its own
 
 
 def test_photos_the_store_lacks_or_no_store_load_the_model_first(amx, sample_images, tiny_clip, tmp_path):
     """Where the image tower will be needed anyway, the run loads the model up front instead of
     starting without torch and loading it in the first batch."""
-    photos = _photos(sample_images, tmp_path / "photos")
+    photos, _ = _photos(sample_images, tmp_path / "photos")
     store = dict(store=True, store_dir=str(tmp_path / "store"))
     _run(tiny_clip, photos, **store)
     assert bundle_path(tiny_clip, "torch", False).is_file()
     no_store, _ = _run(tiny_clip, photos, labels=NEW, store=False)
     assert isinstance(no_store.task, ClassifyTask)
-    (photos / "p005.jpg").write_bytes((photos / "p005.jpg").read_bytes() + b"changed")  # among the 32 checked
-    changed, records = _run(tiny_clip, photos, labels=NEW, **store)
-    assert isinstance(changed.task, ClassifyTask) and changed.stats.cached == len(records) - 1
+    (photos / "z new.jpg").write_bytes((photos / "p000.jpg").read_bytes() + b"new")  # sorts last: checked
+    added, records = _run(tiny_clip, photos, labels=NEW, **store)
+    assert isinstance(added.task, ClassifyTask) and added.stats.cached == len(records) - 1
 
 
 def test_an_image_tower_that_cannot_load_ends_the_run(amx, sample_images, tiny_clip, tmp_path, monkeypatch):
     from wwts.core.tasks import classify
 
-    photos = _photos(sample_images, tmp_path / "photos")
+    photos, unchecked = _photos(sample_images, tmp_path / "photos")
     store = dict(store=True, store_dir=str(tmp_path / "store"))
     _run(tiny_clip, photos, **store)  # saves the bundle and the embeddings
-    (photos / "z new.jpg").write_bytes((photos / "p000.jpg").read_bytes() + b"new")  # not among the 32 checked
+    _change(unchecked)
 
     def broken(*args, **kwargs):
         raise ModelLoadError("cannot load the weights")

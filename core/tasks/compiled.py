@@ -46,6 +46,14 @@ log = logging.getLogger(__name__)
 STORE_SAMPLE = 32
 
 
+def sample_indices(count: int, sample: int = STORE_SAMPLE) -> list[int]:
+    """Up to ``sample`` indices of a ``count``-long list, evenly spread, first and last included
+    (every index when ``count <= sample``)."""
+    if count <= sample:
+        return list(range(count))
+    return sorted({round(i * (count - 1) / (sample - 1)) for i in range(sample)})
+
+
 class CompiledClassifyTask(ZeroShotTask):
     """``ZeroShotTask`` on a conversion bundle: NumPy in, NumPy out, no torch (``uses_torch`` is
     False: the engine runs ``forward`` without inference mode or autocast).
@@ -121,13 +129,13 @@ class CompiledClassifyTask(ZeroShotTask):
 
     def store_holds(self, paths: list[Path], sample: int = STORE_SAMPLE) -> bool:
         """Whether the store (after ``open``) holds the embeddings of ``paths`` as the files are
-        now, judged by the path index on up to ``sample`` of them spread evenly over the list (a
-        100,000-photo run is not stat-ed twice); ``False`` without a store."""
+        now, judged by the path index on ``sample_indices(len(paths), sample)`` of them: the first,
+        the last (new photos tend to sort last) and evenly between (a 100,000-photo run is not
+        stat-ed twice); ``False`` without a store."""
         indexed = getattr(self.store, "indexed", None)
         if indexed is None or not paths:
             return False
-        step = max(1, len(paths) // sample)
-        return all(indexed(path) for path in paths[::step][:sample])
+        return all(indexed(paths[i]) for i in sample_indices(len(paths), sample))
 
     def setup(self) -> None:
         """``open``, then encode the label prompts once (``(L, D)`` float32 ``text_features``)."""
