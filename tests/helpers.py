@@ -1,5 +1,6 @@
 """Helpers shared by several test modules: the CLI runner, generated image bytes, and decoders
-that the decode pool's worker processes import by name (so they live in an importable module)."""
+that the decode pool's worker processes import by name (so they live in an importable module),
+and the comparison of two classify runs' scores."""
 
 from __future__ import annotations
 
@@ -59,3 +60,18 @@ def pid_load(path, **kwargs):
     decoded = load_image(path, **kwargs)
     decoded.note = str(os.getpid())
     return decoded
+
+
+def top_k_scores(records) -> dict:
+    """``{file name: {label: score}}`` of classify records' top-k (for comparing two runs)."""
+    return {Path(r.path).name: {t.label: t.score for t in r.top_k} for r in records}
+
+
+def assert_same_scores(a, b, tol: float) -> None:
+    """Two runs' records name the same files and labels, with scores within ``tol``."""
+    sa, sb = top_k_scores(a), top_k_scores(b)
+    assert sa.keys() == sb.keys()
+    for name in sa:
+        assert sa[name].keys() == sb[name].keys()
+        assert max(abs(sa[name][k] - sb[name][k]) for k in sa[name]) <= tol, name
+

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import assert_same_scores
 from wwts.core import engine
 from wwts.core.backends import bundle_path, load_bundle
 from wwts.core.config import RunConfig
@@ -41,16 +42,8 @@ def _run(model, images, backend, **kw):
     return run, list(run)
 
 
-def _scores(records):
-    return {Path(r.path).name: {t.label: t.score for t in r.top_k} for r in records}
-
-
 def _assert_same(a, b, tol=SAME):
-    sa, sb = _scores(a), _scores(b)
-    assert sa.keys() == sb.keys()
-    for name in sa:
-        assert sa[name].keys() == sb[name].keys()
-        assert max(abs(sa[name][k] - sb[name][k]) for k in sa[name]) <= tol, name
+    assert_same_scores(a, b, tol)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

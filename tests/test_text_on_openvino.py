@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import assert_same_scores
 from wwts.core import engine, hardware
 from wwts.core.backends import bundle_path, devices, is_x86, plan_backend
 from wwts.core.config import RunConfig
@@ -52,16 +52,8 @@ def _run(model, images, **kw):
     return run, list(run)
 
 
-def _scores(records):
-    return {Path(r.path).name: {t.label: t.score for t in r.top_k} for r in records}
-
-
 def _assert_same(a, b, tol=SAME):
-    sa, sb = _scores(a), _scores(b)
-    assert sa.keys() == sb.keys()
-    for name in sa:
-        assert sa[name].keys() == sb[name].keys()
-        assert max(abs(sa[name][k] - sb[name][k]) for k in sa[name]) <= tol, name
+    assert_same_scores(a, b, tol)
 
 
 def test_auto_on_amx_puts_the_text_tower_on_openvino(amx):
