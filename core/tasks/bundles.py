@@ -56,8 +56,8 @@ def save_bundle(task: Any) -> None:
     """Save the bundle of ``task``'s converted towers (its backend is OpenVINO or ONNX Runtime, or
     torch with the text tower on OpenVINO) so that the next run with the same model and backend
     starts without torch (on torch: until a photo that is not in the embedding store needs the
-    image tower). A failure to write it
-    is logged at debug level: the run goes on, the next run loads the model with torch again."""
+    image tower). A failure to write it is logged at debug level: the run goes on, the next run
+    loads the model with torch again."""
     folder = task.weights_folder
     on_torch = task.backend.name == "torch"  # the torch image tower beside an OpenVINO text tower
     image = None if on_torch else getattr(task.image_encoder, "manifest", None)

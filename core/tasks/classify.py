@@ -155,17 +155,10 @@ class ClassifyTask(ZeroShotTask):
             if backend is not None and backend.text_backend != "torch":
                 save_bundle(self)
                 if getattr(self.text_encoder, "backend", "torch") != "torch":
-                    self._drop_torch_text_tower()
+                    drop_text_tower(self.model)
         self.use_store()
         if self.text_features is None:
             self.text_features = self._label_features()
-
-    def _drop_torch_text_tower(self) -> None:
-        """Free torch's copy of the text tower once OpenVINO runs it (converted already): ~400 MB
-        of float32 BERT-base weights that would otherwise sit beside OpenVINO's compiled copy."""
-        for name in ("text_model", "text_projection"):
-            if isinstance(getattr(self.model, name, None), torch.nn.Module):
-                setattr(self.model, name, None)
 
     def prepare(self, image: Any) -> torch.Tensor:
         """One RGB image → ``pixel_values (1, 3, S, S)`` float32 through the model's image processor."""
@@ -176,6 +169,15 @@ class ClassifyTask(ZeroShotTask):
         ``core.store.StoredEmbedding`` (read from the store; never decoded) are left out of
         ``pixel_values`` and given in ``"stored"`` (see ``image_features``)."""
         return collate_stored(items, StoredEmbedding, torch.cat)
+
+
+def drop_text_tower(model: torch.nn.Module) -> None:
+    """Free a dual encoder's torch text tower (``text_model``, ``text_projection``) where another
+    runtime runs it (OpenVINO, converted already): ~400 MB of float32 BERT-base weights that would
+    otherwise sit beside that runtime's copy. ``get_text_features`` no longer works afterwards."""
+    for name in ("text_model", "text_projection"):
+        if isinstance(getattr(model, name, None), torch.nn.Module):
+            setattr(model, name, None)
 
 
 def load_task(config: RunConfig, device: torch.device, dtype: torch.dtype) -> Task:

@@ -187,11 +187,12 @@ class LazyTorchImageEncoder:
 
         from .. import hardware
         from ..backends import TorchImageEncoder
-        from .classify import load_dual_encoder
+        from .classify import drop_text_tower, load_dual_encoder
 
         log.info("a photo is not in the embedding store: loading the image tower with torch")
         hardware.configure_threads(self.threads)
         model, _ = load_dual_encoder(self.config, models.model_for("classify", self.config.lang, self.config.model))
+        drop_text_tower(model)  # the labels are OpenVINO's
         encoder = TorchImageEncoder(model.eval(), torch.device("cpu"), getattr(torch, self.compute_dtype))
         self.load_s = time.perf_counter() - t0
         return encoder
