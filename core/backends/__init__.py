@@ -3,8 +3,8 @@
 - ``base``: the ``ImageEncoder`` / ``TextEncoder`` interfaces a task calls, and ``l2_normalize``.
 - ``torch``: ``TorchImageEncoder`` / ``TorchTextEncoder`` around a transformers dual encoder
   (``get_image_features`` / ``get_text_features``) on a device, under ``inference_mode`` + autocast.
-- ``select``: ``--backend`` names, the ``auto`` rule (``auto_backend``, and ``auto_text_backend`` for
-  the text tower) and what to install.
+- ``select``: ``--backend`` names, the ``auto`` rule (``auto_backend``, ``auto_text_backend`` for the
+  text tower, ``auto_backends`` for both) and what to install.
 - ``devices``: OpenVINO's devices and ONNX Runtime's providers, each request checked or proven.
 - ``towers``: each tower as a torch module for the exporters.
 - ``openvino`` / ``onnxruntime``: conversion (cached), int8, and the encoders on those runtimes.
@@ -25,15 +25,16 @@ from .bundle import bundle_encoders, bundle_path, load_bundle, write_bundle
 from .cache import Conversion, cache_root, clear_conversions, list_conversions
 from .facts import backend_facts
 from .devices import onnxruntime_providers, openvino_device_names, openvino_devices, resolve_openvino_device
-from .select import BACKENDS, INSTALL, BackendChoice, auto_backend, auto_text_backend, installed, is_x86
+from .select import (BACKENDS, INSTALL, BackendChoice, auto_backend, auto_backends, auto_text_backend, installed,
+                     is_x86)
 
 __all__ = [
     "Deferred", "ImageEncoder", "TextEncoder", "l2_normalize", "normalized", "identity_of", "bundle_encoders",
     "bundle_path", "load_bundle", "write_bundle", "TorchImageEncoder", "TorchTextEncoder", "as_features",
     "backend_facts", "build_encoders", "model_identity", "plan_backend", "Conversion", "cache_root", "clear_conversions",
     "list_conversions", "onnxruntime_providers", "openvino_device_names", "openvino_devices",
-    "resolve_openvino_device", "BACKENDS", "INSTALL", "BackendChoice", "auto_backend", "auto_text_backend", "installed",
-    "is_x86",
+    "resolve_openvino_device", "BACKENDS", "INSTALL", "BackendChoice", "auto_backend", "auto_backends",
+    "auto_text_backend", "installed", "is_x86",
 ]
 
 # the torch encoders load torch with them (core/lazy.py): a run on a saved conversion never asks

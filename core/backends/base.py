@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any, Mapping, Protocol, runtime_checkable
 
 import numpy as np
 
+from ..hardware import HOST_CPU
+
 if TYPE_CHECKING:  # the OpenVINO / ONNX Runtime encoders work without torch
     import torch
 
@@ -110,3 +112,31 @@ class Deferred:
             return False
         self.value = None
         return True
+
+
+class RuntimeTextEncoder:
+    """What the OpenVINO and ONNX Runtime text encoders share: the runtime object (a compiled model,
+    a session) made now or on the first ``encode`` (``Deferred``), the token input names, the
+    conversion manifest, inputs made on the CPU in float32, and ``release``. A subclass gives
+    ``encode``.
+
+    Args:
+        value: the runtime object, or ``None`` with ``factory``, which makes it on first use (a run
+            whose label features are all in the store never makes it).
+        names: the tokenizer outputs the graph takes (``input_ids``, ``attention_mask``...).
+        manifest: the conversion cache manifest of the model in use.
+    """
+
+    def __init__(self, value: Any, names: list[str], manifest: dict | None = None, *,
+                 factory: Any = None) -> None:
+        self.runtime = Deferred(value, factory)
+        self.names = names
+        self.manifest = manifest or {}
+        self.device = HOST_CPU
+        self.dtype = "float32"
+
+    def release(self) -> bool:
+        """Free the runtime object (made again on the next ``encode``): the label features are
+        computed once per run, and a float32 BERT-base text tower holds ~400 MB."""
+        return self.runtime.release()
+

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 from ..errors import ModelLoadError, UsageError, WwtsError, describe
 from . import cache, devices
 from .base import ImageEncoder, TextEncoder
-from .select import TEXT_ON_OPENVINO, BACKENDS, NAMES, BackendChoice, auto_backend, auto_text_backend, check_request
+from .select import BACKENDS, NAMES, BackendChoice, auto_backends, check_request
 
 if TYPE_CHECKING:  # plan_backend runs without torch (a torch-free OpenVINO / ONNX Runtime run)
     import torch
@@ -44,7 +44,7 @@ def plan_backend(backend: str, device: str, *, task: str, dtype: str = "auto", i
 
     ``--backend auto`` takes the backend named by the environment variable ``WWTS_BACKEND``
     when it is set (a machine-wide preference; caption ignores one other than torch), else
-    the rule of ``select.auto_backend``.
+    the rule of ``select.auto_backends`` (the text tower's backend included).
 
     Returns:
         A ``BackendChoice`` whose ``device`` is the backend's own name for the device
@@ -64,26 +64,14 @@ def plan_backend(backend: str, device: str, *, task: str, dtype: str = "auto", i
             return plan_backend(preset, device, task=task, dtype=dtype, int8=int8, threads=threads, paths=paths,
                                 torch_device=torch_device, reason=f"{ENV_BACKEND}={preset}")
     check_request(backend, task, int8)
-    text = ""
     if backend == "auto":
-        kinds: list[str] = []
-
-        def probe() -> str:
-            kinds.append(torch_device())
-            return kinds[-1]
-
-        name, reason = auto_backend(device, task, int8, torch_device=probe,
-                                    openvino_devices=devices.openvino_device_names,
-                                    cpu_has_amx=devices.cpu_has_amx)
-        text = auto_text_backend(name, kinds[-1] if kinds else None, task, int8)
-        if text != name:
-            reason += TEXT_ON_OPENVINO
-        else:
-            text = ""
+        name, reason, text = auto_backends(device, task, int8, torch_device=torch_device,
+                                           openvino_devices=devices.openvino_device_names,
+                                           cpu_has_amx=devices.cpu_has_amx)
     else:
-        name, reason = backend, reason or "--backend " + backend
+        name, reason, text = backend, reason or "--backend " + backend, backend
     choice = BackendChoice(name, reason, device=device, dtype=dtype, int8=int8, threads=threads,
-                           calibration_paths=tuple(paths[:300]) if int8 else (), text=text)
+                           calibration_paths=tuple(paths[:300]) if int8 else (), text="" if text == name else text)
     if name == "openvino":
         return replace(choice, device=devices.resolve_openvino_device(device))
     if name == "onnxruntime":

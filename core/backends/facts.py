@@ -9,7 +9,7 @@ from typing import Any
 from ..errors import describe
 from .cache import cache_root, compiled_dir, list_conversions
 from .devices import cpu_has_amx, onnxruntime_providers, openvino_device_names, openvino_devices
-from .select import INSTALL, TEXT_ON_OPENVINO, auto_backend, auto_text_backend, installed
+from .select import INSTALL, auto_backends, installed
 
 
 def backend_facts(torch_device: str | None) -> dict[str, Any]:
@@ -32,11 +32,9 @@ def backend_facts(torch_device: str | None) -> dict[str, Any]:
     auto: dict[str, Any] = {}
     for key, int8 in (("classify", False), ("classify_int8", True)):
         try:
-            name, reason = auto_backend("auto", "classify", int8, torch_device=lambda: kind,
-                                        openvino_devices=openvino_device_names, cpu_has_amx=cpu_has_amx)
-            text = auto_text_backend(name, kind, "classify", int8)
-            auto[key] = {"backend": name, "reason": reason + (TEXT_ON_OPENVINO if text != name else ""),
-                         "text_backend": text}
+            name, reason, text = auto_backends("auto", "classify", int8, torch_device=lambda: kind,
+                                               openvino_devices=openvino_device_names, cpu_has_amx=cpu_has_amx)
+            auto[key] = {"backend": name, "reason": reason, "text_backend": text}
         except Exception as exc:  # e.g. int8 with neither runtime installed
             auto[key] = {"backend": None, "reason": describe(exc)}
     preset = os.environ.get("WWTS_BACKEND", "").strip().lower()

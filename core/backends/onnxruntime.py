@@ -27,7 +27,7 @@ from ..errors import UsageError
 from . import cache
 from ..arrays import as_numpy
 from ..hardware import HOST_CPU
-from .base import Deferred, normalized, numpy_tokens
+from .base import Deferred, RuntimeTextEncoder, normalized, numpy_tokens
 
 if TYPE_CHECKING:  # torch is needed to export, never to run a saved conversion
     import torch
@@ -155,20 +155,12 @@ class OnnxImageEncoder:
         return normalized(out)
 
 
-class OnnxTextEncoder:
+class OnnxTextEncoder(RuntimeTextEncoder):
     """A ``TextEncoder`` on an ONNX Runtime session (token ids ``(L, T)`` → ``(L, D)`` float32,
-    L2-normalised)."""
+    L2-normalised); built with the session, or ``None`` and a ``factory`` that opens it on the
+    first ``encode`` (``base.RuntimeTextEncoder``)."""
 
     backend = "onnxruntime"
-
-    def __init__(self, sess: Any, names: list[str], manifest: dict | None = None, *,
-                 factory: Callable[[], Any] | None = None) -> None:
-        """``sess``, or ``None`` with a ``factory`` that opens it on the first ``encode``."""
-        self.runtime = Deferred(sess, factory)
-        self.names = names
-        self.manifest = manifest or {}
-        self.device = HOST_CPU
-        self.dtype = "float32"
 
     @property
     def session(self) -> Any:
@@ -179,11 +171,6 @@ class OnnxTextEncoder:
         """Tokenizer output (NumPy or torch) → ``(L, D)`` float32 NumPy embeddings of L2 norm 1."""
         out = self.session.run(None, numpy_tokens(tokens, self.names))[0]
         return normalized(out)
-
-    def release(self) -> bool:
-        """Close the session (opened again on the next ``encode``): the label features are computed
-        once per run, and a float32 BERT-base session holds ~400 MB."""
-        return self.runtime.release()
 
 
 def check_dtype(dtype: str) -> None:

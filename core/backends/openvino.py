@@ -27,7 +27,7 @@ import numpy as np
 from ..arrays import as_numpy
 from ..hardware import HOST_CPU
 from . import cache
-from .base import Deferred, normalized, numpy_tokens
+from .base import Deferred, RuntimeTextEncoder, normalized, numpy_tokens
 
 if TYPE_CHECKING:  # torch is needed to convert, never to run a saved conversion
     import torch
@@ -180,21 +180,12 @@ class OpenVINOImageEncoder:
         return normalized(out)
 
 
-class OpenVINOTextEncoder:
+class OpenVINOTextEncoder(RuntimeTextEncoder):
     """A ``TextEncoder`` on an OpenVINO compiled model (token ids ``(L, T)`` → ``(L, D)`` float32,
-    L2-normalised)."""
+    L2-normalised); built with the compiled model, or ``None`` and a ``factory`` that compiles it
+    on the first ``encode`` (``base.RuntimeTextEncoder``)."""
 
     backend = "openvino"
-
-    def __init__(self, compiled: Any, names: list[str], manifest: dict | None = None, *,
-                 factory: Callable[[], Any] | None = None) -> None:
-        """``compiled``, or ``None`` with a ``factory`` that compiles it on the first ``encode`` (a
-        run whose label features are all in the store never compiles the text tower)."""
-        self.runtime = Deferred(compiled, factory)
-        self.names = names
-        self.manifest = manifest or {}
-        self.device = HOST_CPU
-        self.dtype = "float32"
 
     @property
     def compiled(self) -> Any:
@@ -206,11 +197,6 @@ class OpenVINOTextEncoder:
         embeddings of L2 norm 1."""
         out = self.compiled(numpy_tokens(tokens, self.names))[self.compiled.output(0)]
         return normalized(out)
-
-    def release(self) -> bool:
-        """Free the compiled model (compiled again on the next ``encode``): the label features are
-        computed once per run, and a compiled BERT-base holds ~400 MB."""
-        return self.runtime.release()
 
 
 def build(model: torch.nn.Module, *, base_fields: dict[str, Any], device: str, dtype: str, int8: bool,

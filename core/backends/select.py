@@ -169,6 +169,24 @@ def auto_text_backend(name: str, kind: str | None, task: str, int8: bool) -> str
     return name
 
 
+def auto_backends(device: str, task: str, int8: bool, *, torch_device: Callable[[], str],
+                  openvino_devices: Callable[[], list[str]],
+                  cpu_has_amx: Callable[[], bool] = lambda: False) -> tuple[str, str, str]:
+    """``(backend, reason, text backend)`` for ``--backend auto``: ``auto_backend``'s pick, and
+    ``auto_text_backend``'s for the text tower (named in the reason when it differs). Arguments as
+    for ``auto_backend``; the torch device is proven at most once."""
+    kinds: list[str] = []
+
+    def probe() -> str:
+        kinds.append(torch_device())
+        return kinds[-1]
+
+    name, reason = auto_backend(device, task, int8, torch_device=probe, openvino_devices=openvino_devices,
+                                cpu_has_amx=cpu_has_amx)
+    text = auto_text_backend(name, kinds[-1] if kinds else None, task, int8)
+    return name, reason + (TEXT_ON_OPENVINO if text != name else ""), text
+
+
 def check_request(backend: str, task: str, int8: bool) -> None:
     """Refuse combinations no backend runs: another backend for caption, and torch int8 for
     classify (retired: ``torch.ao.quantization.quantize_dynamic`` is deprecated in torch 2.13).

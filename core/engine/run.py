@@ -201,10 +201,10 @@ class Run(BatchRun):
                     records = process_batch(task, chunk, recovery=recovery)
                 finally:
                     self._sync(recovery)
-                if late_load_s(task) > loaded:  # the model loaded in this batch: load time, not iteration
-                    t0 += late_load_s(task) - loaded
-                    self.stats.load_s += late_load_s(task) - loaded
-                    loaded = late_load_s(task)
+                late = late_load_s(task) - loaded
+                if late > 0:  # the model loaded in this batch: load time, not iteration
+                    t0, loaded = t0 + late, loaded + late
+                    self.stats.load_s += late
                 self.stats.images += len(records)
                 self.stats.errors += sum(1 for r in records if r.error)
                 self.stats.cached += sum(1 for r in records if getattr(r, "cached", None))

@@ -23,6 +23,13 @@ BF16_MIN_SPEEDUP = 1.2
 NO_NATIVE_BF16 = "CPU without native bf16 (AVX512-BF16 / AMX): bf16 would be slower than float32"
 
 
+def warn_emulated_bf16() -> None:
+    """One warning when ``--dtype bfloat16`` runs on a CPU without native bf16 (emulated: slow)."""
+    if not cpu.cpu_has_native_bf16():
+        log.warning("--dtype bfloat16 on a CPU without native bf16 (AVX512-BF16 / AMX): expect it to be "
+                    "slower than float32")
+
+
 def bf16_entry(batch_size: int, threads: int, *, measure: bool = True, refresh: bool = False) -> dict | None:
     """The calibration entry of this CPU at ``threads`` threads and ``batch_size``
     (``calibration.cached_entry``, plus its ``key``); measured now when it is not cached and
@@ -72,9 +79,7 @@ def cpu_dtype_without_torch(requested: str, batch_size: int, threads: int) -> st
     if requested == "float32":
         return requested
     if requested == "bfloat16":
-        if not cpu.cpu_has_native_bf16():
-            log.warning("--dtype bfloat16 on a CPU without native bf16 (AVX512-BF16 / AMX): expect it to be "
-                        "slower than float32")
+        warn_emulated_bf16()
         return requested
     if requested == "float16" and cpu.cpu_has_native_fp16():
         return requested

@@ -10,7 +10,6 @@ from ``config.DTYPES`` (the one list the CLI and ``RunConfig`` check against).
 from __future__ import annotations
 
 import contextlib
-import logging
 
 import torch
 
@@ -19,7 +18,6 @@ from ..errors import DeviceError
 from . import cpu, cpu_dtype, nvidia
 from .cpu_dtype import BF16_MIN_SPEEDUP  # noqa: F401  (exported: hardware.BF16_MIN_SPEEDUP)
 
-log = logging.getLogger(__name__)
 
 #: Explicit dtype names (``config.DTYPES`` less ``"auto"``): ``("float32", "float16", "bfloat16")``.
 DTYPE_NAMES: tuple[str, ...] = tuple(name for name in DTYPES if name != "auto")
@@ -141,9 +139,8 @@ def select_dtype(device: torch.device, requested: str = "auto", batch_size: int 
     if dtype == torch.float32:
         return dtype
     _check_explicit(device, requested, dtype)
-    if device.type == "cpu" and dtype == torch.bfloat16 and not cpu.cpu_has_native_bf16():
-        log.warning("--dtype bfloat16 on a CPU without native bf16 (AVX512-BF16 / AMX): expect it to be "
-                    "slower than float32")
+    if device.type == "cpu" and dtype == torch.bfloat16:
+        cpu_dtype.warn_emulated_bf16()
     return dtype
 
 

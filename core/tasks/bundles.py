@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from .. import models
 from ..backends import model_identity, write_bundle
 from ..errors import describe
-from ..input import ImagePreprocessor, UnsupportedPreprocessor
+from ..input import UnsupportedPreprocessor
 from .stored import encoder_name
 
 log = logging.getLogger(__name__)
@@ -41,9 +40,10 @@ def text_beside_torch(task: Any) -> Any:
         return backend
     why = "wwts search / embed load the model with transformers" if task.config.retrieval else None
     if why is None:
+        from .compiled import numpy_inputs
+
         try:
-            ImagePreprocessor.from_config(task.image_recipe)
-            models.TextTokenizer.from_folder(Path(task.weights_folder or ""))
+            numpy_inputs(task.image_recipe, task.weights_folder or "")
         except (UnsupportedPreprocessor, models.UnsupportedTokenizer, OSError, ValueError, KeyError) as exc:
             why = describe(exc)
     if why is None:

@@ -205,6 +205,18 @@ class LazyTorchImageEncoder:
         return encoder.encode(torch.from_numpy(np.ascontiguousarray(pixel_values, dtype=np.float32)))
 
 
+def numpy_inputs(image_recipe: dict[str, Any], folder: str | Path) -> tuple[ImagePreprocessor, Any]:
+    """The torch-free task's inputs for a model: its ``ImagePreprocessor`` (from the image
+    processor's configuration) and ``TextTokenizer`` (from the model folder).
+
+    Raises:
+        UnsupportedPreprocessor / models.UnsupportedTokenizer: settings or a tokenizer they do not
+            reproduce (the run loads the model with transformers instead).
+        KeyError: a configuration without a setting they need.
+    """
+    return ImagePreprocessor.from_config(image_recipe), models.TextTokenizer.from_folder(Path(folder))
+
+
 def load_compiled_task(config: RunConfig, backend: Any, dtype: str | None = None) -> CompiledClassifyTask | None:
     """The torch-free classify task of this run, or ``None`` when the run must load the model with
     transformers: not a plain classify run (search, embed), the backend is torch with its text tower
@@ -228,8 +240,7 @@ def load_compiled_task(config: RunConfig, backend: Any, dtype: str | None = None
     if bundle is None:
         return None
     try:
-        preprocessor = ImagePreprocessor.from_config(bundle["facts"]["image_recipe"])
-        tokenizer = models.TextTokenizer.from_folder(Path(folder))
+        preprocessor, tokenizer = numpy_inputs(bundle["facts"]["image_recipe"], folder)
     except (UnsupportedPreprocessor, models.UnsupportedTokenizer, KeyError) as exc:
         log.info("loading the model with transformers: %s", exc)
         return None
