@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 60
 
-#: Each part of wwts and the parts it may import. ``base``: errors, config, env, arrays (NumPy at the
+#: Each part of wwts and the parts it may import. ``base``: errors, config, env, atomic (file writes), arrays (NumPy at the
 #: seams) and lazy (packages whose torch modules load on first use): shared leaves.
 LAYERS: dict[str, set[str]] = {
     "base": {"base"},
@@ -63,7 +63,7 @@ def part_of(module: str) -> str:
     if len(parts) == 2:
         return "base"  # wwts.core itself: the version
     name = parts[2]
-    if name in ("errors", "config", "env", "arrays", "lazy"):
+    if name in ("errors", "config", "env", "arrays", "lazy", "atomic"):
         return "base"
     return name
 

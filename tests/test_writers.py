@@ -26,7 +26,7 @@ from wwts.core.output import (
     read_existing,
     run_sidecar_path,
 )
-from wwts.core.output import atomic
+from wwts.core import atomic
 
 BOM = b"\xef\xbb\xbf"
 FORMATS = ["csv", "json", "jsonl"]

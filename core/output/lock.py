@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError, describe
-from .atomic import atomic_write
+from ..atomic import atomic_write
 from .json_format import json_bytes
 from .paths import OutputError, exists_error, existing_files, make_parent, not_a_folder, output_format
 

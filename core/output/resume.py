@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
-from .atomic import atomic_write
+from ..atomic import atomic_write
 from .csv_format import csv_header, read_csv_records, scan_csv, unescape_cell
 from .json_format import final_json_chunks, read_final_json, record_line, scan_jsonl
 from .paths import OutputError, output_format, partial_path, read_bytes

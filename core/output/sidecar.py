@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import WwtsError
-from .atomic import atomic_write
+from ..atomic import atomic_write
 from .json_format import finite_json, json_bytes, read_json_file
 from .paths import OutputError, run_sidecar_path
 

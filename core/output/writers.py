@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError, WwtsError, describe
-from .atomic import atomic_write, truncate
+from ..atomic import atomic_write, truncate
 from .csv_format import csv_bytes, csv_header, scan_csv
 from .json_format import final_json_chunks, finite_record, read_final_json, record_line, scan_jsonl
 from .paths import (OutputError, exists_error, existing_files, make_parent, not_a_folder,
