@@ -23,7 +23,6 @@ import hashlib
 import importlib.metadata
 import json
 import logging
-import os
 import sys
 import time
 from datetime import datetime, timezone
@@ -31,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from platformdirs import user_cache_dir
+
+from ..atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +165,5 @@ def measure(key: str, batch_size: int) -> dict | None:
         data = _read_cache(path)
         data["entries"][key] = entry
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False), encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write(path, [json.dumps(data, indent=1, ensure_ascii=False).encode("utf-8")])
     return entry

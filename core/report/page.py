@@ -23,6 +23,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_write
 from ..errors import WwtsError, describe
 from ..output import Results, record_labels
 from .assets import CSS, JS
@@ -187,9 +188,7 @@ def write_report(results: Results, page: Path, *, embed: bool = False, size: int
         thumbs = make_thumbs(ok_paths, folder, size, workers)
         if not embed:
             prune(folder, [t.file for t in thumbs.values() if t.file is not None])
-        tmp = page.with_name(f".{page.name}.tmp{os.getpid()}")
-        tmp.write_text(render(results, thumbs, page_dir, embed=embed), encoding="utf-8")
-        os.replace(tmp, page)
+        atomic_write(page, [render(results, thumbs, page_dir, embed=embed).encode("utf-8")])
     except OSError as exc:
         raise WwtsError(f"cannot write the report {page}: {describe(exc)}") from None
     return ReportInfo(page=page, folder=None if embed else folder, cards=len(results.records),

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from ..atomic import atomic_write
 from ..errors import describe
 from ..input import load_image
 
@@ -74,9 +75,7 @@ def make_thumb(photo: Path, folder: Path, size: int = THUMB_SIZE) -> Thumb:
         image.thumbnail((size, size), Image.Resampling.LANCZOS)
         buf = io.BytesIO()
         image.save(buf, "JPEG", quality=JPEG_QUALITY, optimize=True)
-        tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-        tmp.write_bytes(buf.getvalue())
-        os.replace(tmp, target)
+        atomic_write(target, [buf.getvalue()], sync=False)  # a cache: made again if lost
         return Thumb(target, *image.size)
     except Exception as exc:
         return Thumb(None, error=describe(exc))

@@ -13,11 +13,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_write
 from .hashing import content_hash, text_hash
 
 #: ``…/models--ORG--NAME/snapshots/COMMIT``: a folder of the Hugging Face hub cache.
@@ -101,14 +101,12 @@ def _read_index(index_file: Path | None) -> dict[str, str]:
 
 
 def _write_index(index_file: Path | None, index: dict[str, str]) -> None:
-    """Replace ``index_file`` atomically (a temporary file, then ``os.replace``); best effort."""
+    """Replace ``index_file`` atomically (``atomic_write``); best effort."""
     if index_file is None:
         return
     try:
         index_file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=index_file.parent, prefix=".weights-index-")
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(index, fh)  # ASCII: paths with lone surrogates are escaped, and read back the same
-        os.replace(tmp, index_file)
+        # ASCII: paths with lone surrogates are escaped, and read back the same
+        atomic_write(index_file, [json.dumps(index).encode("ascii")])
     except OSError:
         pass

@@ -19,13 +19,13 @@ Structure: XMP Specification Part 1 (ISO 16684-1), "dc:subject" (bag of text) an
 
 from __future__ import annotations
 
-import os
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..atomic import atomic_write
 from ..errors import WwtsError, describe
 
 X = "adobe:ns:meta/"
@@ -214,12 +214,9 @@ def write_sidecar(photo: Path, labels: Sequence[str] = (), caption: str | None =
     path = sidecar_path(photo, naming)
     existed = path.exists()
     data, kept = xmp_bytes(labels, caption, _parse(path) if existed else None)
-    tmp = path.with_name(f".{path.name}.wwts-tmp")
     try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        atomic_write(path, [data])
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise XmpError(f"cannot write sidecar {path}: {describe(exc)}") from None
     return XmpResult(path=path, created=not existed, kept_description=kept)
 
