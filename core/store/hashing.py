@@ -10,7 +10,6 @@ keyed by it never serves one photo's embedding for another. A key is its 256-bit
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import blake3
@@ -19,24 +18,13 @@ import blake3
 CHUNK_BYTES = 1 << 20
 
 
-@dataclass(frozen=True)
-class FileFacts:
-    """What the path index stores for a file: when all three match, its bytes are the same.
+def file_facts(path: Path | str) -> tuple[bytes, int, int]:
+    """What the path index stores for ``path``: when all three match, its bytes are the same.
 
-    Attributes:
-        path: the resolved path (symlinks followed, absolute), as ``os.fsencode`` bytes so that
-            names that are not valid UTF-8 are kept exactly.
-        size: bytes.
-        mtime_ns: modification time in nanoseconds (``os.stat_result.st_mtime_ns``).
-    """
-
-    path: bytes
-    size: int
-    mtime_ns: int
-
-
-def file_facts(path: Path | str) -> FileFacts:
-    """``FileFacts`` of ``path`` (resolved first).
+    Returns:
+        ``(resolved path, size, mtime_ns)``: the path with symlinks followed, absolute, as
+        ``os.fsencode`` bytes (names that are not valid UTF-8 are kept exactly); the size in
+        bytes; the modification time in nanoseconds (``os.stat_result.st_mtime_ns``).
 
     Raises:
         OSError: the file cannot be reached or is not a regular file.
@@ -48,7 +36,7 @@ def file_facts(path: Path | str) -> FileFacts:
     st = resolved.stat()
     if not os.path.isfile(resolved):
         raise OSError(f"not a regular file: {resolved}")
-    return FileFacts(os.fsencode(resolved), st.st_size, st.st_mtime_ns)
+    return os.fsencode(resolved), st.st_size, st.st_mtime_ns
 
 
 def content_hash(path: Path | str, *, threads: int = 1) -> str:

@@ -7,13 +7,8 @@ transaction (SQLite's atomic commit; https://www.sqlite.org/wal.html, https://ww
 ``synchronous=NORMAL`` is the WAL setting SQLite recommends: a power cut may lose the last
 transactions, never corrupt the file. A file is marked as wwts' with ``PRAGMA application_id``
 and carries its model key in ``meta``; anything else at that name is refused (``StoreFileError``).
-
-Tables:
-- ``images(hash, embedding, dim, width, height, frames, note, created)``: one row per distinct file
-  content (BLAKE3 of the bytes); ``embedding`` is ``dim`` little-endian float32 values.
-- ``paths(path, size, mtime_ns, hash, seen)``: the path index, so a file whose resolved path, size
-  and mtime are unchanged is not even read again.
-- ``texts(text, settings, label, embedding, dim, created)``: label prompt features.
+The tables are made, and a file of an older wwts upgraded in place, by ``migrations`` (its
+docstring lists them); a file of a newer wwts is refused.
 
 Failures after the file opened never stop a run: the first ``sqlite3.Error`` is logged in one line
 and the store stops (``failed``); a file found malformed then is set aside at once.
@@ -35,25 +30,14 @@ from ..arrays import as_numpy
 from .base import StoredImage, TextKey
 from .hashing import content_hash, file_facts
 from .keys import ModelKey
+from .migrations import migrate, schema_version
 
 log = logging.getLogger("wwts")
 
 #: ``PRAGMA application_id`` of a wwts store: "wwts" in ASCII.
 APPLICATION_ID = 0x77777473
-#: ``PRAGMA user_version`` of the schema this code writes.
-SCHEMA_VERSION = 1
 #: Seconds a write waits for another process's transaction before giving up.
 BUSY_TIMEOUT_S = 30.0
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS images (hash TEXT PRIMARY KEY, embedding BLOB NOT NULL, dim INTEGER NOT NULL,
-    width INTEGER, height INTEGER, frames INTEGER, note TEXT, created REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS paths (path BLOB PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
-    hash TEXT NOT NULL, seen REAL NOT NULL);
-CREATE INDEX IF NOT EXISTS paths_by_hash ON paths (hash);
-CREATE TABLE IF NOT EXISTS texts (text TEXT NOT NULL, settings TEXT NOT NULL, label TEXT, embedding BLOB NOT NULL,
-    dim INTEGER NOT NULL, created REAL NOT NULL, PRIMARY KEY (text, settings));
-"""
 #: Most ``?`` parameters in one ``IN (...)`` query.
 _CHUNK = 500
 
@@ -77,12 +61,13 @@ def _vector(blob: bytes) -> np.ndarray:
 
 
 def connect(path: Path, key: ModelKey | None) -> tuple[sqlite3.Connection, str]:
-    """Open (creating when missing or empty) the store file at ``path`` in WAL mode.
+    """Open (creating when missing or empty, upgrading when older) the store file at ``path`` in
+    WAL mode.
 
     Args:
         path: the ``.sqlite`` file; its folder must exist.
         key: the model key the file must hold (``None``: any, for ``wwts store`` maintenance; a
-            missing file is then not created).
+            missing file is then not created and an older one not upgraded).
 
     Returns:
         The connection (autocommit: transactions are explicit) and the file's model key text.
@@ -95,22 +80,23 @@ def connect(path: Path, key: ModelKey | None) -> tuple[sqlite3.Connection, str]:
     try:
         try:
             # one read transaction: the header and the tables from the same moment (another process
-            # creating the store commits both at once, in _create)
+            # creating the store commits both at once, in _upgrade)
             conn.execute("BEGIN")
             try:
-                app, version = (conn.execute(f"PRAGMA {name}").fetchone()[0]
-                                for name in ("application_id", "user_version"))
+                app, version = _header(conn)
                 tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             finally:
                 conn.execute("COMMIT")
         except sqlite3.DatabaseError as exc:
             raise StoreFileError("corrupt", f"not a readable SQLite database ({exc})") from None
         if app == 0 and not tables and key is not None:
-            _create(conn, key)
-        elif app != APPLICATION_ID:
-            raise StoreFileError("foreign", "an SQLite database that wwts did not write")
-        elif version > SCHEMA_VERSION:
-            raise StoreFileError("newer", f"written by a newer wwts (schema {version}, this one reads {SCHEMA_VERSION})")
+            _upgrade(conn, key, new=True)
+        else:
+            _check_header(app, version)
+            if version < schema_version() and key is not None:
+                ran = _upgrade(conn, key, new=False)
+                log.info("embedding store %s upgraded from schema %d to %d (%s)", path, version, schema_version(),
+                         ", ".join(ran) or "by another process")
         row = conn.execute("SELECT value FROM meta WHERE key = 'model_key'").fetchone()
         if row is None or (key is not None and row[0] != key.text):
             raise StoreFileError("foreign", "made for another model key")
@@ -122,22 +108,50 @@ def connect(path: Path, key: ModelKey | None) -> tuple[sqlite3.Connection, str]:
         raise
 
 
-def _create(conn: sqlite3.Connection, key: ModelKey) -> None:
-    """Give an empty file the schema, wwts' ``application_id`` and the model key (another process
-    doing the same at the same moment waits for this transaction, then finds the tables)."""
-    conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # before the first table; prune gives pages back
+def _header(conn: sqlite3.Connection) -> tuple[int, int]:
+    """``(PRAGMA application_id, PRAGMA user_version)`` of the open file."""
+    return tuple(conn.execute(f"PRAGMA {name}").fetchone()[0] for name in ("application_id", "user_version"))
+
+
+def _check_header(app: int, version: int) -> None:
+    """Raises ``StoreFileError``: ``"foreign"`` when ``app`` is not wwts', ``"newer"`` when the
+    schema ``version`` is above ``migrations.schema_version()``."""
+    if app != APPLICATION_ID:
+        raise StoreFileError("foreign", "an SQLite database that wwts did not write")
+    if version > schema_version():
+        raise StoreFileError("newer", f"written by a newer wwts (schema {version}, this one reads {schema_version()})")
+
+
+def _upgrade(conn: sqlite3.Connection, key: ModelKey, *, new: bool) -> list[str]:
+    """Run the migrations the file lacks (``migrations.migrate``) in one write transaction; a
+    ``new`` (empty) file also gets wwts' ``application_id`` and the model key in the same
+    transaction, so another process opening it at the same moment waits, then finds it whole.
+
+    Returns:
+        The names of the migrations that ran (``[]``: another process had run them).
+
+    Raises:
+        StoreFileError: another program (``"foreign"``) or a newer wwts (``"newer"``) made the
+            empty file meanwhile.
+        sqlite3.Error: a migration failed (the file is left as it was).
+    """
+    if new:
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # before the first table; prune gives pages back
     conn.execute("BEGIN IMMEDIATE")
     try:
-        for statement in filter(str.strip, _SCHEMA.split(";")):
-            conn.execute(statement)
-        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        meta = {"model_key": key.text, "model": key.name, "created": repr(time.time())}
-        conn.executemany("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", meta.items())
+        app, version = _header(conn)  # again, under the write lock: another process may have been first
+        if app or not new:
+            _check_header(app, version)
+        ran = migrate(conn)
+        if new:
+            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            meta = {"model_key": key.text, "model": key.name, "created": repr(time.time())}
+            conn.executemany("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", meta.items())
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+    return ran
 
 
 class SqliteStore:
@@ -178,7 +192,7 @@ class SqliteStore:
             return None, None
         sql = ("SELECT p.hash, i.embedding, i.width, i.height, i.frames, i.note FROM paths p LEFT JOIN images i "
                "ON i.hash = p.hash WHERE p.path = ? AND p.size = ? AND p.mtime_ns = ?")
-        row = self._query(sql, (facts.path, facts.size, facts.mtime_ns))
+        row = self._query(sql, facts)
         if row is None:
             try:
                 key = content_hash(path)
@@ -187,7 +201,7 @@ class SqliteStore:
                 return None, None
             if unchanged:  # a file rewritten while it was read keeps no index row
                 with self._lock:
-                    self._pending_paths.append((facts.path, facts.size, facts.mtime_ns, key, time.time()))
+                    self._pending_paths.append((*facts, key, time.time()))
             row = self._query("SELECT hash, embedding, width, height, frames, note FROM images WHERE hash = ?", (key,))
             if row is None:
                 return key, None
@@ -207,7 +221,7 @@ class SqliteStore:
             return False
         sql = ("SELECT 1 FROM paths p JOIN images i ON i.hash = p.hash WHERE p.path = ? AND p.size = ? "
                "AND p.mtime_ns = ? AND i.embedding IS NOT NULL")
-        return self._query(sql, (facts.path, facts.size, facts.mtime_ns)) is not None
+        return self._query(sql, facts) is not None
 
     def remember(self, key: str, width: int, height: int, frames: int = 1, note: str | None = None) -> None:
         """The record facts of image ``key``, written with its embedding at the next ``put``."""
