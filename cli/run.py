@@ -265,7 +265,7 @@ def _plan_resume(config: RunConfig, options: OutputOptions, record_type: type, c
     ``--retry-failed``, also those whose record is an error); says so when none is left.
 
     Raises:
-        UsageError, OutputError: see ``plan_resume``.
+        UsageError: see ``plan_resume``.
     """
     from ..core import engine, models
     from ..core.output import plan_resume

@@ -24,7 +24,10 @@ class WwtsError(Exception):
 
 
 class UsageError(WwtsError):
-    """The command line or the configuration is invalid (bad labels, missing input path...)."""
+    """The command line, the configuration or a file it names cannot be used, found before any
+    image is processed: bad labels, a missing input path, an ``--out`` whose folder cannot be
+    written, that another run holds, or that is corrupt on ``--resume``, a results file that is
+    not a wwts output..."""
 
     exit_code = 2
 

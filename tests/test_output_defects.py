@@ -18,7 +18,7 @@ from PIL import Image
 from tests.helpers import classify
 from wwts.core.output import writers
 from wwts.core.errors import UsageError
-from wwts.core.output import (CaptionResult, ClassifyResult, LabelScore, OutputError, OutputLock, drop_records,
+from wwts.core.output import (CaptionResult, ClassifyResult, LabelScore, OutputLock, drop_records,
                               lock_output, open_writer, pending_paths, read_existing, run_sidecar_path)
 
 FAST = ("--labels", "人,车,狗", "--top-k", "2", "--dtype", "float32", "--threads", "1")
@@ -225,7 +225,7 @@ def test_the_lock_is_held_for_the_whole_run_and_removed_after(tiny_clip, six, tm
     def watching(self):
         for batch in real(self):
             seen.append(out.with_name("r.json.lock").exists())
-            with pytest.raises(OutputError, match="another wwts run"):
+            with pytest.raises(UsageError, match="another wwts run"):
                 lock_output(out, overwrite=True)
             yield batch
 
@@ -251,7 +251,7 @@ def test_lock_info_names_the_holder(tmp_path):
         assert info["pid"] == os.getpid() and info["command"] == "wwts caption x --out r.csv"
         assert info["host"] and info["started"]
         second = OutputLock(out)
-        with pytest.raises(OutputError, match=f"pid {os.getpid()} on .*wwts caption x --out r.csv"):
+        with pytest.raises(UsageError, match=f"pid {os.getpid()} on .*wwts caption x --out r.csv"):
             second.acquire()
         assert not second.held
     assert sorted(p.name for p in tmp_path.iterdir()) == []

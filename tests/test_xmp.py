@@ -13,8 +13,9 @@ import pytest
 from typer.testing import CliRunner
 
 from wwts.cli.app import app
+from wwts.core.errors import WwtsError
 from wwts.core.output import read_results
-from wwts.core.xmp import SidecarTagger, XmpError, read_sidecar, sidecar_path, write_sidecar
+from wwts.core.xmp import SidecarTagger, read_sidecar, sidecar_path, write_sidecar
 
 EXIFTOOL = shutil.which("exiftool")
 needs_exiftool = pytest.mark.skipif(EXIFTOOL is None, reason="exiftool missing: apt-get install -y "
@@ -72,8 +73,8 @@ def test_merge_keeps_other_fields_and_replaces_own_keywords(tmp_path):
     photo.write_bytes(b"pretend JPEG")
     side = sidecar_path(photo)
     side.write_text(DARKTABLE, encoding="utf-8")
-    result = write_sidecar(photo, ["猫", "花"], "a cat in a garden")
-    assert not result.created and result.kept_description
+    _, created, kept_description = write_sidecar(photo, ["猫", "花"], "a cat in a garden")
+    assert not created and kept_description
     text = side.read_text(encoding="utf-8")
     assert 'xmp:Rating="4"' in text and 'darktable:operation="exposure"' in text and "XMP Core 4.4.0" in text
     assert read_sidecar(side) == {"subject": ["family", "猫", "花"], "description": "Grandma's garden"}
@@ -85,11 +86,11 @@ def test_merge_keeps_other_fields_and_replaces_own_keywords(tmp_path):
 def test_caption_and_naming(tmp_path):
     photo = tmp_path / "IMG_0002.png"
     photo.write_bytes(b"x")
-    first = write_sidecar(photo, (), "a dog on a beach", naming="replace")
-    assert first.path == tmp_path / "IMG_0002.xmp" and first.created
-    assert read_sidecar(first.path) == {"subject": [], "description": "a dog on a beach"}
+    path, created, _ = write_sidecar(photo, (), "a dog on a beach", naming="replace")
+    assert path == tmp_path / "IMG_0002.xmp" and created
+    assert read_sidecar(path) == {"subject": [], "description": "a dog on a beach"}
     write_sidecar(photo, (), "a dog on the sand", naming="replace")  # wwts' own caption is replaced
-    assert read_sidecar(first.path)["description"] == "a dog on the sand"
+    assert read_sidecar(path)["description"] == "a dog on the sand"
     assert sidecar_path(photo) == tmp_path / "IMG_0002.png.xmp"
 
 
@@ -99,7 +100,7 @@ def test_hostile_or_broken_sidecar_is_left_alone(tmp_path):
     bomb = '<!DOCTYPE x [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;">]><x:xmpmeta xmlns:x="adobe:ns:meta/">&b;</x:xmpmeta>'
     for text in (bomb, "<x:xmpmeta", "<html/>"):
         sidecar_path(photo).write_text(text)
-        with pytest.raises(XmpError, match="left as it was"):
+        with pytest.raises(WwtsError, match="left as it was"):
             write_sidecar(photo, ["猫"])
         assert sidecar_path(photo).read_text() == text
 

@@ -22,14 +22,15 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import itertools
 import re
 import typing
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
-from .paths import OutputError, read_bytes
+from .paths import read_bytes
 from .records import ImageRecord
 
 BOM = b"\xef\xbb\xbf"
@@ -83,14 +84,14 @@ def _parse_top_k(text: str, where: str) -> list[dict[str, Any]]:
     """``"人:0.9120;车:0.0510"`` → ``[{"label": "人", "score": 0.912}, ...]``.
 
     Raises:
-        OutputError: the cell is not a list of ``label:score`` items.
+        UsageError: the cell is not a list of ``label:score`` items.
     """
     items: list[dict[str, Any]] = []
     pos = 0
     while pos < len(text):
         m = _TOP_K_ITEM_RE.match(text, pos)
         if m is None or m.end() == pos:
-            raise OutputError(f"{where}: cannot read top_k cell {text!r} (expected 人:0.9120;车:0.0510)")
+            raise UsageError(f"{where}: cannot read top_k cell {text!r} (expected 人:0.9120;车:0.0510)")
         items.append({"label": m.group(1), "score": float(m.group(2))})
         pos = m.end()
     return items
@@ -123,7 +124,7 @@ def _csv_record(cells: dict[str, str], kinds: dict[str, str], where: str) -> dic
     successful record reads as ``""`` (e.g. an empty caption).
 
     Raises:
-        OutputError: a number or top_k cell that cannot be parsed.
+        UsageError: a number or top_k cell that cannot be parsed.
     """
     ok = cells.get("error", "") == ""
     out: dict[str, Any] = {}
@@ -141,7 +142,7 @@ def _csv_record(cells: dict[str, str], kinds: dict[str, str], where: str) -> dic
             else:
                 out[name] = text
         except ValueError:
-            raise OutputError(f"{where}: column {name!r} is not a number: {text!r}") from None
+            raise UsageError(f"{where}: column {name!r} is not a number: {text!r}") from None
     return out
 
 
@@ -152,22 +153,6 @@ def _check_header(path: Path, header: list[str], fields: Sequence[str]) -> None:
             f"{path} has columns {','.join(header)}; expected {','.join(fields)}"
             " (was it written by another task?)"
         )
-
-
-class _Lines:
-    """The lines of a CSV file's text, counting the bytes consumed and whether the last line
-    yielded so far ended with a line break."""
-
-    def __init__(self, text: str, start: int) -> None:
-        self.text = text
-        self.consumed = start
-        self.complete = True
-
-    def __iter__(self) -> Iterator[str]:
-        for line in io.StringIO(self.text, newline=""):
-            self.consumed += len(line.encode("utf-8", "surrogateescape"))
-            self.complete = line.endswith(("\n", "\r"))
-            yield line
 
 
 def scan_csv(
@@ -182,13 +167,16 @@ def scan_csv(
         whose header line itself is torn.
 
     Raises:
-        OutputError: the file cannot be read, or a row other than the last is malformed.
-        UsageError: the header is not ``fields`` (the file was written by another task).
+        UsageError: the file cannot be read, a row other than the last is malformed, or the
+            header is not ``fields`` (the file was written by another task).
     """
     data = read_bytes(path)
     base = len(BOM) if data.startswith(BOM) else 0
-    lines = _Lines(data[base:].decode("utf-8", "surrogateescape"), base)
-    reader = csv.reader(iter(lines), strict=True)
+    lines = list(io.StringIO(data[base:].decode("utf-8", "surrogateescape"), newline=""))
+    # ends[n]: the byte offset after the first n lines (csv.reader's line_num: lines it has read)
+    ends = list(itertools.accumulate((len(line.encode("utf-8", "surrogateescape")) for line in lines),
+                                     initial=base))
+    reader = csv.reader(lines, strict=True)
     header: list[str] | None = None
     rows: list[tuple[list[str], int, int]] = []
     good_end = start = base
@@ -198,11 +186,12 @@ def scan_csv(
         except StopIteration:
             break
         except csv.Error as exc:
-            if lines.consumed >= len(data):  # unterminated quote at the end: torn
+            if ends[reader.line_num] >= len(data):  # unterminated quote at the end: torn
                 break
-            raise OutputError(f"{path}: malformed CSV near line {reader.line_num}: {exc}") from None
-        at_end = lines.consumed >= len(data)
-        if not lines.complete and at_end:
+            raise UsageError(f"{path}: malformed CSV near line {reader.line_num}: {exc}") from None
+        end = ends[reader.line_num]
+        at_end = end >= len(data)
+        if at_end and not lines[reader.line_num - 1].endswith(("\n", "\r")):
             break  # last row without its line break: torn
         if header is None:
             header = row
@@ -211,11 +200,11 @@ def scan_csv(
             if len(row) != len(fields):
                 if at_end:
                     break
-                raise OutputError(
+                raise UsageError(
                     f"{path}: line {reader.line_num} has {len(row)} cells, expected {len(fields)}"
                 )
-            rows.append((row, start, lines.consumed))
-        good_end = start = lines.consumed
+            rows.append((row, start, end))
+        good_end = start = end
     return header is not None, rows, good_end
 
 
@@ -224,8 +213,7 @@ def read_csv_records(path: Path, record_type: type[ImageRecord]) -> list[dict[st
     written; fields the CSV has no column for, such as ``frames`` and ``note``, are ``None``).
 
     Raises:
-        OutputError: unreadable or corrupt file.
-        UsageError: the header does not match ``record_type``.
+        UsageError: unreadable or corrupt file, or a header that does not match ``record_type``.
     """
     fields = record_type.csv_fields
     kinds = _field_kinds(record_type)

@@ -17,7 +17,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .paths import OutputError, read_bytes
+from ..errors import UsageError
+from .paths import read_bytes
 from .records import ImageRecord
 
 
@@ -115,7 +116,7 @@ def scan_jsonl(path: Path) -> tuple[list[tuple[dict[str, Any], int, int]], int]:
         dropped.
 
     Raises:
-        OutputError: the file cannot be read, or a line other than the last is not a record.
+        UsageError: the file cannot be read, or a line other than the last is not a record.
     """
     data = read_bytes(path)
     rows: list[tuple[dict[str, Any], int, int]] = []
@@ -137,7 +138,7 @@ def scan_jsonl(path: Path) -> tuple[list[tuple[dict[str, Any], int, int]], int]:
                 if last:
                     break
                 lineno = data.count(b"\n", 0, pos) + 1
-                raise OutputError(f"{path}: line {lineno} is not a result record ({exc})") from None
+                raise UsageError(f"{path}: line {lineno} is not a result record ({exc})") from None
             rows.append((obj, pos, end))
         good_end = end
         pos = end
@@ -148,22 +149,22 @@ def read_json_file(path: Path) -> Any:
     """The JSON value in ``path`` (a BOM is tolerated).
 
     Raises:
-        OutputError: unreadable file or invalid JSON.
+        UsageError: unreadable file or invalid JSON.
     """
     try:
         return json.loads(read_bytes(path).decode("utf-8-sig"))
     except ValueError as exc:
-        raise OutputError(f"{path} is not valid JSON: {exc}") from None
+        raise UsageError(f"{path} is not valid JSON: {exc}") from None
 
 
 def read_final_json(path: Path) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
     """``(run, records)`` of a published ``.json`` output (``run`` is ``None`` when missing).
 
     Raises:
-        OutputError: unreadable file, invalid JSON, or not ``{"run": ..., "results": [...]}``.
+        UsageError: unreadable file, invalid JSON, or not ``{"run": ..., "results": [...]}``.
     """
     doc = read_json_file(path)
     if not isinstance(doc, dict) or not isinstance(doc.get("results"), list):
-        raise OutputError(f'{path} is not a wwts result file (expected {{"run": ..., "results": [...]}})')
+        raise UsageError(f'{path} is not a wwts result file (expected {{"run": ..., "results": [...]}})')
     run = doc.get("run")
     return (run if isinstance(run, dict) else None), doc["results"]

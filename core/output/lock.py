@@ -22,7 +22,7 @@ from typing import Any
 from ..errors import UsageError, describe
 from ..atomic import atomic_write
 from .json_format import json_bytes
-from .paths import OutputError, exists_error, existing_files, make_parent, not_a_folder, output_format
+from .paths import exists_error, existing_files, make_parent, not_a_folder, output_format
 
 
 def _command_line() -> str:
@@ -59,7 +59,7 @@ class OutputLock:
         """Take the lock at once (timeout 0) and write the holder's details.
 
         Raises:
-            OutputError: another run holds it (the message names its pid, host, start time and
+            UsageError: another run holds it (the message names its pid, host, start time and
                 command), or the lock file cannot be created next to the output (read-only file
                 system, no permission...).
         """
@@ -71,7 +71,7 @@ class OutputLock:
                 lock.acquire(timeout=0)
             except Timeout:
                 if self.lock_path.exists():
-                    raise OutputError(self._held_message()) from None
+                    raise UsageError(self._held_message()) from None
                 if attempt < 2:
                     continue  # its holder was just removing it: try again on a new file
                 self._raise_cannot_create(None)
@@ -95,7 +95,7 @@ class OutputLock:
                 exc = OSError(errno.EAGAIN, "the lock file keeps disappearing")
             except OSError as probe:
                 exc = probe
-        raise OutputError(
+        raise UsageError(
             f"cannot write next to --out {self.path} (the lock file {self.lock_path.name} cannot "
             f"be created): {describe(exc)}"
         ) from None
@@ -159,10 +159,9 @@ def lock_output(
         The held ``OutputLock`` (released by ``with``), or ``contextlib.nullcontext()``.
 
     Raises:
-        UsageError: bad extension, ``path`` is an input image or a folder, or it exists and
-            neither ``overwrite`` nor ``resume`` is given (exit code 2).
-        OutputError: its folder cannot be created or written, or another run holds the lock
-            (exit code 2).
+        UsageError: bad extension, ``path`` is an input image or a folder, it exists and
+            neither ``overwrite`` nor ``resume`` is given, its folder cannot be created or
+            written, or another run holds the lock (exit code 2).
     """
     if path is None:
         return contextlib.nullcontext()

@@ -16,24 +16,16 @@ Files next to the output ``OUT`` (all in the same folder, so ``os.replace`` stay
     The exclusive lock of the run writing ``OUT`` and its holder's details (see ``lock``).
 
 Errors: an output that cannot be used before the run starts (folder not writable, locked by
-another run, corrupt on ``--resume``) raises ``OutputError`` (exit code 2); a write failing
-mid-run raises ``WwtsError`` (exit code 1).
+another run, corrupt on ``--resume``) raises ``UsageError`` (exit code 2, like any other
+``--out`` that cannot be right); a write failing mid-run raises ``WwtsError`` (exit code 1): the
+records written so far are kept.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import UsageError, WwtsError, describe
-
-
-class OutputError(WwtsError):
-    """The output cannot be used: its folder cannot be created or written, it is locked by
-    another run, or an existing output to ``--resume`` is unreadable or corrupt. Exit code 2
-    (found before any image is processed). A write that fails mid-run (disk full) stays a plain
-    ``WwtsError`` (exit code 1): the records written so far are kept."""
-
-    exit_code = 2
+from ..errors import UsageError, describe
 
 
 #: Output formats by file extension (lower case, with the dot).
@@ -74,12 +66,12 @@ def read_bytes(path: Path) -> bytes:
     """The whole content of ``path``.
 
     Raises:
-        OutputError: it cannot be read.
+        UsageError: it cannot be read.
     """
     try:
         return Path(path).read_bytes()
     except OSError as exc:
-        raise OutputError(f"cannot read {path}: {exc}") from None
+        raise UsageError(f"cannot read {path}: {exc}") from None
 
 
 def exists_error(path: Path) -> UsageError:
@@ -111,9 +103,9 @@ def make_parent(path: Path) -> None:
     """Create the output's folder (and its parents) when missing.
 
     Raises:
-        OutputError: it cannot be created (a parent is a file, read-only file system...).
+        UsageError: it cannot be created (a parent is a file, read-only file system...).
     """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OutputError(f"cannot create the folder of --out {path}: {describe(exc)}") from None
+        raise UsageError(f"cannot create the folder of --out {path}: {describe(exc)}") from None

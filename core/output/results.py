@@ -18,7 +18,7 @@ from typing import Any
 
 from ..errors import UsageError
 from .csv_format import BOM, unescape_cell
-from .paths import OutputError, output_format, partial_path, read_bytes
+from .paths import output_format, partial_path, read_bytes
 from .records import CaptionResult, ClassifyResult
 from .resume import read_existing
 
@@ -49,7 +49,7 @@ def _csv_task(path: Path) -> str:
     """``caption`` when the CSV's header has a ``caption`` column, else ``classify``.
 
     Raises:
-        OutputError: unreadable or empty file.
+        UsageError: unreadable or empty file.
     """
     data = read_bytes(path)
     if data.startswith(BOM):
@@ -57,7 +57,7 @@ def _csv_task(path: Path) -> str:
     first = data.split(b"\n", 1)[0].decode("utf-8", errors="replace")
     header = next(csv.reader(io.StringIO(first)), [])
     if not header:
-        raise OutputError(f"{path} is empty: no CSV header")
+        raise UsageError(f"{path} is empty: no CSV header")
     return "caption" if "caption" in [unescape_cell(c.strip()) for c in header] else "classify"
 
 
@@ -71,14 +71,13 @@ def read_results(path: Path) -> Results:
         ``Results`` with the task, the run section and the records.
 
     Raises:
-        UsageError: an extension other than .csv/.json/.jsonl, or a CSV whose columns are not a
-            wwts output's (exit code 2).
-        OutputError: the file is missing, unreadable or not a wwts output (exit code 2).
+        UsageError: an extension other than .csv/.json/.jsonl, a CSV whose columns are not a
+            wwts output's, or a file that is missing, unreadable or not a wwts output (exit code 2).
     """
     path = Path(path)
     fmt = output_format(path)
     if not path.exists() and not (fmt == "json" and partial_path(path).exists()):
-        raise OutputError(f"results file {path} does not exist")
+        raise UsageError(f"results file {path} does not exist")
     if fmt == "csv":
         task = _csv_task(path)
         run, records = read_existing(path, CaptionResult if task == "caption" else ClassifyResult)
@@ -86,7 +85,7 @@ def read_results(path: Path) -> Results:
         run, records = read_existing(path, ClassifyResult)  # the record type matters for CSV only
         bad = next((r for r in records if not isinstance(r, dict) or "path" not in r), None)
         if bad is not None:
-            raise OutputError(f"{path} holds a record without a path: not a wwts output")
+            raise UsageError(f"{path} holds a record without a path: not a wwts output")
         task = (run or {}).get("task") or ("caption" if any("caption" in r for r in records) else "classify")
     if task not in ("classify", "caption"):
         raise UsageError(f"{path}: unknown task {task!r} in its run section")

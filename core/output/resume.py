@@ -20,7 +20,7 @@ from ..errors import UsageError
 from ..atomic import atomic_write
 from .csv_format import csv_header, read_csv_records, scan_csv, unescape_cell
 from .json_format import final_json_chunks, read_final_json, record_line, scan_jsonl
-from .paths import OutputError, output_format, partial_path, read_bytes
+from .paths import output_format, partial_path, read_bytes
 from .records import ImageRecord
 from .sidecar import read_run_sidecar
 
@@ -42,8 +42,8 @@ def read_existing(
         A missing output gives ``(None, [])``. Nothing is modified.
 
     Raises:
-        UsageError: bad extension, or a CSV whose header does not match ``record_type``.
-        OutputError: unreadable or corrupt file (exit code 2).
+        UsageError: bad extension, a CSV whose header does not match ``record_type``, or an
+            unreadable or corrupt file (exit code 2).
     """
     path = Path(path)
     fmt = output_format(path)
@@ -137,8 +137,8 @@ def drop_records(path: Path, record_type: type[ImageRecord], paths: set[str]) ->
         The number of records removed (0 leaves the file untouched, as does a missing output).
 
     Raises:
-        UsageError: bad extension or CSV header mismatch.
-        OutputError: unreadable, corrupt or unwritable file (exit code 2).
+        UsageError: bad extension, CSV header mismatch, or an unreadable, corrupt or
+            unwritable file (exit code 2).
     """
     path = Path(path)
     fmt = output_format(path)
@@ -153,7 +153,7 @@ def drop_records(path: Path, record_type: type[ImageRecord], paths: set[str]) ->
     try:
         atomic_write(target, chunks)
     except OSError as exc:
-        raise OutputError(f"cannot rewrite {target}: {exc}") from exc
+        raise UsageError(f"cannot rewrite {target}: {exc}") from exc
     return dropped
 
 
@@ -210,8 +210,8 @@ def plan_resume(out: Path, record_type: type[ImageRecord], found: Iterable[Path]
         retry_failed: process the images whose record is an error again.
 
     Raises:
-        UsageError: the stored settings differ, bad extension or CSV header mismatch.
-        OutputError: the existing output is unreadable or corrupt.
+        UsageError: the stored settings differ, bad extension, CSV header mismatch, or the
+            existing output is unreadable or corrupt.
     """
     old_run, old_records = read_existing(out, record_type)
     if old_records and old_run is None:

@@ -5,24 +5,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..errors import WwtsError
 from ..atomic import atomic_write
+from ..errors import UsageError, WwtsError
 from .json_format import finite_json, json_bytes, read_json_file
-from .paths import OutputError, run_sidecar_path
+from .paths import run_sidecar_path
 
 
 def read_run_sidecar(path: Path) -> dict[str, Any] | None:
     """The run section stored next to output ``path``; ``None`` when there is no sidecar.
 
     Raises:
-        OutputError: the sidecar is unreadable, not JSON, or not a JSON object.
+        UsageError: the sidecar is unreadable, not JSON, or not a JSON object.
     """
     sidecar = run_sidecar_path(path)
     if not sidecar.exists():
         return None
     run = read_json_file(sidecar)
     if not isinstance(run, dict):
-        raise OutputError(f"{sidecar} does not hold a run section (a JSON object)")
+        raise UsageError(f"{sidecar} does not hold a run section (a JSON object)")
     return run
 
 

@@ -35,7 +35,7 @@ from ..errors import UsageError, WwtsError, describe
 from ..atomic import atomic_write, truncate
 from .csv_format import csv_bytes, csv_header, scan_csv
 from .json_format import final_json_chunks, finite_record, read_final_json, record_line, scan_jsonl
-from .paths import (OutputError, exists_error, existing_files, make_parent, not_a_folder,
+from .paths import (exists_error, existing_files, make_parent, not_a_folder,
                     output_format, partial_path, run_sidecar_path)
 from .records import ImageRecord
 from .sidecar import write_run_sidecar
@@ -78,8 +78,8 @@ class ResultWriter:
 
         Raises:
             ValueError: an unknown ``mode``.
-            UsageError: the file exists in mode ``"new"``, or a CSV to continue has other columns.
-            OutputError: the file cannot be created, or the existing file is corrupt.
+            UsageError: the file exists in mode ``"new"``, a CSV to continue has other columns,
+                the file cannot be created, or the existing file is corrupt.
             WwtsError: the run section cannot be stored.
         """
         if mode not in MODES:
@@ -99,7 +99,7 @@ class ResultWriter:
             if isinstance(exc, FileExistsError):
                 raise exists_error(Path(exc.filename or self.path)) from None
             if isinstance(exc, OSError):
-                raise OutputError(f"cannot open output {self.path}: {describe(exc)}") from exc
+                raise UsageError(f"cannot open output {self.path}: {describe(exc)}") from exc
             raise
 
     @property
@@ -378,10 +378,9 @@ def open_writer(path: Path, record_type: type[ImageRecord], run: dict[str, Any],
     Raises:
         UsageError: bad extension, ``overwrite`` together with ``resume``, the path is a folder,
             or the output (for ``.json`` also an unfinished ``OUT.partial.jsonl``) exists and
-            neither ``overwrite`` nor ``resume`` is given; also a CSV to resume whose header does
-            not match ``record_type``.
-        OutputError: the file or its folder cannot be created, or the existing file is corrupt
-            (exit code 2).
+            neither ``overwrite`` nor ``resume`` is given; a CSV to resume whose header does not
+            match ``record_type``; the file or its folder cannot be created, or the existing
+            file is corrupt (exit code 2).
     """
     path = Path(path)
     fmt = output_format(path)

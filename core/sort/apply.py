@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 from ..errors import UsageError, WwtsError, describe
 from .plan import Action, SortPlan
@@ -39,21 +40,12 @@ class SortReport:
     failed: list[tuple[str, str]] = field(default_factory=list)
 
 
-class _Log:
-    """The undo log: one JSON object per line, each written and fsynced before its change."""
-
-    def __init__(self, path: Path, header: dict) -> None:
-        self.path = path
-        self._fh = open(path, "x", encoding="utf-8")
-        self.write(header)
-
-    def write(self, entry: dict) -> None:
-        self._fh.write(json.dumps(entry, ensure_ascii=False) + "\n")
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-
-    def close(self) -> None:
-        self._fh.close()
+def _log(fh: TextIO, entry: dict) -> None:
+    """Append one entry to the undo log ``fh`` (one JSON object per line), flushed and fsynced
+    before the change it names is made."""
+    fh.write(json.dumps(entry, ensure_ascii=False) + "\n")
+    fh.flush()
+    os.fsync(fh.fileno())
 
 
 def _tmp_of(target: Path) -> Path:
@@ -99,16 +91,24 @@ _DO: dict[str, Callable] = {"copy": lambda a: _copy(a.source, a.target), "move":
                             "link": _link}
 
 
-def _new_log(plan: SortPlan) -> _Log:
-    """``INTO/.wwts-sort-YYYYmmdd-HHMMSS.jsonl`` (``-2``, ``-3``... when that name is taken)."""
+def _new_log(plan: SortPlan) -> tuple[Path, TextIO]:
+    """The undo log ``INTO/.wwts-sort-YYYYmmdd-HHMMSS.jsonl`` (``-2``, ``-3``... when that name is
+    taken), created with its header line: ``(path, open text file)``."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     header = {"wwts_sort": 1, "mode": plan.mode, "into": str(plan.into.absolute()),
               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     for n in range(1, 1000):
+        path = plan.into / f".wwts-sort-{stamp}{'' if n == 1 else f'-{n}'}.jsonl"
         try:
-            return _Log(plan.into / f".wwts-sort-{stamp}{'' if n == 1 else f'-{n}'}.jsonl", header)
+            fh = open(path, "x", encoding="utf-8")
         except FileExistsError:
             continue
+        try:
+            _log(fh, header)
+        except BaseException:
+            fh.close()
+            raise
+        return path, fh
     raise FileExistsError(errno.EEXIST, "no free undo log name", str(plan.into))
 
 
@@ -128,20 +128,20 @@ def apply_plan(plan: SortPlan, *, on_action: Callable[[Action], None] | None = N
     """
     try:
         plan.into.mkdir(parents=True, exist_ok=True)
-        log = _new_log(plan)
+        log_path, log = _new_log(plan)
     except OSError as exc:
         raise WwtsError(f"cannot create {plan.into} or its undo log: {describe(exc)}") from None
-    report = SortReport(log=log.path)
+    report = SortReport(log=log_path)
     made: set[Path] = set()
     try:
         for action in plan.actions:
             folder = action.target.parent
             try:
                 if folder not in made and not folder.is_dir():
-                    log.write({"op": "mkdir", "path": str(folder.absolute())})
+                    _log(log, {"op": "mkdir", "path": str(folder.absolute())})
                     folder.mkdir(parents=True)
                 made.add(folder)
-                log.write({"op": action.op, "source": str(action.source), "target": str(action.target.absolute()),
+                _log(log, {"op": action.op, "source": str(action.source), "target": str(action.target.absolute()),
                            "relative": action.relative})
                 _DO[action.op](action)
             except OSError as exc:

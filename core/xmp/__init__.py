@@ -6,8 +6,8 @@ reads records (``core.output``) and writes small XML files.
 - ``tagger``: ``SidecarTagger``, the per-batch writer behind ``--write-xmp``.
 """
 
-from .sidecar import XMP_NAMINGS, XmpError, XmpResult, read_sidecar, sidecar_path, write_sidecar, xmp_bytes
+from .sidecar import XMP_NAMINGS, read_sidecar, sidecar_path, write_sidecar, xmp_bytes
 from .tagger import SidecarTagger
 
-__all__ = ["XMP_NAMINGS", "XmpError", "XmpResult", "sidecar_path", "write_sidecar", "read_sidecar", "xmp_bytes",
+__all__ = ["XMP_NAMINGS", "sidecar_path", "write_sidecar", "read_sidecar", "xmp_bytes",
            "SidecarTagger"]

@@ -22,7 +22,6 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..atomic import atomic_write
@@ -40,20 +39,6 @@ for _prefix, _uri in (("x", X), ("rdf", RDF), ("dc", DC), ("wwts", WWTS)):
 
 #: ``--xmp-name`` choices: ``append`` → ``IMG_0001.jpg.xmp``, ``replace`` → ``IMG_0001.xmp``.
 XMP_NAMINGS = ("append", "replace")
-
-
-class XmpError(WwtsError):
-    """One photo's sidecar could not be read or written (that photo only; exit code 1)."""
-
-
-@dataclass
-class XmpResult:
-    """What ``write_sidecar`` did: ``path`` of the sidecar, ``created`` (no sidecar before),
-    ``kept_description`` (someone else's description was left as it was)."""
-
-    path: Path
-    created: bool
-    kept_description: bool = False
 
 
 def sidecar_path(photo: Path, naming: str = "append") -> Path:
@@ -86,7 +71,7 @@ def _parse(path: Path) -> ET.Element:
     """The ``x:xmpmeta`` (or bare ``rdf:RDF``) root of an existing sidecar.
 
     Raises:
-        XmpError: unreadable, not XML, forbidden XML (entities), or not XMP.
+        WwtsError: unreadable, not XML, forbidden XML (entities), or not XMP.
     """
     import defusedxml.ElementTree as DET
     from defusedxml import DefusedXmlException
@@ -100,13 +85,13 @@ def _parse(path: Path) -> ET.Element:
             if prefix and not re.fullmatch(r"ns\d+", prefix) and prefix not in ("xml", "wwts"):
                 ET.register_namespace(prefix, uri)
     except (OSError, ET.ParseError, DefusedXmlException) as exc:
-        raise XmpError(f"existing sidecar {path} cannot be read ({describe(exc)}); it was left as it was") from None
+        raise WwtsError(f"existing sidecar {path} cannot be read ({describe(exc)}); it was left as it was") from None
     if root.tag == _q(RDF, "RDF"):
         meta = ET.Element(_q(X, "xmpmeta"))
         meta.append(root)
         return meta
     if root.tag != _q(X, "xmpmeta") or root.find(_q(RDF, "RDF")) is None:
-        raise XmpError(f"existing sidecar {path} is not XMP (root element {root.tag}); it was left as it was")
+        raise WwtsError(f"existing sidecar {path} is not XMP (root element {root.tag}); it was left as it was")
     return root
 
 
@@ -195,7 +180,7 @@ def xmp_bytes(labels: Sequence[str] = (), caption: str | None = None, existing: 
 
 
 def write_sidecar(photo: Path, labels: Sequence[str] = (), caption: str | None = None, *,
-                  naming: str = "append") -> XmpResult:
+                  naming: str = "append") -> tuple[Path, bool, bool]:
     """Write (or merge into) the XMP sidecar of ``photo``; the photo itself is not touched.
 
     Args:
@@ -205,10 +190,11 @@ def write_sidecar(photo: Path, labels: Sequence[str] = (), caption: str | None =
         naming: ``append`` (``IMG_0001.jpg.xmp``) or ``replace`` (``IMG_0001.xmp``).
 
     Returns:
-        ``XmpResult``.
+        ``(sidecar path, created, kept_description)``: ``created`` when there was no sidecar
+        before, ``kept_description`` when someone else's description was left as it was.
 
     Raises:
-        XmpError: the existing sidecar is unreadable or not XMP (left as it was), or the new one
+        WwtsError: the existing sidecar is unreadable or not XMP (left as it was), or the new one
             cannot be written. The sidecar is replaced atomically (temporary file + rename).
     """
     path = sidecar_path(photo, naming)
@@ -217,15 +203,15 @@ def write_sidecar(photo: Path, labels: Sequence[str] = (), caption: str | None =
     try:
         atomic_write(path, [data])
     except OSError as exc:
-        raise XmpError(f"cannot write sidecar {path}: {describe(exc)}") from None
-    return XmpResult(path=path, created=not existed, kept_description=kept)
+        raise WwtsError(f"cannot write sidecar {path}: {describe(exc)}") from None
+    return path, not existed, kept
 
 
 def read_sidecar(path: Path) -> dict[str, list[str] | str | None]:
     """``{"subject": [keywords], "description": x-default text or None}`` of an XMP sidecar.
 
     Raises:
-        XmpError: unreadable or not XMP.
+        WwtsError: unreadable or not XMP.
     """
     rdf = _parse(Path(path)).find(_q(RDF, "RDF"))
     subject = [k for d in rdf.findall(_q(RDF, "Description")) for k in _bag_items(d.find(_q(DC, "subject")))]

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from ..output import record_labels
-from .sidecar import XmpError, sidecar_path, write_sidecar
+from ..errors import WwtsError
+from .sidecar import sidecar_path, write_sidecar
 
 
 @dataclass
@@ -68,15 +69,15 @@ class SidecarTagger:
             return (f"xmp: {photo}: skipped, its sidecar {sidecar_path(photo, self.naming)} already holds the "
                     f"tags of {owner} (use --xmp-name append for one sidecar per file)")
         try:
-            result = write_sidecar(photo, labels, caption, naming=self.naming)
-        except XmpError as exc:
+            path, created, kept_description = write_sidecar(photo, labels, caption, naming=self.naming)
+        except WwtsError as exc:
             self.failed += 1
             return f"xmp: {photo}: {exc}"
         self.written += 1
-        self.created += result.created
-        if result.kept_description:
+        self.created += created
+        if kept_description:
             self.kept_descriptions += 1
-            return f"xmp: {result.path}: kept its own description (dc:description); keywords added"
+            return f"xmp: {path}: kept its own description (dc:description); keywords added"
         return None
 
     def summary(self) -> str:
