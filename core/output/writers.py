@@ -1,9 +1,11 @@
 """Result writers: a stream of per-image records → ``.csv``, ``.json`` or ``.jsonl`` on disk.
 
 The format is chosen by the output file's extension (case-insensitive, see ``output_format``);
-``WRITERS`` maps it to the writer class, and every writer is opened the same way:
-``Writer(path, record_type, run, mode=...)`` with mode ``"new"``, ``"overwrite"`` or
-``"append"`` (``open_writer`` checks the output and picks the class and the mode).
+one ``ResultWriter(path, record_type, run, mode=...)`` serves the three, with mode ``"new"``,
+``"overwrite"`` or ``"append"`` (``open_writer`` checks the output and picks the mode). They
+differ in three places: how the data file is opened (a CSV's header; a ``.json``'s partial
+file), how records are encoded (CSV rows, or one JSON object per line) and what closing does
+(store the run section, or publish the ``.json`` document).
 The CLI calls ``ResultWriter.write`` once per mini-batch the engine yields; every call appends the
 records, flushes and ``os.fsync``-s them, so an interrupted run loses at most the batch in flight.
 
@@ -51,6 +53,7 @@ class ResultWriter:
 
     Attributes:
         path: the output file.
+        format: ``"csv"``, ``"json"`` or ``"jsonl"``, from the extension (``output_format``).
         record_type: the record class every written record must be an instance of.
         run: the run section; ``close(run)`` merges the final statistics into it.
         closed: True after ``close`` or ``abort``.
@@ -59,8 +62,6 @@ class ResultWriter:
         written: records written (and fsync-ed) by this writer; ``written_errors``: how many of
             them hold an error. A batch whose write failed is not counted.
     """
-
-    format: str = ""
 
     def __init__(self, path: Path, record_type: type[ImageRecord], run: dict[str, Any], *,
                  mode: str = "new") -> None:
@@ -78,6 +79,7 @@ class ResultWriter:
 
         Raises:
             ValueError: an unknown ``mode``.
+            UsageError: an extension other than .csv/.json/.jsonl.
             UsageError: the file exists in mode ``"new"``, a CSV to continue has other columns,
                 the file cannot be created, or the existing file is corrupt.
             WwtsError: the run section cannot be stored.
@@ -85,6 +87,7 @@ class ResultWriter:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
         self.path = Path(path)
+        self.format = output_format(self.path)
         self.record_type = record_type
         self.run: dict[str, Any] = dict(run)
         self.closed = False
@@ -105,23 +108,110 @@ class ResultWriter:
     @property
     def data_path(self) -> Path:
         """The file the records are appended to (``OUT.partial.jsonl`` for ``.json``)."""
-        return self.path
+        return partial_path(self.path) if self.format == "json" else self.path
 
     @property
     def saved_path(self) -> Path:
         """Where the records are now: ``path``, or for a ``.json`` run that was not published
         (write failure, publish failure) its ``OUT.partial.jsonl``."""
-        return self.path
+        return self.data_path if self.data_path.exists() else self.path
 
-    # subclasses: open the files, encode records, and what closing means
     def _open(self, mode: str) -> None:
-        raise NotImplementedError
+        """Open the data file (a CSV to resume is checked before the old settings are replaced),
+        then store the run section; ``.json`` in its own order (``_open_json``)."""
+        if self.format == "json":
+            self._open_json(mode)
+            return
+        if self.format == "csv":
+            self._open_rows(mode)
+        else:
+            self._open_lines(mode)
+        write_run_sidecar(self.path, self.run)
 
     def _encode(self, records: Sequence[ImageRecord]) -> bytes:
-        raise NotImplementedError
+        """CSV rows (columns ``record_type.csv_fields``, see ``csv_format``), or one
+        ``record.to_dict()`` JSON object per line (UTF-8, ``ensure_ascii=False``)."""
+        if self.format == "csv":
+            fields = self.record_type.csv_fields
+            rows = [r.csv_row() for r in records]
+            return csv_bytes([[row[f] for f in fields] for row in rows])
+        return b"".join(record_line(r.to_dict()) for r in records)
 
     def _finish(self) -> None:
-        raise NotImplementedError
+        """Store the final run section; a ``.json`` output is published (``_publish``)."""
+        if self.format == "json":
+            self._publish()
+        else:
+            write_run_sidecar(self.path, self.run)
+
+    def _open_lines(self, mode: str) -> None:
+        """Open ``data_path`` for appending lines; ``"append"`` cuts a torn last line off first."""
+        data_path = self.data_path
+        if mode == "append" and data_path.exists():
+            _, good_end = scan_jsonl(data_path)
+            truncate(data_path, good_end)
+            self._fh = _open_data(data_path, "ab")
+        else:
+            self._fh = _open_data(data_path, "wb" if mode == "overwrite" else "xb")
+
+    def _open_rows(self, mode: str) -> None:
+        """Open the CSV (BOM and header ``record_type.csv_fields`` first); ``"append"`` cuts a
+        torn last row off first."""
+        fields = self.record_type.csv_fields
+        file_mode = "wb" if mode == "overwrite" else "xb"
+        if mode == "append" and self.path.exists():
+            has_header, _, good_end = scan_csv(self.path, fields)
+            if has_header:
+                truncate(self.path, good_end)
+                self._fh = _open_data(self.path, "ab")
+                return
+            file_mode = "wb"  # an empty file, or only a torn header: start it again
+        self._fh = _open_data(self.path, file_mode)
+        _write_all(self._fh, csv_header(fields))
+        os.fsync(self._fh.fileno())
+
+    def _open_json(self, mode: str) -> None:
+        """A ``.json`` output: the records go to ``OUT.partial.jsonl`` until ``_publish``."""
+        partial = self.data_path
+        if mode == "append" and partial.exists():
+            self._open_lines("append")  # an unfinished run: its partial file is the truth
+            write_run_sidecar(self.path, self.run)
+            return
+        carried = read_final_json(self.path)[1] if mode == "append" and self.path.exists() else None
+        # The run section goes first, so a partial file never appears without it.
+        write_run_sidecar(self.path, self.run)
+        if carried is not None:
+            # Carry the published records over; the partial file appears only when complete.
+            atomic_write(partial, (record_line(r) for r in carried))
+        self._open_lines("append" if carried is not None else mode)
+
+    def _publish(self) -> None:
+        """Write ``{"run": ..., "results": [...]}`` from the partial file atomically, then remove
+        the partial file and ``OUT.run.json``."""
+        partial = self.data_path
+
+        def lines() -> Iterator[bytes]:
+            with open(partial, "rb") as fh:
+                for line in fh:
+                    if line.strip():
+                        yield line.rstrip(b"\r\n")
+
+        try:
+            atomic_write(self.path, final_json_chunks(self.run, lines()))
+        except OSError as exc:
+            raise WwtsError(
+                f"could not publish {self.path}: {exc}; the results so far are kept in "
+                f"{partial} (rerun with --resume to finish)"
+            ) from exc
+        for leftover in (partial, run_sidecar_path(self.path)):
+            try:
+                leftover.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise WwtsError(
+                    f"{self.path} is complete, but {leftover} could not be removed: {exc}"
+                ) from exc
 
     def write(self, records: Sequence[ImageRecord]) -> None:
         """Append ``records`` in the given order, then flush and fsync the file.
@@ -205,7 +295,7 @@ class ResultWriter:
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
-        return f"<{type(self).__name__} {self.format} {str(self.path)!r} {state}>"
+        return f"<ResultWriter {self.format} {str(self.path)!r} {state}>"
 
 
 def _write_all(fh: io.RawIOBase, data: bytes) -> None:
@@ -228,129 +318,6 @@ def _open_data(path: Path, mode: str) -> io.RawIOBase:
     return open(path, mode, buffering=0)
 
 
-
-
-class JsonlWriter(ResultWriter):
-    """JSON Lines: one ``record.to_dict()`` object per line, UTF-8, ``ensure_ascii=False``."""
-
-    format = "jsonl"
-
-    def _open(self, mode: str) -> None:
-        # The data file first, then the run section.
-        self._open_lines(mode)
-        write_run_sidecar(self.path, self.run)
-
-    def _open_lines(self, mode: str) -> None:
-        """Open ``data_path`` for appending lines; ``"append"`` cuts a torn last line off first."""
-        data_path = self.data_path
-        if mode == "append" and data_path.exists():
-            _, good_end = scan_jsonl(data_path)
-            truncate(data_path, good_end)
-            self._fh = _open_data(data_path, "ab")
-        else:
-            self._fh = _open_data(data_path, "wb" if mode == "overwrite" else "xb")
-
-    def _encode(self, records: Sequence[ImageRecord]) -> bytes:
-        return b"".join(record_line(r.to_dict()) for r in records)
-
-    def _finish(self) -> None:
-        write_run_sidecar(self.path, self.run)
-
-
-class CsvWriter(ResultWriter):
-    """CSV with a BOM, header ``record_type.csv_fields``, escaped cells (see ``csv_format``)."""
-
-    format = "csv"
-
-    def _open(self, mode: str) -> None:
-        # The data file first: a CSV to resume is checked before the old settings are replaced.
-        self._open_rows(mode)
-        write_run_sidecar(self.path, self.run)
-
-    def _open_rows(self, mode: str) -> None:
-        fields = self.record_type.csv_fields
-        file_mode = "wb" if mode == "overwrite" else "xb"
-        if mode == "append" and self.path.exists():
-            has_header, _, good_end = scan_csv(self.path, fields)
-            if has_header:
-                truncate(self.path, good_end)
-                self._fh = _open_data(self.path, "ab")
-                return
-            file_mode = "wb"  # an empty file, or only a torn header: start it again
-        self._fh = _open_data(self.path, file_mode)
-        _write_all(self._fh, csv_header(fields))
-        os.fsync(self._fh.fileno())
-
-    def _encode(self, records: Sequence[ImageRecord]) -> bytes:
-        fields = self.record_type.csv_fields
-        rows = [r.csv_row() for r in records]
-        return csv_bytes([[row[f] for f in fields] for row in rows])
-
-    def _finish(self) -> None:
-        write_run_sidecar(self.path, self.run)
-
-
-class JsonWriter(JsonlWriter):
-    """One JSON document, built from ``OUT.partial.jsonl`` and published atomically at close."""
-
-    format = "json"
-
-    @property
-    def partial(self) -> Path:
-        """``OUT.partial.jsonl``, where the records go until the document is published."""
-        return partial_path(self.path)
-
-    @property
-    def data_path(self) -> Path:
-        return self.partial
-
-    @property
-    def saved_path(self) -> Path:
-        return self.partial if self.partial.exists() else self.path
-
-    def _open(self, mode: str) -> None:
-        if mode == "append" and self.partial.exists():
-            self._open_lines("append")  # an unfinished run: its partial file is the truth
-            write_run_sidecar(self.path, self.run)
-            return
-        carried = read_final_json(self.path)[1] if mode == "append" and self.path.exists() else None
-        # The run section goes first, so a partial file never appears without it.
-        write_run_sidecar(self.path, self.run)
-        if carried is not None:
-            # Carry the published records over; the partial file appears only when complete.
-            atomic_write(self.partial, (record_line(r) for r in carried))
-        self._open_lines("append" if carried is not None else mode)
-
-    def _final_chunks(self) -> Iterator[bytes]:
-        def lines() -> Iterator[bytes]:
-            with open(self.partial, "rb") as fh:
-                for line in fh:
-                    if line.strip():
-                        yield line.rstrip(b"\r\n")
-
-        return final_json_chunks(self.run, lines())
-
-    def _finish(self) -> None:
-        try:
-            atomic_write(self.path, self._final_chunks())
-        except OSError as exc:
-            raise WwtsError(
-                f"could not publish {self.path}: {exc}; the results so far are kept in "
-                f"{self.partial} (rerun with --resume to finish)"
-            ) from exc
-        for leftover in (self.partial, run_sidecar_path(self.path)):
-            try:
-                leftover.unlink()
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                raise WwtsError(
-                    f"{self.path} is complete, but {leftover} could not be removed: {exc}"
-                ) from exc
-
-
-#: Writer class by output format (``output_format``).
-WRITERS: dict[str, type[ResultWriter]] = {"csv": CsvWriter, "json": JsonWriter, "jsonl": JsonlWriter}
 
 
 def open_writer(path: Path, record_type: type[ImageRecord], run: dict[str, Any], *,
@@ -392,4 +359,4 @@ def open_writer(path: Path, record_type: type[ImageRecord], run: dict[str, Any],
         raise exists_error(existing[0])
     make_parent(path)
     mode = "overwrite" if overwrite else "append" if resume else "new"
-    return WRITERS[fmt](path, record_type, run, mode=mode)
+    return ResultWriter(path, record_type, run, mode=mode)
