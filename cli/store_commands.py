@@ -45,13 +45,13 @@ def _when(t: float | None) -> str | None:
     return None if t is None else dt.datetime.fromtimestamp(t).astimezone().isoformat(timespec="seconds")
 
 
-def _describe(entry: Any) -> dict[str, Any]:
-    """One store file as JSON-ready facts."""
-    out: dict[str, Any] = {"file": str(entry.path), "bytes": entry.bytes}
-    if entry.problem:
-        out["problem"] = entry.problem
+def _describe(entry: dict[str, Any]) -> dict[str, Any]:
+    """One store file (``core.store.store_files``) as JSON-ready facts."""
+    out: dict[str, Any] = {"file": str(entry["path"]), "bytes": entry["bytes"]}
+    if entry["problem"]:
+        out["problem"] = entry["problem"]
         return out
-    key, stats = entry.key or {}, entry.stats or {}
+    key, stats = entry["key"] or {}, entry["stats"] or {}
     weights = key.get("weights") or {}
     out.update(model=stats.get("model"), revision=weights.get("revision") or weights.get("files", "")[:16] or None,
                dtype=dtype_name(key.get("dtype", "")), quantize=key.get("quantize"),

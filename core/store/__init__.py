@@ -13,7 +13,7 @@
 
 from .base import EmbeddingStore, NullStore, StoredEmbedding, StoredImage, TextKey
 from .export import ParquetExport, require_pyarrow
-from .files import (StoreFile, StoreOpener, clear_stores, default_store_dir, open_store, prune_stores, set_aside,
+from .files import (StoreOpener, clear_stores, default_store_dir, open_store, prune_stores, set_aside,
                     store_files)
 from .hashing import content_hash, file_facts
 from .keys import ModelKey, model_key, weights_identity
@@ -21,5 +21,5 @@ from .sqlite import APPLICATION_ID, SqliteStore, StoreFileError
 
 __all__ = ["EmbeddingStore", "NullStore", "StoredEmbedding", "StoredImage", "TextKey", "content_hash",
            "file_facts", "ModelKey", "model_key", "weights_identity", "SqliteStore", "StoreFileError",
-           "APPLICATION_ID", "StoreOpener", "StoreFile", "default_store_dir", "open_store", "set_aside",
+           "APPLICATION_ID", "StoreOpener", "default_store_dir", "open_store", "set_aside",
            "store_files", "prune_stores", "clear_stores", "ParquetExport", "require_pyarrow"]

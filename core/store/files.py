@@ -18,7 +18,6 @@ import logging
 import os
 import sqlite3
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -141,35 +140,26 @@ class StoreOpener:
         self._stores.clear()
 
 
-@dataclass
-class StoreFile:
-    """One file of the store folder, as ``wwts store info`` shows it.
+def store_files(folder: Path) -> list[dict[str, Any]]:
+    """Every ``*.sqlite`` file in ``folder``, read without changing it (set-aside files not
+    included), as ``wwts store info`` shows it.
 
-    Attributes:
-        path: the file; bytes: its size with its ``-wal`` file; stats: ``SqliteStore.stats()``
-        (``None`` when unreadable); problem: why it is unreadable; key: its model key's parts.
+    Returns:
+        One dict per file: ``path``; ``bytes``, its size with its ``-wal`` file; ``stats``,
+        ``SqliteStore.stats()`` (``None`` when unreadable); ``problem``, why it is unreadable
+        (else ``None``); ``key``, its model key's parts (``None`` when unreadable).
     """
-
-    path: Path
-    bytes: int
-    stats: dict[str, Any] | None = None
-    problem: str | None = None
-    key: dict[str, Any] | None = None
-
-
-def store_files(folder: Path) -> list[StoreFile]:
-    """Every ``*.sqlite`` file in ``folder``, read without changing it (set-aside files not included)."""
     out = []
     for path in sorted(folder.glob("*.sqlite")) if folder.is_dir() else []:
         size = sum(p.stat().st_size for p in (path, path.with_name(path.name + "-wal")) if p.exists())
-        entry = StoreFile(path, size)
+        entry = {"path": path, "bytes": size, "stats": None, "problem": None, "key": None}
         try:
             store = SqliteStore(path, None)
         except (StoreFileError, sqlite3.Error) as exc:
-            entry.problem = str(exc)
+            entry["problem"] = str(exc)
         else:
             try:
-                entry.stats, entry.key = store.stats(), ModelKey("", store.key_text).parts
+                entry["stats"], entry["key"] = store.stats(), ModelKey("", store.key_text).parts
             finally:
                 store.close()
         out.append(entry)
@@ -180,8 +170,8 @@ def prune_stores(folder: Path) -> tuple[int, int]:
     """``SqliteStore.prune`` on every readable store file of ``folder``: ``(paths, photos)`` removed."""
     paths = photos = 0
     for entry in store_files(folder):
-        if entry.problem is None:
-            store = SqliteStore(entry.path, None)
+        if entry["problem"] is None:
+            store = SqliteStore(entry["path"], None)
             try:
                 removed = store.prune()
             finally:
