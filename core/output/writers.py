@@ -79,9 +79,9 @@ class ResultWriter:
 
         Raises:
             ValueError: an unknown ``mode``.
-            UsageError: an extension other than .csv/.json/.jsonl.
-            UsageError: the file exists in mode ``"new"``, a CSV to continue has other columns,
-                the file cannot be created, or the existing file is corrupt.
+            UsageError: an extension other than .csv/.json/.jsonl, the file exists in mode
+                ``"new"``, a CSV to continue has other columns, the file cannot be created, or the
+                existing file is corrupt.
             WwtsError: the run section cannot be stored.
         """
         if mode not in MODES:
