@@ -26,7 +26,7 @@ from .label_setup import build_records, label_run_info, report_issues
 
 def is_image_classifier(model_config: Any) -> bool:
     """True when ``config.architectures`` names a transformers ``...ForImageClassification`` class
-    (read before any weights, by ``classify.load_task``)."""
+    (read before any weights, by ``load.load_task``)."""
     return any(str(arch).endswith("ForImageClassification")
                for arch in getattr(model_config, "architectures", None) or [])
 
