@@ -30,7 +30,7 @@ from .. import models
 from ..backends import build_encoders, model_identity, write_bundle
 from ..errors import describe
 from ..input import ImagePreprocessor, UnsupportedPreprocessor
-from .base import size_dict
+from .base import pixel_maker, size_dict
 from .stored import encoder_name, processor_recipe
 
 log = logging.getLogger(__name__)
@@ -140,8 +140,8 @@ class DualEncoder:
 
 def from_model(model: Any, processor: Any) -> DualEncoder:
     """The ``DualEncoder`` of a model transformers loaded (float32, on the CPU) and its processor:
-    pixels from the image processor (``pixel_values (1, 3, S, S)`` torch tensors), tokens from its
-    tokenizer, facts read from the weights and configurations."""
+    pixels from ``base.pixel_maker`` (``pixel_values (1, 3, S, S)`` torch tensors, the same recipe
+    as a saved export's), tokens from its tokenizer, facts read from the weights and configurations."""
     import torch
 
     image_processor = getattr(processor, "image_processor", processor)
@@ -164,7 +164,7 @@ def from_model(model: Any, processor: Any) -> DualEncoder:
 
     return DualEncoder(
         facts, model=model, concat=torch.cat, tokenize=tokenize,
-        prepare=lambda image: image_processor(images=[image], return_tensors="pt")["pixel_values"],
+        prepare=pixel_maker(image_processor),
         token_lengths=lambda texts: [len(ids) for ids in tokenizer(texts, truncation=False)["input_ids"]])
 
 
