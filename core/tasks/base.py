@@ -111,10 +111,6 @@ class Task(ABC):
     def collate(self, items: list[Any]) -> dict[str, torch.Tensor]:
         """B ``prepare`` results → CPU model inputs, e.g. ``pixel_values (B, 3, H, W)``."""
 
-    def preprocess(self, images: list) -> dict[str, torch.Tensor]:
-        """B RGB images → model inputs: ``collate([prepare(image) for image in images])``."""
-        return self.collate([self.prepare(image) for image in images])
-
     @abstractmethod
     def forward(self, inputs: dict[str, torch.Tensor]) -> Any:
         """Run the model on ``inputs`` (already on ``self.device``). Called under inference mode."""
