@@ -3,7 +3,7 @@
 A classify run on OpenVINO or ONNX Runtime never imports torch or transformers (2-3 s of
 start-up); the packages it goes through (``hardware``, ``backends``, ``tasks``) also hold the
 torch code of the other runs. Their ``__init__`` imports the torch-free modules and names the
-others here: ``from ..tasks import ClassifyTask`` then imports ``tasks.classify`` (and torch) at
+others here: ``from ..tasks import CaptionTask`` then imports ``tasks.caption`` (and torch) at
 that moment, and a run that never asks never pays.
 """
 

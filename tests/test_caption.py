@@ -97,7 +97,7 @@ def _captions(task: CaptionTask, outputs) -> list[dict]:
 
 
 def _run(task: CaptionTask, batch: list[Image.Image]):
-    inputs = task.preprocess(batch)
+    inputs = task.collate([task.prepare(image) for image in batch])
     with torch.inference_mode():
         outputs = task.forward(inputs)
     return inputs, outputs, _captions(task, outputs)
@@ -281,14 +281,14 @@ def test_chat_image_resolution_is_capped(kind, tiny_models, tmp_path):
     task = _load(tmp_path, tiny_models[kind])
     assert task.input_size == 448  # the checkpoint allows ~1280 visual tokens; wwts caps at 448 x 448
     big = Image.new("RGB", (2400, 1800), (90, 120, 30))
-    inputs = task.preprocess([big])
+    inputs = task.collate([task.prepare(image) for image in [big]])
     patch = task.image_processor.patch_size
     t, h, w = inputs["image_grid_thw"][0].tolist()
     assert t == 1 and h * w * patch * patch <= CHAT_MAX_PIXELS
     assert inputs["pixel_values"].shape[0] == h * w
     smaller = _load(tmp_path, tiny_models[kind], extra={"max_pixels": 224 * 224})
     assert smaller.input_size == 224
-    t2, h2, w2 = smaller.preprocess([big])["image_grid_thw"][0].tolist()
+    t2, h2, w2 = smaller.collate([smaller.prepare(image) for image in [big]])["image_grid_thw"][0].tolist()
     assert h2 * w2 < h * w
 
 
@@ -336,7 +336,7 @@ def test_bfloat16_autocast_and_beam_search(kind, tiny_models, images, tmp_path):
     task = _load(tmp_path, tiny_models[kind], dtype=torch.bfloat16, num_beams=2, repetition_penalty=1.2)
     expected_weights = torch.bfloat16 if task.family == "chat" else torch.float32
     assert next(task.model.parameters()).dtype == expected_weights
-    inputs = task.preprocess(images[:2])
+    inputs = task.collate([task.prepare(image) for image in images[:2]])
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         outputs = task.forward(inputs)
     captions = _captions(task, outputs)

@@ -1,7 +1,7 @@
 """Device, dtype and thread choice (core.hardware) and the pre-import environment (core.env).
 
 No GPU is needed: CUDA / MPS / XPU are simulated by monkeypatching torch's queries and
-``wwts.core.hardware.select.probe``; CPU flags by monkeypatching ``hardware.cpu.cpu_flags``.
+``wwts.core.hardware.device.probe``; CPU flags by monkeypatching ``hardware.cpu.cpu_flags``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 
 from wwts.core import hardware as dv
 from wwts.core.hardware import cpu, nvidia
-from wwts.core.hardware import select as sel
+from wwts.core.hardware import device as sel
 from wwts.core import env
 from wwts.core.errors import DeviceError
 
@@ -115,7 +115,7 @@ def test_failing_probe_falls_through_to_next_most_free_gpu(monkeypatch, no_mps_x
     fake_gpus(monkeypatch, [{"name": "A", "free": 2 * GiB}, {"name": "B", "free": 10 * GiB},
                             {"name": "C", "free": 5 * GiB}])
     probe_log.fail = {"cuda:1"}
-    with caplog.at_level("WARNING", logger="wwts.core.hardware.select"):
+    with caplog.at_level("WARNING", logger="wwts.core.hardware.device"):
         choice = dv.select_device("auto")
     assert choice.device == torch.device("cuda", 2)
     assert choice.tried == [("cuda:1", "RuntimeError: simulated failure")]

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from wwts.cli.doctor_view import doctor_command, render
 from wwts.cli.app import app
 from wwts.core.hardware import cpu, nvidia
-from wwts.core.hardware import select as sel
+from wwts.core.hardware import device as sel
 from wwts.core import doctor, models
 from wwts.core.models import hub
 

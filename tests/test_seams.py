@@ -21,7 +21,7 @@ from wwts.core.config import RunConfig
 from wwts.core.errors import ImageError
 from wwts.core.input import DecodePool, Sample
 from wwts.core.store import EmbeddingStore, NullStore
-from wwts.core.tasks import ClassifyTask, load_task
+from wwts.core.tasks import ZeroShotTask, load_task
 
 CPU = torch.device("cpu")
 LABELS = ("人", "车", "猫", "花")
@@ -33,19 +33,19 @@ def _config(inputs, model, **kw) -> RunConfig:
 
 
 @pytest.fixture
-def task(tiny_clip, sample_images) -> ClassifyTask:
+def task(tiny_clip, sample_images) -> ZeroShotTask:
     # one template (not Chinese-CLIP's default ensemble): text_features are then the prompts' own features
     task = load_task(_config(sample_images, tiny_clip, prompt="一张{}的照片。"), CPU, torch.float32)
     task.to(CPU, torch.float32)
     return task
 
 
-def _pixels(task: ClassifyTask, sample_images: Path, n: int = 3) -> torch.Tensor:
+def _pixels(task: ZeroShotTask, sample_images: Path, n: int = 3) -> torch.Tensor:
     paths = sorted(sample_images.glob("*.jpg"))[:n]
     return task.collate([task.prepare(Image.open(p).convert("RGB")) for p in paths])["pixel_values"]
 
 
-def _forward(task: ClassifyTask, inputs: dict) -> np.ndarray:
+def _forward(task: ZeroShotTask, inputs: dict) -> np.ndarray:
     """``task.forward`` as the engine calls it: under inference mode."""
     with torch.inference_mode():
         return task.forward(inputs)
@@ -67,7 +67,7 @@ def test_torch_image_encoder_gives_the_models_own_features_normalised(task, samp
 
 
 def test_torch_text_encoder_gives_the_models_own_features_normalised(task):
-    tokens = task.processor.tokenizer(list(task.prompts), padding=True, return_tensors="pt")
+    tokens = task.encoder.tokenize(list(task.prompts), None, False)
     encoder = TorchTextEncoder(task.model, CPU)
     assert isinstance(encoder, TextEncoder)
     got = encoder.encode(dict(tokens))
@@ -90,7 +90,7 @@ def test_classify_scores_through_its_image_encoder(task, sample_images):
             return TorchImageEncoder(task.model, CPU, torch.float32).encode(pixel_values)
 
     reference = _forward(task, {"pixel_values": pixels})
-    task.image_encoder = Recording()
+    task.encoder.image = Recording()
     assert np.array_equal(_forward(task, {"pixel_values": pixels}), reference)
     assert calls == [pixels.shape[0]]
 
@@ -139,7 +139,7 @@ def test_a_second_batch_with_the_same_keys_does_not_call_the_encoder(task, sampl
     store = DictStore()
     assert isinstance(store, EmbeddingStore)
     task.store = store
-    task.image_encoder = encoder = CountingEncoder(task.image_encoder)
+    task.encoder.image = encoder = CountingEncoder(task.image_encoder)
     first = _forward(task, {"pixel_values": pixels, "keys": keys})
     assert encoder.images == 3 and set(store.data) == set(keys)
     second = _forward(task, {"pixel_values": pixels, "keys": keys})
@@ -154,7 +154,7 @@ def test_a_second_batch_with_the_same_keys_does_not_call_the_encoder(task, sampl
 def test_with_the_null_store_every_embedding_is_computed(task, sample_images):
     pixels = _pixels(task, sample_images)
     assert isinstance(task.store, NullStore)
-    task.image_encoder = encoder = CountingEncoder(task.image_encoder)
+    task.encoder.image = encoder = CountingEncoder(task.image_encoder)
     _forward(task, {"pixel_values": pixels, "keys": ["a", "b", "c"]})
     _forward(task, {"pixel_values": pixels, "keys": ["a", "b", "c"]})
     assert encoder.images == 6
@@ -208,7 +208,7 @@ def test_process_batch_retries_a_failing_batch_image_by_image(task, sample_image
     assert records[0].width == items[0][1].decoded.width  # the base fields stay
 
 
-def _sample(task: ClassifyTask, path: Path) -> Sample:
+def _sample(task: ZeroShotTask, path: Path) -> Sample:
     """What the decode pool gives for ``path`` with ``transform=task.prepare``, made by hand."""
     from dataclasses import replace
 

@@ -21,7 +21,6 @@ from wwts.core import engine, hardware
 from wwts.core.backends import bundle_path, devices, is_x86, plan_backend
 from wwts.core.config import RunConfig
 from wwts.core.errors import ModelLoadError
-from wwts.core.tasks import ClassifyTask, CompiledClassifyTask
 
 pytest.importorskip("openvino")
 if not is_x86():
@@ -70,14 +69,14 @@ def test_auto_on_amx_puts_the_text_tower_on_openvino(amx):
 def test_relabel_is_served_without_the_image_tower_and_equals_a_fresh_run(amx, tiny_clip, sample_images, tmp_path):
     store = dict(store=True, store_dir=str(tmp_path / "store"))
     first, _ = _run(tiny_clip, sample_images, **store)
-    assert isinstance(first.task, ClassifyTask)  # the model loaded; the text tower converted
+    assert first.task.encoder.model is not None  # the model loaded; the text tower converted
     assert first.task.text_encoder.backend == "openvino" and type(first.task.image_encoder).__name__ == \
         "TorchImageEncoder"
     assert bundle_path(tiny_clip, "torch", False).is_file()
     assert first.task.model.text_model is None  # torch's copy of the text tower is freed
     assert not first.task.text_encoder.runtime.ready  # and OpenVINO's, once the labels are encoded
     relabel, records = _run(tiny_clip, sample_images, labels=NEW, **store)
-    assert isinstance(relabel.task, CompiledClassifyTask)
+    assert relabel.task.encoder.export is not None
     assert relabel.stats.cached == len(records)  # the torch run's embeddings, found by the same store key
     assert not relabel.task.image_encoder.runtime.ready  # the model was never loaded
     assert relabel.info()["backend"] == "torch" and relabel.info()["dtype"] == first.info()["dtype"]
@@ -88,8 +87,8 @@ def test_relabel_is_served_without_the_image_tower_and_equals_a_fresh_run(amx, t
 def _photos(sample_images, folder: Path, count: int = 40) -> tuple[Path, Path]:
     """``count`` distinct photos (sample images with a byte appended): more than the 32 a torch
     bundle's run checks in the store before it starts without torch. Returns the folder and one
-    photo that check skips (``compiled.sample_indices``, in the run's order)."""
-    from wwts.core.tasks.compiled import sample_indices
+    photo that check skips (``exports.sample_indices``, in the run's order)."""
+    from wwts.core.tasks.exports import sample_indices
 
     folder.mkdir()
     sources = sorted(p for p in sample_images.iterdir() if p.suffix.lower() in (".jpg", ".png"))
@@ -112,7 +111,7 @@ def test_a_photo_missing_from_the_store_loads_the_image_tower(amx, sample_images
     _run(tiny_clip, photos, **store)
     _change(unchecked)
     run, records = _run(tiny_clip, photos, labels=NEW, **store)
-    assert isinstance(run.task, CompiledClassifyTask) and run.task.image_encoder.runtime.ready
+    assert run.task.encoder.export is not None and run.task.image_encoder.runtime.ready
     assert run.stats.cached == len(records) - 1
     assert run.stats.load_s >= run.task.image_encoder.load_s > 0  # reported as model load, not iteration
     _, fresh = _run(tiny_clip, photos, labels=NEW, store=False)
@@ -127,14 +126,14 @@ def test_photos_the_store_lacks_or_no_store_load_the_model_first(amx, sample_ima
     _run(tiny_clip, photos, **store)
     assert bundle_path(tiny_clip, "torch", False).is_file()
     no_store, _ = _run(tiny_clip, photos, labels=NEW, store=False)
-    assert isinstance(no_store.task, ClassifyTask)
+    assert no_store.task.encoder.model is not None
     (photos / "z new.jpg").write_bytes((photos / "p000.jpg").read_bytes() + b"new")  # sorts last: checked
     added, records = _run(tiny_clip, photos, labels=NEW, **store)
-    assert isinstance(added.task, ClassifyTask) and added.stats.cached == len(records) - 1
+    assert added.task.encoder.model is not None and added.stats.cached == len(records) - 1
 
 
 def test_an_image_tower_that_cannot_load_ends_the_run(amx, sample_images, tiny_clip, tmp_path, monkeypatch):
-    from wwts.core.tasks import classify
+    from wwts.core.tasks import load
 
     photos, unchecked = _photos(sample_images, tmp_path / "photos")
     store = dict(store=True, store_dir=str(tmp_path / "store"))
@@ -144,10 +143,10 @@ def test_an_image_tower_that_cannot_load_ends_the_run(amx, sample_images, tiny_c
     def broken(*args, **kwargs):
         raise ModelLoadError("cannot load the weights")
 
-    monkeypatch.setattr(classify, "load_dual_encoder", broken)
+    monkeypatch.setattr(load, "load_dual_encoder", broken)
     run = engine.start(RunConfig(task="classify", inputs=(photos,), labels=NEW, model=str(tiny_clip),
                                  backend="auto", batch_size=4, **store))
-    assert isinstance(run.task, CompiledClassifyTask)
+    assert run.task.encoder.export is not None
     with pytest.raises(ModelLoadError, match="cannot load the weights"):
         list(run)  # not one "inference:" error per image, each retrying the load
 
@@ -211,6 +210,6 @@ def test_the_text_stays_on_torch_where_no_later_run_could_start_without_torch(am
 
     folder = build_tiny_siglip(tmp_path / "siglip")
     run, records = _run(folder, sample_images, store=False)
-    assert isinstance(run.task, ClassifyTask) and all(r.error is None for r in records)
+    assert run.task.encoder.model is not None and all(r.error is None for r in records)
     assert type(run.task.text_encoder).__name__ == "TorchTextEncoder"
     assert not bundle_path(folder, "torch", False).exists()

@@ -81,7 +81,7 @@ def run_model(task: Task, prepared: Sequence[Any], bases: Sequence[ImageRecord])
 
         with torch.inference_mode(), devices.autocast(task.device, task.dtype):
             outputs = task.forward(inputs)
-    else:  # OpenVINO / ONNX Runtime towers, NumPy in and out (tasks.CompiledClassifyTask)
+    else:  # OpenVINO / ONNX Runtime towers, NumPy in and out (a saved export, tasks.exports)
         outputs = task.forward(inputs)
     return task.postprocess(outputs, list(bases))
 

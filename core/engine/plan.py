@@ -2,7 +2,7 @@
 batch size, load the task. ``start(config)`` does this slow set-up once and returns a ``Run``.
 
 A classify run on OpenVINO or ONNX Runtime whose model was converted before is served from the
-saved conversion bundle (``tasks.load_compiled_task``) and never imports torch or transformers; so
+saved export (``tasks.load_task_from_export``) and never imports torch or transformers; so
 is a run of torch's CPU image tower beside OpenVINO's text tower (``--backend auto`` on an AMX CPU)
 until a photo that is not in the embedding store needs the image tower. Every other run loads the
 model with transformers (and converts it for a backend the first time).
@@ -22,7 +22,7 @@ from ..arrays import dtype_name
 from ..config import RunConfig
 from ..errors import UsageError
 from ..input import IMAGE_EXTENSIONS, discover
-from ..tasks import Task, load_compiled_task, load_task
+from ..tasks import Task, load_task, load_task_from_export, store_holds
 from .run import Run, now
 from .stored import attach_store
 
@@ -57,18 +57,18 @@ def _load_compiled(config: RunConfig, backend: backends.BackendChoice, dtype: st
                    paths: list[Path]) -> Task | None:
     """The torch-free task of a classify run on a saved OpenVINO / ONNX Runtime conversion (or
     torch's image tower with OpenVINO's text tower, ``dtype`` the image tower's), set up (towers
-    compiled, labels encoded), or ``None`` (see ``tasks.load_compiled_task``).
+    compiled, labels encoded), or ``None`` (see ``tasks.load_task_from_export``).
 
     On torch, the run starts without torch only when the embedding store holds the photos (a
-    sample of ``paths``, ``CompiledClassifyTask.store_holds``): otherwise the image tower would
+    sample of ``paths``, ``tasks.store_holds``): otherwise the image tower would
     load anyway, after OpenVINO and the text tower, for nothing (``--no-store``, a new folder)."""
-    task = load_compiled_task(config, backend, dtype)
+    task = load_task_from_export(config, backend, dtype)
     if task is None:
         return None
     attach_store(task, config)
     if backend.name == "torch":
         task.open()
-        if not task.store_holds(paths):
+        if not store_holds(task.store, paths):
             if task.store_opener is not None:
                 task.store_opener.close()
             log.info("the embedding store does not hold these photos: loading the model with torch")

@@ -7,13 +7,13 @@ Modules, by job:
 - ``cpu``: CPU model and instruction sets, usable CPUs (affinity, cgroup quota), physical cores,
   torch threads, the decode pool size.
 - ``nvidia``: NVIDIA GPUs as the driver (NVML, nvidia-smi) and torch see them; bf16 capability.
-- ``select``: the torch build, ``probe`` and ``select_device`` (a proven device), MPS / XPU
+- ``device``: the torch build, ``probe`` and ``select_device`` (a proven device), MPS / XPU
   availability, out-of-memory handling.
 - ``dtype``: the dtype policy (``select_dtype``, ``autocast``) and the CPU bf16 calibration it
   rests on; ``calibration`` measures and caches that.
 - ``cpu_dtype``: ``--dtype`` on the CPU decided without torch (the same rule, from the cached
   calibration), for a run that may never import torch.
-- ``plan``: the plan (device, dtype, threads, batch) in words.
+- ``explain``: the plan (device, dtype, threads, batch) in words (``describe_plan``).
 
 ``choice`` and ``cpu`` load with the package; the modules that import torch on first use of one of
 their names (``core/lazy.py``).
@@ -32,11 +32,11 @@ _DTYPE = ("BF16_MIN_SPEEDUP", "DTYPE_NAMES", "autocast", "cpu_bf16_calibration",
           "select_dtype")
 _NVIDIA = ("cuda_capability", "cuda_device_rows", "cuda_free_memory", "cuda_native_bf16", "driver_gpu_rows",
            "norm_uuid", "nvidia_driver_facts", "nvidia_smi_facts", "nvml_facts")
-_SELECT = ("TORCH_INSTALL_URL", "available_summary",
+_DEVICE = ("TORCH_INSTALL_URL", "available_summary",
            "empty_cache", "is_oom_error", "mps_available", "mps_built", "probe", "select_device", "torch_build",
            "torch_facts", "xpu_available", "xpu_devices")
 __getattr__ = lazy_exports(__name__, {**dict.fromkeys(_DTYPE, "dtype"), **dict.fromkeys(_NVIDIA, "nvidia"),
-                                      **dict.fromkeys(_SELECT, "select"), "describe_plan": "plan"})
+                                      **dict.fromkeys(_DEVICE, "device"), "describe_plan": "explain"})
 
 __all__ = [
     "DeviceChoice", "HOST_CPU", "HostCPU", "accelerator_present", "cpu_dtype_without_torch", "torch_version",
@@ -47,13 +47,13 @@ __all__ = [
     # nvidia
     "cuda_capability", "cuda_device_rows", "cuda_free_memory", "cuda_native_bf16", "driver_gpu_rows", "norm_uuid",
     "nvidia_driver_facts", "nvidia_smi_facts", "nvml_facts",
-    # select
+    # device
     "DEFAULT_BATCH_SIZES", "TORCH_INSTALL_URL", "available_summary", "default_batch_size",
     "empty_cache", "is_oom_error", "mps_available", "mps_built", "probe", "select_device", "torch_build",
     "torch_facts", "xpu_available", "xpu_devices",
     # dtype
     "BF16_MIN_SPEEDUP", "DTYPE_NAMES", "autocast", "cpu_bf16_calibration", "cpu_bf16_speedup", "dtype_reason",
     "select_dtype",
-    # plan
+    # explain
     "describe_plan",
 ]

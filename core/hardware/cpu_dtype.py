@@ -4,7 +4,7 @@ The rule is ``dtype.select_dtype``'s for a CPU: ``auto`` is bfloat16 only where 
 bf16 and the cached calibration (``calibration``: a ViT-B/16 block timed in both dtypes on this
 machine, thread count and batch size) measured it at least ``BF16_MIN_SPEEDUP`` times float32. It
 lives here, apart from torch, so that a run served from the embedding store can know its store key
-(dtype included) before deciding whether it needs the model at all (``tasks.compiled``).
+(dtype included) before deciding whether it needs the model at all (``tasks.exports``).
 """
 
 from __future__ import annotations

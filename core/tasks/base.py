@@ -18,13 +18,29 @@ file I/O or printing.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 from ..config import RunConfig
+from ..input import ImagePreprocessor, UnsupportedPreprocessor
 from ..output import ImageRecord
 
 if TYPE_CHECKING:  # a torch-free run (OpenVINO, ONNX Runtime) imports this module too
     import torch
+
+
+def pixel_maker(image_processor: Any) -> Callable[[Any], Any]:
+    """One RGB image → ``pixel_values (1, 3, S, S)`` float32 torch tensor, for a model loaded with
+    transformers: wwts' ``core.input.ImagePreprocessor`` (Pillow + NumPy, bit-equal to
+    transformers' processors for the families it reproduces: tests/test_preprocess.py), the one
+    path every backend uses; transformers' ``image_processor`` itself for the settings and
+    families it refuses (``UnsupportedPreprocessor``)."""
+    import torch
+
+    try:
+        preprocessor = ImagePreprocessor.from_config(image_processor.to_dict())
+    except (UnsupportedPreprocessor, AttributeError, KeyError, TypeError, ValueError):
+        return lambda image: image_processor(images=[image], return_tensors="pt")["pixel_values"]
+    return lambda image: torch.from_numpy(preprocessor(image))
 
 
 def size_dict(value: Any) -> dict[str, int]:
@@ -94,10 +110,6 @@ class Task(ABC):
     @abstractmethod
     def collate(self, items: list[Any]) -> dict[str, torch.Tensor]:
         """B ``prepare`` results → CPU model inputs, e.g. ``pixel_values (B, 3, H, W)``."""
-
-    def preprocess(self, images: list) -> dict[str, torch.Tensor]:
-        """B RGB images → model inputs: ``collate([prepare(image) for image in images])``."""
-        return self.collate([self.prepare(image) for image in images])
 
     @abstractmethod
     def forward(self, inputs: dict[str, torch.Tensor]) -> Any:

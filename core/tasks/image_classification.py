@@ -20,13 +20,13 @@ from ..config import RunConfig
 from ..errors import UsageError
 from ..labels import apply_label_map, text_issues
 from ..output import ClassifyResult
-from .base import Task, size_dict
+from .base import Task, pixel_maker, size_dict
 from .label_setup import build_records, label_run_info, report_issues
 
 
 def is_image_classifier(model_config: Any) -> bool:
     """True when ``config.architectures`` names a transformers ``...ForImageClassification`` class
-    (read before any weights, by ``classify.load_task``)."""
+    (read before any weights, by ``load.load_task``)."""
     return any(str(arch).endswith("ForImageClassification")
                for arch in getattr(model_config, "architectures", None) or [])
 
@@ -55,6 +55,7 @@ class ImageClassificationTask(Task):
         self.labels = apply_label_map(names, config.label_map)
         self.top_k = min(config.top_k, len(self.labels))
         self.sigmoid = getattr(model.config, "problem_type", None) == "multi_label_classification"
+        self._pixels = pixel_maker(self.image_processor)
 
     @property
     def image_processor(self) -> Any:
@@ -73,7 +74,7 @@ class ImageClassificationTask(Task):
 
     def prepare(self, image: Any) -> torch.Tensor:
         """One RGB image → ``pixel_values (1, 3, H, W)`` float32."""
-        return self.image_processor(images=[image], return_tensors="pt")["pixel_values"]
+        return self._pixels(image)
 
     def collate(self, items: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         """B ``(1, 3, H, W)`` tensors → ``{"pixel_values": (B, 3, H, W)}``."""

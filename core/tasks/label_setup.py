@@ -1,6 +1,6 @@
 """The classify tasks' labels: where they come from, how they are prompted, checked and shown.
 
-Shared by the zero-shot task (``classify.py``) and the closed-set one (``image_classification.py``):
+Shared by the zero-shot task (``zero_shot.py``) and the closed-set one (``image_classification.py``):
 resolving ``--labels`` / ``--vocab`` / the default vocabulary, the prompt templates, label hygiene
 (warnings, or exit 2 with ``--strict-labels``), and turning per-image decisions into records
 (``label``, ``score``, ``top_k``, ``labels``; ``--other-label`` when the image abstains).
@@ -94,8 +94,10 @@ class LabelSet:
         return len(self.names) + (1 if self.neutral else 0)
 
 
-def build_label_set(config: RunConfig, model_type: str) -> LabelSet:
-    """The ``LabelSet`` of a zero-shot run on a model of ``model_type`` (``chinese_clip``...).
+def build_label_set(config: RunConfig, model_type: str, *, sigmoid: bool) -> LabelSet:
+    """The ``LabelSet`` of a zero-shot run on a model of ``model_type`` (``chinese_clip``...);
+    ``sigmoid``: the family scores ``--multi-label`` with its own ``logit_bias`` (SigLIP), so no
+    neutral baseline label is added.
 
     Raises:
         UsageError: an unknown vocabulary or an unreadable vocabulary file.
@@ -103,7 +105,7 @@ def build_label_set(config: RunConfig, model_type: str) -> LabelSet:
     names, vocab = resolve_labels(config)
     templates = config.templates or vocabularies.default_templates(model_type)
     neutral = None
-    if config.multi_label and "siglip" not in model_type:
+    if config.multi_label and not sigmoid:
         neutral = vocabularies.neutral_label(templates)
     shown = vocabularies.apply_label_map(names, config.label_map)
     return LabelSet(names, shown, tuple(templates), vocab, neutral)

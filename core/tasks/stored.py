@@ -46,20 +46,21 @@ def processor_recipe(processor: Any) -> dict[str, Any]:
 
 def store_parts(task: Any) -> dict[str, Any]:
     """The model-key parts of a dual-encoder task on its current device and dtype (the opener adds
-    the weights' identity). JSON-ready. The task gives ``model_type``, ``dtype``, ``config``,
-    ``image_encoder``, ``input_size`` and ``image_recipe`` (``processor_recipe`` of its image
-    processor): the torch-loaded and the torch-free classify tasks build the same key."""
-    return {"model_type": task.model_type, "dtype": dtype_name(task.dtype),
+    the weights' identity). JSON-ready: the task's ``dtype``, ``config``, ``image_encoder`` and its
+    ``encoder``'s facts (``model_type``, ``input_size``, ``image_recipe``: ``processor_recipe`` of its
+    image processor), so a transformers-loaded model and its saved export build the same key."""
+    facts = task.encoder.facts
+    return {"model_type": task.encoder.model_type, "dtype": dtype_name(task.dtype),
             "quantize": task.config.quantize, "backend": encoder_name(task.image_encoder),
-            "input_size": task.input_size,
-            "preprocess": task.image_recipe, "decode_recipe": DECODE_RECIPE}
+            "input_size": facts.get("input_size"),
+            "preprocess": facts["image_recipe"], "decode_recipe": DECODE_RECIPE}
 
 
 def text_settings(task: Any) -> str:
     """What besides the prompt changes a prompt's text features: the text encoder, its token limit
     and SigLIP's fixed padding (the tokenizer itself is part of the model's identity)."""
-    return json.dumps({"encoder": encoder_name(task.text_encoder), "max_length": task.text_max_length(),
-                       "siglip": "siglip" in (task.model_type or "")}, sort_keys=True)
+    return json.dumps({"encoder": encoder_name(task.text_encoder), "max_length": task.encoder.facts.get("text_max_length"),
+                       "siglip": bool(task.encoder.quirks["text_padding"])}, sort_keys=True)
 
 
 def prompt_features(task: Any, tokens: dict[str, Any], labels: Sequence[str], batch: int) -> np.ndarray:

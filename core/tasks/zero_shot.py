@@ -1,127 +1,110 @@
-"""What every zero-shot classify task does once the towers give embeddings, whatever runs them.
+"""Zero-shot image classification with a dual encoder (Chinese-CLIP, CLIP, SigLIP), whatever
+runs its towers (torch, OpenVINO, ONNX Runtime, a saved export without torch).
 
-``ZeroShotTask`` holds the labels (label set, prompt templates, top-k), encodes the label prompts
-once (through the embedding store: a label list is encoded once per machine), scores image
-embeddings against them and writes the records. Two tasks build on it: ``ClassifyTask`` (the
-model loaded with transformers, towers on torch or converted for OpenVINO / ONNX Runtime) and
-``CompiledClassifyTask`` (a saved OpenVINO / ONNX Runtime conversion, without torch or
-transformers). Both give the same records for the same embeddings and use the same store keys.
+Scoring follows Chinese-CLIP's zero-shot recipe (Yang et al. 2022, arXiv:2211.01335; code
+OFA-Sys/Chinese-CLIP, cn_clip/eval/zeroshot_evaluation.py): every label is put into a prompt
+template, the text features are computed ONCE per run (through the embedding store: a label list
+is encoded once per machine) and L2-normalised, and each image's L2-normalised features are scored
+against them as ``logit_scale.exp() * image @ text.T`` followed by a softmax over the labels.
+Building the classifier once and reusing it for every batch is open_clip's
+``build_zero_shot_classifier`` pattern (src/open_clip/zero_shot_classifier.py).
 
-This module must not import torch: the torch-free task runs through it.
+SigLIP is trained with a sigmoid loss; wwts still reports a softmax over the labels (its
+``logit_bias`` is the same for every label, so the ranking is the one SigLIP gives), which keeps
+the scores of all models comparable and summing to 1.
+
+This module must not import torch: a torch-free run goes through it.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Hashable, Sequence
+from typing import Any
 
 import numpy as np
 
-from ..arrays import dtype_name
 from ..config import RunConfig
 from ..labels import ensemble, feature_issues, label_scores, text_issues
 from ..output import ClassifyResult
-from ..store import EmbeddingStore, NullStore
-from .base import Task
+from ..store import EmbeddingStore
+from .dual_encoder import DualEncoder
+from .embed import EmbedTask
 from .label_setup import build_label_set, build_records, label_run_info, report_issues
-from .stored import image_embeddings, prompt_features, store_parts
+from .stored import prompt_features
 
 log = logging.getLogger(__name__)
 
 #: Prompts per text-tower forward pass when the label features are computed (bounds memory for
 #: 1,000 labels x several templates).
 TEXT_BATCH = 256
-#: SigLIP was trained on text padded to 64 tokens (model card, google/siglip-*).
-SIGLIP_TEXT_LENGTH = 64
 
 
-class ZeroShotTask(Task):
-    """Zero-shot classification of a mini-batch against the run's labels (the shared part).
+class ZeroShotTask(EmbedTask):
+    """Zero-shot classification of a mini-batch against the run's labels: ``EmbedTask``'s image
+    embeddings with a label head (open_clip's ``build_zero_shot_classifier`` pattern: the label
+    features are built once per run).
 
     ``forward``: ``pixel_values (M, 3, S, S)`` and / or embeddings read from the store →
     ``(B, L)`` float32 logits (``(B, L + 1)`` with ``--multi-label``'s neutral baseline).
     ``postprocess``: → B records with ``label``, ``score``, ``top_k`` (K best, best first).
 
-    A subclass gives the model's facts and tokenizer: ``model_type``, ``image_recipe``,
-    ``input_size``, ``text_max_length``, ``tokenize``, ``token_lengths``, ``logit_scale``,
-    ``logit_bias``, ``weights_folder``, and ``prepare`` / ``collate``.
-
     Attributes:
-        image_encoder / text_encoder: the backend's encoders (``core.backends``).
-        store: the ``EmbeddingStore`` asked before the image encoder (``NullStore``: none).
+        label_set: the labels, templates and vocabulary (``label_setup.LabelSet``).
+        labels: the labels as written in the records (``--label-map`` applied).
+        prompts: every label in every template (then the neutral baseline's).
         text_features: ``(L, D)`` float32 L2-normalised label features (NumPy), after ``setup``.
     """
 
     name = "classify"
     record_type = ClassifyResult
-    #: Set by the engine (``core.store.StoreOpener``) when the run uses the embedding store.
-    store_opener: Any = None
-    #: Set by the engine (``core.backends.plan_backend``): the backend of the towers; ``None``: torch.
-    backend: Any = None
 
-    def __init__(self, config: RunConfig, model: Any, processor: Any, device: Any, dtype: Any, *,
-                 model_type: str, store: EmbeddingStore | None = None) -> None:
-        super().__init__(config, model, processor, device, dtype)
-        self.model_type = model_type
-        self.store: EmbeddingStore = store if store is not None else NullStore()
-        self.image_encoder: Any = None
-        self.text_encoder: Any = None
-        self.label_set = build_label_set(config, model_type)
+    def __init__(self, config: RunConfig, encoder: DualEncoder, device: Any, dtype: Any, *,
+                 store: EmbeddingStore | None = None) -> None:
+        super().__init__(config, encoder, device, dtype, store=store)
+        self.label_set = build_label_set(config, encoder.model_type, sigmoid=encoder.quirks["sigmoid"])
         self.labels = self.label_set.shown  # as written in the records (--label-map applied)
         # every label (and the multi-label baseline) in every template; _prompt_labels[i] names prompts[i]'s label
         self.prompts, self._prompt_groups, self._prompt_labels = self.label_set.expanded()
         self.top_k = min(config.top_k, len(self.labels))
         self.text_features: np.ndarray | None = None
 
-    # -- what a subclass gives -------------------------------------------------------------------
-
-    @property
-    def image_recipe(self) -> dict[str, Any]:
-        """The image processor's configuration (part of the store key)."""
-        raise NotImplementedError
-
-    @property
-    def weights_folder(self) -> str | None:
-        """The folder the weights were loaded from (the store key's weights identity)."""
-        raise NotImplementedError
-
     @property
     def logit_scale(self) -> float:
         """``logit_scale.exp()``: the learned temperature (100 for Chinese-CLIP's checkpoints)."""
-        raise NotImplementedError
+        return float(self.encoder.facts["logit_scale"])
 
     @property
     def logit_bias(self) -> float | None:
-        """SigLIP's learned ``logit_bias`` for ``--multi-label``; ``None`` for CLIP-style models."""
-        raise NotImplementedError
+        """SigLIP's learned ``logit_bias`` for ``--multi-label``; ``None`` for CLIP-style models
+        (their multi-label scores use a neutral prompt instead)."""
+        bias = self.encoder.facts.get("logit_bias")
+        return None if self.label_set.neutral is not None or bias is None else float(bias)
 
-    def text_max_length(self) -> int | None:
-        """Most tokens the text tower takes (``None``: no limit known)."""
-        raise NotImplementedError
+    def example_prompts(self) -> list[str]:
+        """The first label prompts: the text tower's export example."""
+        return self.prompts[:2]
 
-    def tokenize(self, texts: list[str], max_length: int | None, pad_to_max_length: bool) -> dict[str, Any]:
-        """Token arrays of ``texts`` (``input_ids (N, T)``...), padded to the longest or to
-        ``max_length``, truncated to ``max_length``."""
-        raise NotImplementedError
-
-    def token_lengths(self, texts: list[str]) -> list[int]:
-        """Token count of each text without truncation (special tokens included)."""
-        raise NotImplementedError
-
-    # -- shared ----------------------------------------------------------------------------------
+    def setup(self) -> None:
+        """The towers and the store (``EmbedTask.open``), then the label prompts encoded once:
+        ``text_features`` ``(L, D)``, float32, L2-normalised, a NumPy array (scoring runs on the
+        CPU, after the image tower). After a move to another device the features are kept."""
+        self.open()
+        if self.text_features is None:
+            self.text_features = self._label_features()
 
     def _text_inputs(self) -> dict[str, Any]:
         """Token ids of the label prompts, truncated to ``text_max_length`` (one warning if any is
         cut); SigLIP's padded to 64."""
-        limit = self.text_max_length()
+        limit = self.encoder.facts.get("text_max_length")
         if limit:
             self._warn_truncated(limit)
-        if "siglip" in self.model_type:
-            return self.tokenize(self.prompts, min(SIGLIP_TEXT_LENGTH, limit or SIGLIP_TEXT_LENGTH), True)
-        return self.tokenize(self.prompts, limit, False)
+        padding = self.encoder.quirks["text_padding"]
+        if padding:
+            return self.encoder.tokenize(self.prompts, min(padding, limit or padding), True)
+        return self.encoder.tokenize(self.prompts, limit, False)
 
     def _warn_truncated(self, limit: int) -> None:
-        lengths = self.token_lengths(self.prompts)
+        lengths = self.encoder.token_lengths(self.prompts)
         cut = list(dict.fromkeys(label for label, n in zip(self._prompt_labels, lengths) if n > limit))
         if cut:
             shown = ", ".join(repr(shorten(label)) for label in cut[:3])
@@ -149,23 +132,6 @@ class ZeroShotTask(Task):
             report_issues(feature_issues(names, feats[:len(names)], skip=skip), self.config.strict_labels)
         return feats
 
-    def use_store(self) -> None:
-        """Point ``store`` at the store of the current model key (dtype and backend included),
-        when the engine gave the task a ``store_opener``; else leave it as it is."""
-        if self.store_opener is not None:
-            self.store = self.store_opener.open(self.weights_folder, store_parts(self))
-
-    def image_features(self, pixel_values: Any, keys: Sequence[Hashable] | None = None, *,
-                       stored: Sequence[np.ndarray | None] | None = None) -> np.ndarray:
-        """``pixel_values (M, 3, S, S)`` → ``(B, D)`` float32 L2-normalised image embeddings (NumPy).
-
-        With ``keys`` (one per image), embeddings ``store`` holds are taken from it and only the
-        others go through ``image_encoder`` (and are then put in the store). ``stored`` (B entries)
-        gives the embeddings already read from the store, ``None`` for each image that is a row of
-        ``pixel_values`` (without it, B = M). See ``stored.image_embeddings``.
-        """
-        return image_embeddings(self, pixel_values, keys, stored)
-
     def forward(self, inputs: dict[str, Any]) -> np.ndarray:
         """``pixel_values (B, 3, S, S)`` (and optional store ``keys``, B of them) → logits
         ``(B, L)`` float32 (``(B, L + 1)`` with the neutral baseline of ``--multi-label``)."""
@@ -186,13 +152,8 @@ class ZeroShotTask(Task):
         """
         scores = label_scores(outputs, len(self.labels), multi_label=self.config.multi_label,
                               logit_bias=self.logit_bias)
-        return build_records(scores, bases, self.labels, self.top_k, self.config, self._nonfinite_error())
-
-    def _nonfinite_error(self) -> str:
-        reduced = dtype_name(self.dtype) != "float32" or \
-            getattr(self.image_encoder, "precision", "float32") not in ("float32", None)
-        hint = "; try --dtype float32" if reduced else ""
-        return f"nonfinite: the model gave NaN or infinite scores for this image{hint}"
+        return build_records(scores, bases, self.labels, self.top_k, self.config,
+                             "nonfinite: the model gave NaN or infinite scores for this image" + self.precision_hint())
 
     def run_info(self) -> dict[str, Any]:
         """The label settings of this run: ``labels``, ``prompt`` (the template, or the list of

@@ -1,6 +1,6 @@
 """The hardware plan in words: device, dtype, threads and batch size, each with its reason.
 
-It sits above ``select``, ``dtype`` and ``cpu`` because it explains the choices all three make
+It sits above ``device``, ``dtype`` and ``cpu`` because it explains the choices all three make
 (the one module of the package that reads all of them); ``wwts doctor`` shows it per task.
 """
 
