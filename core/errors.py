@@ -70,3 +70,10 @@ class ImageError(WwtsError):
     def __str__(self) -> str:
         message = " ".join(str(self.args[0]).split())  # one line, whatever the library said
         return f"{self.category}: {message}"
+
+
+class NotReproducible(ValueError):
+    """A model's preprocessing (its image processor's settings, or its tokenizer) that wwts' own
+    NumPy / ``tokenizers`` path (``core.input.ImagePreprocessor``, ``core.models.TextTokenizer``)
+    does not reproduce exactly; the message names the setting. The caller falls back to
+    transformers' processor (and a run that would have started without torch loads the model)."""

@@ -118,8 +118,8 @@ def test_label_scores_softmax_and_multi_label_sigmoids():
     siglip = lb.label_scores(logits[:, :3] / 100, 3, multi_label=True, logit_bias=-0.2)
     assert np.allclose(siglip, torch.sigmoid(torch.from_numpy(logits[:, :3] / 100 - 0.2)).numpy(), atol=1e-7)
     decisions = lb.decide(np.array([[0.2, 0.5, 0.5, 0.1]]), 2, threshold=0.15)
-    assert decisions[0].top_k == [(1, 0.5), (2, 0.5)]  # equal scores keep the labels' order
-    assert [i for i, _ in decisions[0].passed] == [1, 2, 0]
+    assert decisions[0][0] == [(1, 0.5), (2, 0.5)]  # top_k: equal scores keep the labels' order
+    assert [i for i, _ in decisions[0][1]] == [1, 2, 0]  # passed
 
 
 def test_one_template_ensemble_scores_exactly_like_the_single_template(tiny_clip, sample_images, tmp_path):

@@ -20,7 +20,8 @@ import pytest
 from PIL import Image
 
 from tests.conftest import EXIF_SAMPLES, ROOT
-from wwts.core.input import ImagePreprocessor, UnsupportedPreprocessor, load_image
+from wwts.core.errors import NotReproducible
+from wwts.core.input import ImagePreprocessor, load_image
 
 REAL_CHECKPOINT = ROOT / "models" / "chinese-clip-vit-base-patch16"
 
@@ -194,13 +195,13 @@ def test_from_folder_layouts(folders, tmp_path):
 
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(UnsupportedPreprocessor, match="no image processor config"):
+    with pytest.raises(NotReproducible, match="no image processor config"):
         ImagePreprocessor.from_folder(empty)
     (empty / "processor_config.json").write_text(json.dumps({"processor_class": "X"}), encoding="utf-8")
-    with pytest.raises(UnsupportedPreprocessor, match="no image processor config"):
+    with pytest.raises(NotReproducible, match="no image processor config"):
         ImagePreprocessor.from_folder(empty)
     (empty / "preprocessor_config.json").write_text("{not json", encoding="utf-8")
-    with pytest.raises(UnsupportedPreprocessor, match="not readable JSON"):
+    with pytest.raises(NotReproducible, match="not readable JSON"):
         ImagePreprocessor.from_folder(empty)
 
 
@@ -236,9 +237,9 @@ UNSUPPORTED = {
 
 @pytest.mark.parametrize("setting", sorted(UNSUPPORTED))
 def test_unsupported_configs_name_the_setting(setting):
-    with pytest.raises(UnsupportedPreprocessor, match=setting):
+    with pytest.raises(NotReproducible, match=setting):
         ImagePreprocessor.from_config(UNSUPPORTED[setting])
-    assert issubclass(UnsupportedPreprocessor, ValueError)
+    assert issubclass(NotReproducible, ValueError)
 
 
 def test_no_torch_or_transformers_import():

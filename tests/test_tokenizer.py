@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wwts.core.models import TextTokenizer, UnsupportedTokenizer
+from wwts.core.errors import NotReproducible
+from wwts.core.models import TextTokenizer
 
 VOCAB_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "vocab"
 TEMPLATE = "一张{}的照片。"
@@ -188,33 +189,33 @@ def test_added_tokens_decoder(tmp_path):
                 AutoTokenizer.from_pretrained(folder)(HOSTILE, padding=True, truncation=True, max_length=52,
                                                       return_tensors="np"))
     write_hub_layout(folder, added_tokens_decoder={"5": dict(content="[MASK]", **entry)})
-    with pytest.raises(UnsupportedTokenizer, match="not in the vocabulary at id 5"):
+    with pytest.raises(NotReproducible, match="not in the vocabulary at id 5"):
         TextTokenizer.from_folder(folder)
 
 
 def test_no_tokenizer_files(tmp_path):
-    with pytest.raises(UnsupportedTokenizer, match="no tokenizer.json or vocab.txt"):
+    with pytest.raises(NotReproducible, match="no tokenizer.json or vocab.txt"):
         TextTokenizer.from_folder(tmp_path)
-    with pytest.raises(UnsupportedTokenizer):
+    with pytest.raises(NotReproducible):
         TextTokenizer.from_folder(tmp_path / "missing")
 
 
 def test_sentencepiece_only_folder(tmp_path):
     (tmp_path / "spiece.model").write_bytes(b"\x00")
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "SiglipTokenizer"}))
-    with pytest.raises(UnsupportedTokenizer, match="spiece.model"):
+    with pytest.raises(NotReproducible, match="spiece.model"):
         TextTokenizer.from_folder(tmp_path)
 
 
 def test_unknown_tokenizer_class(tmp_path):
     write_hub_layout(tmp_path, tokenizer_class="FancyTokenizer")
-    with pytest.raises(UnsupportedTokenizer, match="FancyTokenizer"):
+    with pytest.raises(NotReproducible, match="FancyTokenizer"):
         TextTokenizer.from_folder(tmp_path)
 
 
 def test_missing_tokenizer_class_uses_model_type(tmp_path):
     write_hub_layout(tmp_path, tokenizer_class=None)
-    with pytest.raises(UnsupportedTokenizer, match="tokenizer_class"):
+    with pytest.raises(NotReproducible, match="tokenizer_class"):
         TextTokenizer.from_folder(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "chinese_clip"}))
     assert TextTokenizer.from_folder(tmp_path)(["猫"])["input_ids"].tolist() == [[101, hub_vocab(TEXTS).index("猫"),

@@ -19,7 +19,7 @@ from .decode import (
 )
 from .discover import IMAGE_EXTENSIONS, discover, is_hidden, is_image_name
 from .pool import DECODE_RECIPE, ISOLATED_EXTENSIONS, DecodePool, Sample, isolated_decode, needs_isolation
-from .preprocess import ImagePreprocessor, UnsupportedPreprocessor
+from .preprocess import ImagePreprocessor
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -40,5 +40,4 @@ __all__ = [
     "DecodePool",
     "Sample",
     "ImagePreprocessor",
-    "UnsupportedPreprocessor",
 ]

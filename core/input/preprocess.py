@@ -36,7 +36,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-__all__ = ["UnsupportedPreprocessor", "ImagePreprocessor"]
+from ..errors import NotReproducible
+
+__all__ = ["ImagePreprocessor"]
 
 _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # transformers image_utils.OPENAI_CLIP_MEAN
 _CLIP_STD = (0.26862954, 0.26130258, 0.27577711)  # transformers image_utils.OPENAI_CLIP_STD
@@ -58,13 +60,6 @@ _IGNORED = {"image_processor_type", "feature_extractor_type", "processor_class",
 _RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 
 
-class UnsupportedPreprocessor(ValueError):
-    """An image processor config this module does not reproduce exactly (the message names the setting).
-
-    The caller should fall back to transformers' own processor.
-    """
-
-
 def _processor_type(config: dict) -> str:
     key = "image_processor_type" if config.get("image_processor_type") else "feature_extractor_type"
     name = str(config.get(key) or "")
@@ -74,7 +69,7 @@ def _processor_type(config: dict) -> str:
         if name.endswith(suffix):
             name = name[: -len(suffix)]
     if name not in _DEFAULTS:
-        raise UnsupportedPreprocessor(f"{key}={config.get(key)!r} is not reproduced "
+        raise NotReproducible(f"{key}={config.get(key)!r} is not reproduced "
                                       f"(supported: {', '.join(sorted(_DEFAULTS))}, +Pil/Fast)")
     return name
 
@@ -82,7 +77,7 @@ def _processor_type(config: dict) -> str:
 def _size_dict(value, name: str, default_to_square: bool) -> dict:
     """``get_size_dict``: an int, an (h, w) pair or a dict → ``{"shortest_edge"}`` or ``{"height", "width"}``."""
     if isinstance(value, bool):
-        raise UnsupportedPreprocessor(f"{name}={value!r} is not a size")
+        raise NotReproducible(f"{name}={value!r} is not a size")
     if isinstance(value, int):
         return {"height": value, "width": value} if default_to_square else {"shortest_edge": value}
     if isinstance(value, (list, tuple)) and len(value) == 2:
@@ -92,7 +87,7 @@ def _size_dict(value, name: str, default_to_square: bool) -> dict:
         if set(value) in ({"shortest_edge"}, {"height", "width"}) and all(
                 isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value.values()):
             return value
-    raise UnsupportedPreprocessor(f"{name}={value!r} is not supported (shortest_edge, or height and width)")
+    raise NotReproducible(f"{name}={value!r} is not supported (shortest_edge, or height and width)")
 
 
 def _channels(value, name: str) -> tuple[float, float, float]:
@@ -100,7 +95,7 @@ def _channels(value, name: str) -> tuple[float, float, float]:
         value = [value] * 3
     if not isinstance(value, (list, tuple)) or len(value) != 3 or not all(
             isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value):
-        raise UnsupportedPreprocessor(f"{name}={value!r} is not one number or three")
+        raise NotReproducible(f"{name}={value!r} is not one number or three")
     return tuple(float(v) for v in value)
 
 
@@ -118,7 +113,7 @@ def _value_table(settings: dict) -> np.ndarray:
         mean = np.array(settings["image_mean"], dtype=np.float32)[:, None]
         std = np.array(settings["image_std"], dtype=np.float32)[:, None]
         if not np.all(std != 0):
-            raise UnsupportedPreprocessor(f"image_std={settings['image_std']!r} has a zero")
+            raise NotReproducible(f"image_std={settings['image_std']!r} has a zero")
         table = (table - mean) / std
     return np.ascontiguousarray(table, dtype=np.float32)
 
@@ -128,17 +123,17 @@ def _check_flags(config: dict, settings: dict) -> None:
     unknown = sorted(k for k in config if k not in settings and k not in _IGNORED
                      and k not in ("do_pad", "data_format"))
     if unknown:
-        raise UnsupportedPreprocessor(f"unsupported image processor setting(s): {', '.join(unknown)}")
+        raise NotReproducible(f"unsupported image processor setting(s): {', '.join(unknown)}")
     if config.get("do_pad"):
-        raise UnsupportedPreprocessor(f"do_pad={config['do_pad']!r} is not supported")
+        raise NotReproducible(f"do_pad={config['do_pad']!r} is not supported")
     if config.get("data_format") not in (None, "channels_first"):
-        raise UnsupportedPreprocessor(f"data_format={config['data_format']!r} is not supported")
+        raise NotReproducible(f"data_format={config['data_format']!r} is not supported")
     resample = settings["resample"]
     if isinstance(resample, bool) or not isinstance(resample, int) or resample not in _RESAMPLE_NAMES:
-        raise UnsupportedPreprocessor(f"resample={resample!r} is not a Pillow filter 0-5")
+        raise NotReproducible(f"resample={resample!r} is not a Pillow filter 0-5")
     if settings["do_rescale"] and (isinstance(settings["rescale_factor"], bool)
                                    or not isinstance(settings["rescale_factor"], numbers.Real)):
-        raise UnsupportedPreprocessor(f"rescale_factor={settings['rescale_factor']!r} is not a number")
+        raise NotReproducible(f"rescale_factor={settings['rescale_factor']!r} is not a number")
 
 
 class ImagePreprocessor:
@@ -162,10 +157,10 @@ class ImagePreprocessor:
         self._crop = settings["crop_size"] if settings["do_center_crop"] else None
         out = self._crop or (self._resize if self._resize and "height" in self._resize else None)
         if out is None:
-            raise UnsupportedPreprocessor(
+            raise NotReproducible(
                 "the output size depends on the image (no do_center_crop and no height/width resize)")
         if out["height"] != out["width"]:
-            raise UnsupportedPreprocessor(f"non-square output {out['height']}x{out['width']} is not supported")
+            raise NotReproducible(f"non-square output {out['height']}x{out['width']} is not supported")
         self.input_size: int = out["height"]
         self._table = _value_table(settings)
 
@@ -174,13 +169,13 @@ class ImagePreprocessor:
         """The preprocessor for an image processor config dict.
 
         Raises:
-            UnsupportedPreprocessor: for an ``image_processor_type`` other than (ChineseCLIP|CLIP|
+            NotReproducible: for an ``image_processor_type`` other than (ChineseCLIP|CLIP|
                 Siglip)ImageProcessor (with or without ``Pil``/``Fast``), or a setting it does not
                 reproduce (``do_pad``, ``crop_pct``, an unknown key, a resample outside Pillow's 0-5,
                 a size other than shortest_edge or height x width, a non-square output), naming it.
         """
         if not isinstance(config, dict):
-            raise UnsupportedPreprocessor(f"an image processor config is a dict, not {type(config).__name__}")
+            raise NotReproducible(f"an image processor config is a dict, not {type(config).__name__}")
         defaults = _DEFAULTS[_processor_type(config)]
         settings = {k: (config[k] if config.get(k) is not None else v) for k, v in defaults.items()}
         _check_flags(config, settings)
@@ -191,10 +186,10 @@ class ImagePreprocessor:
         settings["size"] = _size_dict(settings["size"], "size", square) if settings["do_resize"] else None
         if settings["do_center_crop"]:
             if settings["crop_size"] is None:
-                raise UnsupportedPreprocessor("do_center_crop is set but crop_size is not")
+                raise NotReproducible("do_center_crop is set but crop_size is not")
             settings["crop_size"] = _size_dict(settings["crop_size"], "crop_size", True)
             if "height" not in settings["crop_size"]:
-                raise UnsupportedPreprocessor(f"crop_size={settings['crop_size']!r} needs height and width")
+                raise NotReproducible(f"crop_size={settings['crop_size']!r} needs height and width")
         return cls(settings)
 
     @classmethod
@@ -206,7 +201,7 @@ class ImagePreprocessor:
         ``ImageProcessingMixin.get_image_processor_dict``.
 
         Raises:
-            UnsupportedPreprocessor: neither file holds an image processor config, a file is not
+            NotReproducible: neither file holds an image processor config, a file is not
                 JSON, or ``from_config`` refuses the config.
         """
         folder = Path(folder)
@@ -217,11 +212,11 @@ class ImagePreprocessor:
             try:
                 data = json.loads(path.read_text(encoding="utf-8"))
             except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise UnsupportedPreprocessor(f"{path}: not readable JSON ({exc})") from exc
+                raise NotReproducible(f"{path}: not readable JSON ({exc})") from exc
             config = data.get(key) if key and isinstance(data, dict) else data
             if config is not None:
                 return cls.from_config(config)
-        raise UnsupportedPreprocessor(
+        raise NotReproducible(
             f"{folder}: no image processor config (processor_config.json['image_processor'] "
             "or preprocessor_config.json)")
 

@@ -18,7 +18,7 @@ from .hygiene import (MAX_PAIR_LINES, SIMILAR_COSINE, LabelIssue, feature_issues
 from .mapping import apply_label_map, read_label_map
 from .prompts import (CHINESE_TEMPLATES, NEUTRAL_LABELS, default_templates, ensemble, expand, neutral_label,
                       read_prompts_file)
-from .scoring import Decision, decide, label_scores, sigmoid_scores, softmax
+from .scoring import decide, label_scores, sigmoid_scores, softmax
 from .vocab import BUILTIN_VOCABS, DEFAULT_VOCAB, Vocabulary, builtin_text, load_vocab
 
 __all__ = [
@@ -27,6 +27,6 @@ __all__ = [
     "apply_label_map", "read_label_map",
     "CHINESE_TEMPLATES", "NEUTRAL_LABELS", "default_templates", "ensemble", "expand", "neutral_label",
     "read_prompts_file",
-    "Decision", "decide", "label_scores", "sigmoid_scores", "softmax",
+    "decide", "label_scores", "sigmoid_scores", "softmax",
     "BUILTIN_VOCABS", "DEFAULT_VOCAB", "Vocabulary", "builtin_text", "load_vocab",
 ]

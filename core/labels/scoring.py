@@ -18,7 +18,6 @@ on the other labels, in [0, 1], compared with ``--threshold``:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -62,26 +61,13 @@ def label_scores(logits: Any, n_labels: int, *, multi_label: bool, logit_bias: f
     return sigmoid_scores(logits[:, :n_labels], logits[:, n_labels:n_labels + 1])
 
 
-@dataclass(frozen=True)
-class Decision:
-    """What one image's record shows.
-
-    Attributes:
-        top_k: ``(label index, score)`` of the K best, best first.
-        passed: ``--multi-label``: every ``(label index, score)`` with score >= threshold, best
-            first; ``None`` in single-label runs.
-        abstain: True when ``--min-score`` is set and no label reaches it (the record's label is
-            then ``--other-label``).
-    """
-
-    top_k: list[tuple[int, float]]
-    passed: list[tuple[int, float]] | None
-    abstain: bool
-
-
 def decide(scores: Any, top_k: int, *, threshold: float | None = None,
-           min_score: float | None = None) -> list[Decision]:
-    """``scores (B, L)`` (finite) → B decisions.
+           min_score: float | None = None) -> list[tuple[list[tuple[int, float]], list[tuple[int, float]] | None, bool]]:
+    """``scores (B, L)`` (finite) → B decisions ``(top_k, passed, abstain)``, what each image's
+    record shows: ``top_k`` the ``(label index, score)`` of the K best, best first; ``passed``
+    (``--multi-label``) every ``(label index, score)`` with score >= threshold, best first, ``None``
+    in single-label runs; ``abstain`` True when ``--min-score`` is set and no label reaches it (the
+    record's label is then ``--other-label``).
 
     Args:
         scores: softmax probabilities, or per-label scores with ``--multi-label``.
@@ -100,5 +86,5 @@ def decide(scores: Any, top_k: int, *, threshold: float | None = None,
         if threshold is not None:
             passed = [(int(i), float(scores[row, i])) for i in ranked if scores[row, i] >= threshold]
         abstain = min_score is not None and top[0][1] < min_score
-        decisions.append(Decision(top, passed, abstain))
+        decisions.append((top, passed, abstain))
     return decisions

@@ -6,7 +6,7 @@
   reachability check and the cache facts ``wwts doctor`` reports.
 - ``loader``: ``load`` / ``load_config`` (``from_pretrained``), ``weights_format``, ``quantize_int8``.
 - ``tokenizer``: ``TextTokenizer``, label-prompt token ids with the ``tokenizers`` library alone (no
-  torch / transformers import), equal to transformers' tokenizer; ``UnsupportedTokenizer`` otherwise.
+  torch / transformers import), equal to transformers' tokenizer; ``errors.NotReproducible`` otherwise.
 """
 
 from .hub import (HUB_TIMEOUT_S, LOCAL_COPY_HINT, OFFLINE_HINT, cache_facts, cached_model, cached_snapshot,
@@ -15,7 +15,7 @@ from .hub import (HUB_TIMEOUT_S, LOCAL_COPY_HINT, OFFLINE_HINT, cache_facts, cac
 from .modelscope import hub_choice, modelscope_id, modelscope_snapshot, modelscope_status
 from .loader import load, load_config, quantize_int8, resolve, weights_format
 from .registry import DEFAULT_MODELS, ModelSpec, default_model, model_for, parse_model_name
-from .tokenizer import TextTokenizer, UnsupportedTokenizer
+from .tokenizer import TextTokenizer
 
 __all__ = [
     # registry
@@ -29,5 +29,5 @@ __all__ = [
     # loader
     "resolve", "load_config", "weights_format", "load", "quantize_int8",
     # tokenizer
-    "TextTokenizer", "UnsupportedTokenizer",
+    "TextTokenizer",
 ]

@@ -4,7 +4,7 @@ A classify run on OpenVINO / ONNX Runtime needs only the token ids of its label 
 transformers for them costs seconds of start-up. ``TextTokenizer`` reads a checkpoint folder's
 tokenizer files and gives the ids transformers' tokenizer (``AutoTokenizer`` / the processor's
 ``tokenizer``) gives for ``tokenizer(texts, padding=True, truncation=True, max_length=...,
-return_tensors="np")``. Folders it cannot reproduce exactly raise ``UnsupportedTokenizer``; callers
+return_tensors="np")``. Folders it cannot reproduce exactly raise ``NotReproducible``; callers
 then fall back to transformers.
 
 Recipes followed (transformers 5): ``BertTokenizer.__init__`` (models/bert/tokenization_bert.py)
@@ -26,6 +26,8 @@ import numpy as np
 from tokenizers import AddedToken, Tokenizer, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordPiece
 
+from ..errors import NotReproducible
+
 #: A ``model_max_length`` above this is transformers' "no limit" placeholder (``VERY_LARGE_INTEGER``, 1e30).
 NO_LIMIT = 100_000
 _BERT_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
@@ -46,17 +48,13 @@ _BERT_SPECIALS = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD
                   "mask_token": "[MASK]"}
 
 
-class UnsupportedTokenizer(ValueError):
-    """A checkpoint folder whose tokenizer ``TextTokenizer`` cannot reproduce exactly (the message says why)."""
-
-
 def _read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise UnsupportedTokenizer(f"{path}: unreadable JSON ({exc})") from exc
+        raise NotReproducible(f"{path}: unreadable JSON ({exc})") from exc
     return data if isinstance(data, dict) else {}
 
 
@@ -70,9 +68,9 @@ def _content(token: Any) -> str | None:
 def _tokenizer_class(folder: Path, config: dict[str, Any]) -> str:
     name = config.get("tokenizer_class") or _MODEL_TYPES.get(_read_json(folder / "config.json").get("model_type"))
     if not name:
-        raise UnsupportedTokenizer(f"{folder}: no tokenizer_class in tokenizer_config.json and no known model_type")
+        raise NotReproducible(f"{folder}: no tokenizer_class in tokenizer_config.json and no known model_type")
     if name not in _CLASSES:
-        raise UnsupportedTokenizer(f"{folder}: tokenizer class {name!r} is not one of {sorted(_CLASSES)}")
+        raise NotReproducible(f"{folder}: tokenizer class {name!r} is not one of {sorted(_CLASSES)}")
     return name
 
 
@@ -88,11 +86,11 @@ def _bert_backend(folder: Path, config: dict[str, Any]) -> tuple[Tokenizer, str]
     if (folder / "tokenizer.json").is_file():
         tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
         if not isinstance(tokenizer.model, WordPiece):
-            raise UnsupportedTokenizer(f"{folder}: tokenizer.json of a BertTokenizer is not WordPiece")
+            raise NotReproducible(f"{folder}: tokenizer.json of a BertTokenizer is not WordPiece")
     elif (folder / "vocab.txt").is_file():
         tokenizer = Tokenizer(WordPiece.from_file(str(folder / "vocab.txt"), unk_token=specials["unk_token"]))
     else:
-        raise UnsupportedTokenizer(f"{folder}: a BertTokenizer needs tokenizer.json or vocab.txt")
+        raise NotReproducible(f"{folder}: a BertTokenizer needs tokenizer.json or vocab.txt")
     tokenizer.normalizer = normalizers.BertNormalizer(
         clean_text=True, handle_chinese_chars=bool(config.get("tokenize_chinese_chars", True)),
         strip_accents=config.get("strip_accents"), lowercase=bool(config.get("do_lower_case", True)))
@@ -109,7 +107,7 @@ def _add_tokens(folder: Path, tokenizer: Tokenizer, decoder: dict[str, Any], spe
     """The config's ``added_tokens_decoder`` (each at its saved id), then the named special tokens."""
     for index, token in sorted(decoder.items(), key=lambda item: int(item[0])):
         if not isinstance(token, dict) or tokenizer.token_to_id(str(token.get("content"))) != int(index):
-            raise UnsupportedTokenizer(f"{folder}: added token {token!r} is not in the vocabulary at id {index}")
+            raise NotReproducible(f"{folder}: added token {token!r} is not in the vocabulary at id {index}")
         flags = {k: token[k] for k in ("single_word", "lstrip", "rstrip", "normalized", "special") if k in token}
         tokenizer.add_tokens([AddedToken(token["content"], **flags)])
     added = {str(token.get("content")) for token in decoder.values() if isinstance(token, dict)}
@@ -131,13 +129,13 @@ class TextTokenizer:
         """Wrap a ``tokenizers.Tokenizer`` (with its post-processor set).
 
         Raises:
-            UnsupportedTokenizer: ``pad_token`` is not in its vocabulary.
+            NotReproducible: ``pad_token`` is not in its vocabulary.
         """
         self._tokenizer = tokenizer
         self._pad_token = pad_token
         self._pad_id = tokenizer.token_to_id(pad_token)
         if self._pad_id is None:
-            raise UnsupportedTokenizer(f"pad token {pad_token!r} is not in the vocabulary")
+            raise NotReproducible(f"pad token {pad_token!r} is not in the vocabulary")
         self.input_names = tuple(input_names)
         self.model_max_length = model_max_length
         self.padding_side = padding_side
@@ -154,17 +152,17 @@ class TextTokenizer:
         special tokens, model_max_length and the padding / truncation sides.
 
         Raises:
-            UnsupportedTokenizer: no tokenizer files, an unknown ``tokenizer_class`` (e.g. a
+            NotReproducible: no tokenizer files, an unknown ``tokenizer_class`` (e.g. a
                 SentencePiece-only SigLIP folder), legacy ``added_tokens.json``, or unreadable files.
         """
         folder = Path(folder)
         config = _read_json(folder / "tokenizer_config.json")
         if not (folder / "tokenizer.json").is_file() and not (folder / "vocab.txt").is_file():
             found = sorted(p.name for p in folder.glob("*.model")) if folder.is_dir() else []
-            raise UnsupportedTokenizer(f"{folder}: no tokenizer.json or vocab.txt"
+            raise NotReproducible(f"{folder}: no tokenizer.json or vocab.txt"
                                        + (f" (only {', '.join(found)}: SentencePiece)" if found else ""))
         if (folder / "added_tokens.json").is_file():
-            raise UnsupportedTokenizer(f"{folder}: legacy added_tokens.json is not supported")
+            raise NotReproducible(f"{folder}: legacy added_tokens.json is not supported")
         recipe, input_names, pad_default = _CLASSES[_tokenizer_class(folder, config)]
         try:
             if recipe == "bert":
@@ -172,15 +170,15 @@ class TextTokenizer:
             else:
                 tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
                 pad_token = _content(config.get("pad_token")) or pad_default
-        except UnsupportedTokenizer:
+        except NotReproducible:
             raise
         except Exception as exc:  # tokenizers raises plain Exception on malformed files
-            raise UnsupportedTokenizer(f"{folder}: cannot build the tokenizer ({exc})") from exc
+            raise NotReproducible(f"{folder}: cannot build the tokenizer ({exc})") from exc
         limit = config.get("model_max_length")
         limit = int(limit) if isinstance(limit, (int, float)) and 0 < limit <= NO_LIMIT else None
         names = tuple(config.get("model_input_names") or input_names)
         if not set(names) <= set(_FIELDS):
-            raise UnsupportedTokenizer(f"{folder}: model_input_names {list(names)} beyond {list(_FIELDS)}")
+            raise NotReproducible(f"{folder}: model_input_names {list(names)} beyond {list(_FIELDS)}")
         return cls(tokenizer, pad_token, names, limit, config.get("padding_side", "right"),
                    config.get("truncation_side", "right"))
 

@@ -21,7 +21,8 @@ from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 from ..config import RunConfig
-from ..input import ImagePreprocessor, UnsupportedPreprocessor
+from ..errors import NotReproducible
+from ..input import ImagePreprocessor
 from ..output import ImageRecord
 
 if TYPE_CHECKING:  # a torch-free run (OpenVINO, ONNX Runtime) imports this module too
@@ -33,12 +34,12 @@ def pixel_maker(image_processor: Any) -> Callable[[Any], Any]:
     transformers: wwts' ``core.input.ImagePreprocessor`` (Pillow + NumPy, bit-equal to
     transformers' processors for the families it reproduces: tests/test_preprocess.py), the one
     path every backend uses; transformers' ``image_processor`` itself for the settings and
-    families it refuses (``UnsupportedPreprocessor``)."""
+    families it refuses (``NotReproducible``)."""
     import torch
 
     try:
         preprocessor = ImagePreprocessor.from_config(image_processor.to_dict())
-    except (UnsupportedPreprocessor, AttributeError, KeyError, TypeError, ValueError):
+    except (NotReproducible, AttributeError, KeyError, TypeError, ValueError):
         return lambda image: image_processor(images=[image], return_tensors="pt")["pixel_values"]
     return lambda image: torch.from_numpy(preprocessor(image))
 

@@ -28,8 +28,8 @@ from typing import Any, Callable
 
 from .. import models
 from ..backends import build_encoders, model_identity, write_bundle
-from ..errors import describe
-from ..input import ImagePreprocessor, UnsupportedPreprocessor
+from ..errors import NotReproducible, describe
+from ..input import ImagePreprocessor
 from .base import pixel_maker, size_dict
 from .stored import encoder_name, processor_recipe
 
@@ -208,7 +208,7 @@ def numpy_inputs(image_recipe: dict[str, Any], folder: str | Path) -> tuple[Imag
     configuration) and ``TextTokenizer`` (from the model folder).
 
     Raises:
-        UnsupportedPreprocessor / models.UnsupportedTokenizer: settings or a tokenizer they do not
+        NotReproducible: settings or a tokenizer they do not
             reproduce (the run loads the model with transformers instead).
         KeyError: a configuration without a setting they need.
     """
@@ -228,7 +228,7 @@ def text_beside_torch(encoder: DualEncoder, backend: Any, retrieval: str | None)
     if why is None:
         try:
             numpy_inputs(encoder.facts["image_recipe"], encoder.facts.get("weights_folder") or "")
-        except (UnsupportedPreprocessor, models.UnsupportedTokenizer, OSError, ValueError, KeyError) as exc:
+        except (NotReproducible, OSError, ValueError, KeyError) as exc:
             why = describe(exc)
     if why is None:
         return backend

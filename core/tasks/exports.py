@@ -29,8 +29,8 @@ import numpy as np
 from .. import models
 from ..backends import Deferred, load_bundle
 from ..config import RunConfig
+from ..errors import NotReproducible
 from ..hardware import HOST_CPU
-from ..input import UnsupportedPreprocessor
 from .dual_encoder import DualEncoder, drop_text_tower, numpy_inputs
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def from_export(config: RunConfig, backend: Any, dtype: str,
     facts = export["facts"]
     try:
         preprocessor, tokenizer = numpy_inputs(facts["image_recipe"], folder)
-    except (UnsupportedPreprocessor, models.UnsupportedTokenizer, KeyError) as exc:
+    except (NotReproducible, KeyError) as exc:
         log.info("loading the model with transformers: %s", exc)
         return None
     facts = {**facts, "input_size": facts.get("input_size") or preprocessor.input_size}

@@ -138,12 +138,12 @@ def build_records(scores: Any, bases: list[ClassifyResult], shown: Sequence[str]
     decisions = vocabularies.decide(safe, top_k, threshold=config.threshold if config.multi_label else None,
                                     min_score=config.min_score)
     records: list[ClassifyResult] = []
-    for base, ok, decision in zip(bases, finite.tolist(), decisions):
+    for base, ok, (ranked, over, abstain) in zip(bases, finite.tolist(), decisions):
         if not ok:
             records.append(replace(base, error=error))
             continue
-        top = [LabelScore(shown[i], float(v)) for i, v in decision.top_k]
-        passed = None if decision.passed is None else [LabelScore(shown[i], float(v)) for i, v in decision.passed]
-        label = config.other_label if decision.abstain else top[0].label
+        top = [LabelScore(shown[i], float(v)) for i, v in ranked]
+        passed = None if over is None else [LabelScore(shown[i], float(v)) for i, v in over]
+        label = config.other_label if abstain else top[0].label
         records.append(replace(base, label=label, score=top[0].score, top_k=top, labels=passed))
     return records
