@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 from wwts.cli.app import app
 from wwts.core.input import pool as pool_module
-from wwts.core.store import (APPLICATION_ID, SqliteStore, StoredImage, TextKey, content_hash, default_store_dir,
+from wwts.core.store import (APPLICATION_ID, NullStore, SqliteStore, StoredImage, TextKey, content_hash, default_store_dir,
                              model_key)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -291,3 +291,35 @@ def test_two_wwts_processes_at_once_share_the_store(tiny_clip, photos, tmp_path)
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert conn.execute("SELECT COUNT(*) FROM images").fetchone()[0] == len(list(photos.iterdir()))
+
+
+def test_encode_through_computes_each_missing_key_once_in_batches_and_remembers_it():
+    import numpy as np
+
+    from wwts.core.store import encode_through
+
+    class Remembering(NullStore):  # a store that holds what it is given, and counts the asks
+        def __init__(self, held):
+            self.held = dict(held)
+
+        def get(self, keys):
+            return {k: self.held[k] for k in keys if k in self.held}
+
+        def put(self, items):
+            self.held.update(items)
+
+    store = Remembering({"b": np.full(2, 9.0, np.float32)})
+    calls = []
+
+    def encode(rows):
+        calls.append(list(rows))
+        return np.array([[float(r), float(r)] for r in rows], np.float32)
+
+    keys = ["a", "b", "c", "a", "d", "e"]
+    out = encode_through(store, keys, encode, batch=2)
+    assert calls == [[0, 2], [4, 5]]  # "b" stored already, the second "a" is the first's
+    assert [v[0] for v in out] == [0.0, 9.0, 2.0, 0.0, 4.0, 5.0]
+    assert set(store.held) == {"a", "b", "c", "d", "e"}
+    calls.clear()
+    assert [v[0] for v in encode_through(store, keys, encode)] == [0.0, 9.0, 2.0, 0.0, 4.0, 5.0] and calls == []
+    assert [v[0] for v in encode_through(NullStore(), ["x", "x"], encode)] == [0.0, 0.0] and calls == [[0]]

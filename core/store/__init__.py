@@ -1,6 +1,7 @@
 """Embedding store: where a task looks for per-image results before computing them.
 
-- ``base``: the ``EmbeddingStore`` interface, ``NullStore`` (stores nothing: ``--no-store``),
+- ``base``: the ``EmbeddingStore`` interface, ``encode_through`` (the store around an encoder: look
+  up, compute the misses, remember), ``NullStore`` (stores nothing: ``--no-store``),
   ``TextKey`` (label prompts), ``StoredEmbedding`` / ``StoredImage`` (an image read from the store).
 - ``hashing``: BLAKE3 content hashes of files, and the path facts that let an unchanged file skip
   the read.
@@ -11,7 +12,7 @@
 - ``export``: embeddings to Parquet (``wwts embed``; needs pyarrow).
 """
 
-from .base import EmbeddingStore, NullStore, StoredEmbedding, StoredImage, TextKey
+from .base import EmbeddingStore, NullStore, StoredEmbedding, StoredImage, TextKey, encode_through
 from .export import ParquetExport, require_pyarrow
 from .files import (StoreOpener, clear_stores, default_store_dir, open_store, prune_stores, set_aside,
                     store_files)
@@ -19,7 +20,7 @@ from .hashing import content_hash, file_facts
 from .keys import ModelKey, model_key, weights_identity
 from .sqlite import APPLICATION_ID, SqliteStore, StoreFileError
 
-__all__ = ["EmbeddingStore", "NullStore", "StoredEmbedding", "StoredImage", "TextKey", "content_hash",
+__all__ = ["EmbeddingStore", "NullStore", "encode_through", "StoredEmbedding", "StoredImage", "TextKey", "content_hash",
            "file_facts", "ModelKey", "model_key", "weights_identity", "SqliteStore", "StoreFileError",
            "APPLICATION_ID", "StoreOpener", "default_store_dir", "open_store", "set_aside",
            "store_files", "prune_stores", "clear_stores", "ParquetExport", "require_pyarrow"]

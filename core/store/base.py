@@ -9,7 +9,7 @@ without a store. This module imports nothing from the rest of wwts (the store is
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Hashable, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Hashable, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -88,3 +88,34 @@ class NullStore:
 
     def __repr__(self) -> str:
         return "NullStore()"
+
+
+def encode_through(store: EmbeddingStore, keys: Sequence[Hashable], encode: Callable[[list[int]], Any],
+                   batch: int | None = None) -> list[np.ndarray]:
+    """What the store puts around an encoder (a tower): look each key up, compute the misses,
+    remember them. Every head that encodes through it (image embeddings, label prompts) gets the
+    store for free.
+
+    Args:
+        store: asked first (``NullStore``: every key is computed).
+        keys: one per item; equal keys are computed once.
+        encode: item indices → their ``(len(indices), D)`` vectors (NumPy, or anything
+            ``np.asarray`` takes); called only for items whose key the store lacks, the first
+            item of each distinct key, ``batch`` indices at a time (all at once when ``None``).
+
+    Returns:
+        The ``(D,)`` vector of each key, in ``keys`` order.
+    """
+    found: dict[Hashable, Any] = dict(store.get(list(keys)))
+    first: dict[Hashable, int] = {}
+    for i, key in enumerate(keys):
+        if key not in found:
+            first.setdefault(key, i)
+    missing = list(first.values())
+    step = batch or max(len(missing), 1)
+    for start in range(0, len(missing), step):
+        rows = missing[start:start + step]
+        fresh = dict(zip((keys[i] for i in rows), np.asarray(encode(rows))))
+        store.put(fresh)
+        found.update(fresh)
+    return [found[key] for key in keys]

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..arrays import as_numpy, dtype_name
 from ..input import DECODE_RECIPE
-from ..store import TextKey
+from ..store import TextKey, encode_through
 
 
 def encoder_name(encoder: Any) -> str:
@@ -72,21 +72,16 @@ def prompt_features(task: Any, tokens: dict[str, Any], labels: Sequence[str], ba
         labels: the label each prompt was made from (part of its ``TextKey``).
         batch: most prompts per text-tower forward pass.
 
-    Prompts found in ``task.store`` are not encoded; the others are encoded ``batch`` at a time
-    and put in the store.
+    The prompts go through the store around the text tower (``store.encode_through``): those it
+    holds are not encoded; the others are encoded ``batch`` at a time and put.
     """
     settings = text_settings(task)
     keys = [TextKey(prompt, label, settings) for prompt, label in zip(task.prompts, labels)]
-    found: dict[Hashable, np.ndarray] = dict(task.store.get(keys))
-    missing = [i for i, key in enumerate(keys) if key not in found]
-    for start in range(0, len(missing), batch):
-        rows = missing[start:start + batch]
-        fresh = as_numpy(task.text_encoder.encode({k: v[rows] for k, v in tokens.items()}))
-        task.store.put({keys[i]: row for i, row in zip(rows, fresh)})
-        found.update((keys[i], row) for i, row in zip(rows, fresh))
     if not keys:
         return np.empty((0, 0), dtype=np.float32)
-    return np.stack([found[key] for key in keys]).astype(np.float32, copy=False)
+    feats = encode_through(task.store, keys, batch=batch, encode=lambda rows: as_numpy(
+        task.text_encoder.encode({k: v[rows] for k, v in tokens.items()})))
+    return np.stack(feats).astype(np.float32, copy=False)
 
 
 def image_embeddings(task: Any, pixel_values: Any, keys: Sequence[Hashable] | None,
@@ -101,8 +96,9 @@ def image_embeddings(task: Any, pixel_values: Any, keys: Sequence[Hashable] | No
         stored: B entries: ``None`` for an image given as a row of ``pixel_values``, else its
             ``(D,)`` embedding, read from the store before decoding; ``None``: all B are pixels.
 
-    The store is asked for the images given as pixels (another batch or process may have stored
-    them since); the rest go through ``task.image_encoder``, one row per distinct key, and are put.
+    The images given as pixels go through the store around the image tower
+    (``store.encode_through``: another batch or process may have stored them since); the rest are
+    encoded, one row per distinct key, and put.
     """
     if stored is None and keys is None:
         return as_numpy(task.image_encoder.encode(pixel_values))
@@ -111,20 +107,11 @@ def image_embeddings(task: Any, pixel_values: Any, keys: Sequence[Hashable] | No
     out: dict[int, np.ndarray] = {i: s for i, s in enumerate(stored or []) if s is not None}
     if rows and keys is None:
         out.update(zip(rows, as_numpy(task.image_encoder.encode(pixel_values))))
-    elif rows:
-        row_keys = [keys[i] for i in rows]
-        found = dict(task.store.get(row_keys))
-        first: dict[Hashable, int] = {}
-        for j, key in enumerate(row_keys):
-            if key not in found:
-                first.setdefault(key, j)
-        if first:
-            index = list(first.values())
-            fresh = as_numpy(task.image_encoder.encode(pixel_values if len(index) == len(rows)
-                                                       else pixel_values[index]))
-            task.store.put(dict(zip(first, fresh)))
-            found.update(zip(first, fresh))
-        out.update((i, found[key]) for i, key in zip(rows, row_keys))
+    elif rows:  # pixel_values row j is image rows[j]; each distinct key is encoded once
+        def encode(index: list[int]) -> np.ndarray:
+            return as_numpy(task.image_encoder.encode(pixel_values if len(index) == len(rows) else pixel_values[index]))
+
+        out.update(zip(rows, encode_through(task.store, [keys[i] for i in rows], encode)))
     return np.stack([out[i] for i in range(count)]).astype(np.float32, copy=False)
 
 
