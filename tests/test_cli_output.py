@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from tests.conftest import ROOT
 from tests.helpers import classify
-from wwts.cli import run as cli_run
+from wwts.cli import run_loop as cli_run
 from wwts.cli.app import app
 from wwts.cli.console import ConsoleLogHandler, DataConsole, shown
 from wwts.cli.progress import RunProgress, cpu_note, loading, progress_columns

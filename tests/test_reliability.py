@@ -701,7 +701,7 @@ def test_second_sigint_exits_at_once(second_sigint):
 def test_after_the_first_signal_the_handler_stays_until_the_process_ends():
     """The run may end on its own between two Ctrl-C (the batch in flight was quick); the second
     one must still exit at once, not raise KeyboardInterrupt into the summary or the shutdown."""
-    from wwts.cli.run import Interrupts as _Interrupts
+    from wwts.cli.run_loop import Interrupts as _Interrupts
 
     class FakeRun:
         stopped = False
