@@ -121,8 +121,8 @@ class Runner:
 
     @property
     def device(self) -> Any:
-        """Where the task runs now (a ``torch.device``; the CPU after a fallback). On a cluster
-        the actors' device as the probe found it (``"cuda:0"``, ``"cpu"``)."""
+        """Where the task runs now (a ``torch.device``; the CPU after a fallback). On a cluster,
+        ``stats.device``: the layout (``"Ray 1 node, 2 CPUs, 0 GPUs: 1 cpu actor"``)."""
         return self.task.device if self.task is not None else self.stats.device
 
     @property
