@@ -1,8 +1,8 @@
 """The ``wwts`` command line (typer): ``classify``, ``caption`` and ``doctor``.
 
-Each run command turns its options into a ``RunConfig`` and an ``OutputOptions`` and makes one
-call, ``run.run_command``, which owns progress, the summary and the exit codes (listed in
-``cli/run.py`` and the README). The options themselves are in ``cli/options.py``. torch is
+Each run command turns its options into a ``RunConfig`` (``options.run_fields``) and a record
+sink (``sinks.ResultsSink``) and makes one call, ``run_loop.run_records``, which owns progress,
+the summary and the exit codes (listed in ``cli/run_loop.py`` and the README). The options themselves are in ``cli/options.py``. torch is
 imported inside the commands, never at module import, so ``wwts --help`` is instant.
 
 Entry point: the ``wwts`` console script (``main``); ``python -m wwts.cli.app`` does the same.
@@ -23,12 +23,13 @@ from .options import (APP_EPILOG, APP_HELP, CAPTION_EXAMPLES, CAPTION_HELP, CLAS
                       PromptTemplateOpt, QuantizeOpt, QuietOpt, RecalibrateOpt, RecursiveOpt, RepetitionPenaltyOpt,
                       RayOpt, ResumeOpt, RetryOpt, SymlinksOpt, ThreadsOpt, TopKOpt, TruncOpt, TrustOpt, WorkersOpt,
                       LabelMapOpt, MinScoreOpt, MultiLabelOpt, OtherLabelOpt, PromptsFileOpt, StrictLabelsOpt,
-                      ThresholdOpt, VocabOpt)
+                      ThresholdOpt, VocabOpt, run_fields)
 from .options import ReportOpt, WriteXmpOpt, XmpName, XmpNameOpt
 from .options import Backend, BackendOpt, ClassifyDeviceOpt
-from .conversions_cmd import conversions_app
-from .results_cmds import REPORT_EXAMPLES, REPORT_HELP, SORT_EXAMPLES, SORT_HELP, report, sort
-from .run import OutputOptions, exit_on_error, run_command
+from .conversions_commands import conversions_app
+from .results_commands import REPORT_EXAMPLES, REPORT_HELP, SORT_EXAMPLES, SORT_HELP, report, sort
+from .run_loop import exit_on_error, run_records
+from .sinks import ResultsSink
 from .search_commands import embed, search
 from .store_commands import store_app
 from .store_options import EMBED_EXAMPLES, EMBED_HELP, SEARCH_EXAMPLES, SEARCH_HELP, NoStoreOpt, StoreDirOpt
@@ -63,18 +64,6 @@ def _main(
     """Options that come before the command (``wwts --version``)."""
 
 
-def _shared_fields(params: dict[str, Any]) -> dict[str, Any]:
-    """The ``RunConfig`` fields that both run commands take, from a command's parameters."""
-    quantize = params["quantize"]
-    return dict(inputs=tuple(params["inputs"]), model=params["model"], device=params["device"],
-                dtype=params["dtype"].value, batch_size=params["batch_size"], threads=params["threads"],
-                decode_workers=params["workers"], recursive=params["recursive"],
-                follow_symlinks=params["follow_symlinks"], include_hidden=params["include_hidden"],
-                trust_remote_code=params["trust_remote_code"], allow_truncated=params["allow_truncated"],
-                max_pixels=params["max_pixels"], quantize=quantize.value if quantize else None,
-                ray=params["ray"])
-
-
 def _label_fields(params: dict[str, Any]) -> dict[str, Any]:
     """Classify's vocabulary, prompt-ensemble, multi-label, abstain and label-map fields (the
     ``--prompts`` and ``--label-map`` files are read here, before anything loads).
@@ -91,11 +80,11 @@ def _label_fields(params: dict[str, Any]) -> dict[str, Any]:
                 label_map=read_label_map(params["label_map"]) if params["label_map"] else None)
 
 
-def _output_options(params: dict[str, Any]) -> OutputOptions:
-    """The Output and Runs options of a run command."""
-    return OutputOptions(out=params["out"], overwrite=params["overwrite"], resume=params["resume"],
-                         retry_failed=params["retry_failed"], quiet=params["quiet"],
-                         report=params["report"], write_xmp=params["write_xmp"], xmp_name=params["xmp_name"].value)
+def _sink(params: dict[str, Any]) -> ResultsSink:
+    """Where a classify / caption run's records go: its Output and Runs options."""
+    return ResultsSink(out=params["out"], overwrite=params["overwrite"], resume=params["resume"],
+                       retry_failed=params["retry_failed"], quiet=params["quiet"], report=params["report"],
+                       write_xmp=params["write_xmp"], xmp_name=params["xmp_name"].value)
 
 
 @app.command(epilog=CLASSIFY_EXAMPLES, help=CLASSIFY_HELP)
@@ -145,10 +134,9 @@ def classify(
         if labels and labels_file:
             raise UsageError("give --labels or --labels-file, not both")
         label_list = parse_labels(labels) if labels else read_labels_file(labels_file) if labels_file else ()
-        config = RunConfig(task="classify", labels=label_list, prompt=prompt, top_k=top_k, backend=backend.value,
-                           **_label_fields(params), store=not no_store, store_dir=store,
-                           **_shared_fields(params))
-    run_command(config, _output_options(params))
+        config = RunConfig(task="classify", labels=label_list, prompt=prompt, top_k=top_k,
+                           **_label_fields(params), **run_fields(params))
+    run_records(config, _sink(params))
 
 
 @app.command(epilog=CAPTION_EXAMPLES, help=CAPTION_HELP)
@@ -188,8 +176,8 @@ def caption(
     with exit_on_error():
         config = RunConfig(task="caption", lang=lang.value, prompt=prompt, max_new_tokens=max_new_tokens,
                            min_new_tokens=min_new_tokens, num_beams=num_beams,
-                           repetition_penalty=repetition_penalty, **_shared_fields(params))
-    run_command(config, _output_options(params))
+                           repetition_penalty=repetition_penalty, **run_fields(params))
+    run_records(config, _sink(params))
 
 
 app.command(epilog=REPORT_EXAMPLES, help=REPORT_HELP)(report)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -26,6 +26,25 @@ def _spelled(values) -> str:
     """``"a, b or c"``."""
     values = [v for v in values if v]
     return values[0] if len(values) == 1 else f"{', '.join(values[:-1])} or {values[-1]}"
+
+
+def run_fields(params: dict[str, Any]) -> dict[str, Any]:
+    """The ``RunConfig`` fields that every run command (classify, caption, search, embed) takes,
+    from the command's parameters (its ``locals()``); ``--quantize``, ``--ray``, ``--backend`` and
+    the store options where the command has them."""
+    quantize = params.get("quantize")
+    fields = dict(inputs=tuple(params["inputs"]), model=params["model"], device=params["device"],
+                  dtype=params["dtype"].value, batch_size=params["batch_size"], threads=params["threads"],
+                  decode_workers=params["workers"], recursive=params["recursive"],
+                  follow_symlinks=params["follow_symlinks"], include_hidden=params["include_hidden"],
+                  trust_remote_code=params["trust_remote_code"], allow_truncated=params["allow_truncated"],
+                  max_pixels=params["max_pixels"], quantize=quantize.value if quantize else None,
+                  ray=params.get("ray"))
+    if "backend" in params:
+        fields["backend"] = params["backend"].value
+    if "no_store" in params:
+        fields.update(store=not params["no_store"], store_dir=params["store"])
+    return fields
 
 
 #: ``--dtype`` choices: ``auto``, ``float32``, ``float16``, ``bfloat16`` (``config.DTYPES``).

@@ -24,29 +24,36 @@ from .console import styled
 BAR_MAX, BAR_MIN = 40, 10
 
 
-class ImagesPerSecondColumn(ProgressColumn):
-    """Throughput of a task in images/s (rich's ``task.speed``: a moving average of progress)."""
+class FigureColumn(ProgressColumn):
+    """A column that shows one figure of the task, as ``figure(task)`` draws it (``show_speed``,
+    ``show_errors``, ``show_eta`` below)."""
+
+    def __init__(self, figure: Callable[[Task], Text], **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.figure = figure
 
     def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        if speed is None:
-            return Text("-- images/s", style="progress.data.speed")
-        return Text(f"{speed:.1f} images/s", style="progress.data.speed")
+        return self.figure(task)
 
 
-class ErrorsColumn(ProgressColumn):
+def show_speed(task: Task) -> Text:
+    """Throughput in images/s (rich's ``task.speed``: a moving average of progress)."""
+    value = task.finished_speed or task.speed
+    return Text("-- images/s" if value is None else f"{value:.1f} images/s", style="progress.data.speed")
+
+
+def show_errors(task: Task) -> Text:
     """Images that failed so far (the ``errors`` field of the task), red when non-zero."""
-
-    def render(self, task: Task) -> Text:
-        errors = task.fields.get("errors", 0)
-        return Text(f"{errors} errors", style="red" if errors else "dim")
+    count = task.fields.get("errors", 0)
+    return Text(f"{count} errors", style="red" if count else "dim")
 
 
-class EtaColumn(TimeRemainingColumn):
+_REMAINING = TimeRemainingColumn()
+
+
+def show_eta(task: Task) -> Text:
     """``ETA 0:01:02``: rich's time remaining, labelled."""
-
-    def render(self, task: Task) -> Text:
-        return Text.assemble("ETA ", super().render(task))
+    return Text.assemble("ETA ", _REMAINING.render(task))
 
 
 def progress_columns(width: int, total: int, description: str) -> list[ProgressColumn]:
@@ -61,10 +68,10 @@ def progress_columns(width: int, total: int, description: str) -> list[ProgressC
     candidates = [  # (priority, width, column), in display order
         (5, len(description), TextColumn("[bold]{task.description}", **no_wrap)),
         (1, 2 * digits + 1, MofNCompleteColumn(**no_wrap)),
-        (3, len("9999.9 images/s"), ImagesPerSecondColumn(**no_wrap)),
-        (2, digits + len(" errors"), ErrorsColumn(**no_wrap)),
+        (3, len("9999.9 images/s"), FigureColumn(show_speed, **no_wrap)),
+        (2, digits + len(" errors"), FigureColumn(show_errors, **no_wrap)),
         (6, len("0:00:00"), TimeElapsedColumn(**no_wrap)),
-        (4, len("ETA 0:00:00"), EtaColumn(**no_wrap)),
+        (4, len("ETA 0:00:00"), FigureColumn(show_eta, **no_wrap)),
     ]
     kept = {}
     used = BAR_MIN

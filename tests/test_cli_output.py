@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from tests.conftest import ROOT
 from tests.helpers import classify
-from wwts.cli import run as cli_run
+from wwts.cli import run_loop as cli_run
 from wwts.cli.app import app
 from wwts.cli.console import ConsoleLogHandler, DataConsole, shown
 from wwts.cli.progress import RunProgress, cpu_note, loading, progress_columns
@@ -274,16 +274,16 @@ def test_every_exit_code_is_documented():
 
 
 def test_exit_code_4_when_the_device_fails_mid_run(tiny_clip, sample_images, tmp_path, monkeypatch):
-    from wwts.core.engine import run as engine
+    from wwts.core.engine import runner as engine
 
-    real = engine.Run.batches
+    real = engine.Runner.batches
 
     def one_batch_then_fault(self):
         for batch in real(self):
             yield batch
             raise DeviceFault("CUDA failed and cannot continue in this process: device-side assert")
 
-    monkeypatch.setattr(engine.Run, "batches", one_batch_then_fault)
+    monkeypatch.setattr(engine.Runner, "batches", one_batch_then_fault)
     out = tmp_path / "r.jsonl"
     result = classify(sample_images, "--labels", LABELS, "--model", tiny_clip, "--batch-size", "1", "--out", out)
     assert result.exit_code == 4, result.output

@@ -113,9 +113,9 @@ def test_resume_carries_an_old_nan_record_over_as_strict_json(tmp_path):
 
 def test_classify_out_json_with_non_finite_scores_is_strict_json(tiny_clip, six, tmp_path, monkeypatch):
     """The safety net end to end: whatever the task gives, the published file parses strictly."""
-    from wwts.core.engine import run as engine
+    from wwts.core.engine import runner as engine
 
-    real = engine.Run.batches
+    real = engine.Runner.batches
 
     def nan_batches(self):
         for batch in real(self):
@@ -124,7 +124,7 @@ def test_classify_out_json_with_non_finite_scores_is_strict_json(tiny_clip, six,
                     r.score = math.nan
             yield batch
 
-    monkeypatch.setattr(engine.Run, "batches", nan_batches)
+    monkeypatch.setattr(engine.Runner, "batches", nan_batches)
     out = tmp_path / "x.json"
     result = classify(six, *FAST, "--model", tiny_clip, "--out", out)
     assert result.exit_code == 3, result.output  # every image is now an error record
@@ -216,11 +216,11 @@ def test_a_second_run_on_a_locked_out_says_who_holds_it_and_exits_2(tiny_clip, s
 
 
 def test_the_lock_is_held_for_the_whole_run_and_removed_after(tiny_clip, six, tmp_path, monkeypatch):
-    from wwts.core.engine import run as engine
+    from wwts.core.engine import runner as engine
 
     out = tmp_path / "r.json"
     seen = []
-    real = engine.Run.batches
+    real = engine.Runner.batches
 
     def watching(self):
         for batch in real(self):
@@ -229,7 +229,7 @@ def test_the_lock_is_held_for_the_whole_run_and_removed_after(tiny_clip, six, tm
                 lock_output(out, overwrite=True)
             yield batch
 
-    monkeypatch.setattr(engine.Run, "batches", watching)
+    monkeypatch.setattr(engine.Runner, "batches", watching)
     assert classify(six, *FAST, "--model", tiny_clip, "--out", out, "--batch-size", "2").exit_code == 0
     assert seen == [True, True, True]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ex", "r.json"]

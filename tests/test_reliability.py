@@ -33,7 +33,7 @@ import pytest
 from PIL import Image
 
 from tests.helpers import classify, encoded, noise_image, png_claiming
-from wwts.core.engine import plan as engine, run as engine_run
+from wwts.core.engine import local as engine_local, plan as engine
 from wwts.core.input.discover import IMAGE_EXTENSIONS, discover
 from wwts.core.input.decode import AVIF_SUPPORTED, HEIF_SUPPORTED, SUPPORTED_FORMATS
 
@@ -418,7 +418,7 @@ def test_a_crashing_decoder_costs_one_record(tiny_clip, tmp_path, monkeypatch, c
 
     if not HEIF_SUPPORTED:
         pytest.skip("no HEIF support: .heic files are not picked up")
-    monkeypatch.setattr(engine_run, "DecodePool", functools.partial(engine_run.DecodePool, isolated_load=crashing_load))
+    monkeypatch.setattr(engine_local, "DecodePool", functools.partial(engine_local.DecodePool, isolated_load=crashing_load))
     folder = tmp_path / "phone"
     folder.mkdir()
     for name in ("a.heic", "crash.heic", "z.heic", "plain.png"):
@@ -701,7 +701,7 @@ def test_second_sigint_exits_at_once(second_sigint):
 def test_after_the_first_signal_the_handler_stays_until_the_process_ends():
     """The run may end on its own between two Ctrl-C (the batch in flight was quick); the second
     one must still exit at once, not raise KeyboardInterrupt into the summary or the shutdown."""
-    from wwts.cli.run import Interrupts as _Interrupts
+    from wwts.cli.run_loop import Interrupts as _Interrupts
 
     class FakeRun:
         stopped = False

@@ -87,6 +87,29 @@ def test_embed_without_pyarrow_is_one_line_and_exit_2(tiny_clip, photos, tmp_pat
     assert 'pip install "wwts[store]"' in result.output and len(result.output.strip().splitlines()) == 1
 
 
+def test_search_and_embed_end_through_the_run_loop_on_a_device_fault(tiny_clip, photos, tmp_path, monkeypatch):
+    """Search and embed share classify's run loop: a device fault mid-run is the error line, the
+    summary and exit 4, and neither publishes its output."""
+    from wwts.core.engine import runner
+    from wwts.core.errors import DeviceFault
+
+    real = runner.Runner.batches
+
+    def one_batch_then_fault(self):
+        for batch in real(self):
+            yield batch
+            raise DeviceFault("CUDA failed and cannot continue in this process: device-side assert")
+
+    monkeypatch.setattr(runner.Runner, "batches", one_batch_then_fault)
+    searched = wwts("search", "猫", photos, "--out", tmp_path / "s.jsonl", "--model", tiny_clip, *COMMON)
+    assert searched.exit_code == 4, searched.output
+    assert "error: CUDA failed" in searched.stderr and "done: 4 images" in searched.stderr
+    assert "nothing was written" in searched.stderr and not (tmp_path / "s.jsonl").exists()
+    embedded = wwts("embed", photos, "--out", tmp_path / "e.parquet", "--model", tiny_clip, *COMMON)
+    assert embedded.exit_code == 4, embedded.output
+    assert "nothing was written" in embedded.stderr and not (tmp_path / "e.parquet").exists()
+
+
 def test_store_info_prune_and_clear(tiny_clip, photos, tmp_path):
     n = len(list(photos.iterdir()))
     assert classify(photos, "人,车", tiny_clip, tmp_path / "a.jsonl").exit_code == 0

@@ -8,8 +8,8 @@ to the driver, which writes them as a local run does.
 - ``connect``: ``import_ray`` (one line saying what to install when Ray is missing), ``connect``,
   the cluster's resources and the actor pool's size (``plan_layout``, ``Layout``).
 - ``workers``: what runs on the nodes: ``probe``, ``decode_batch``, ``ModelActor``.
-- ``run``: ``start(config)`` and ``ClusterRun``, the driver's side, with ``core.engine.Run``'s
-  interface.
+- ``driver``: ``start(config)``, the driver's side: an ``engine.Runner`` whose distributor is the
+  Ray Data pipeline (``ray_batches``); a cluster that fails mid-run is a ``DeviceFault`` (exit 4).
 
 Importing this package does not import Ray: ``start`` does (``import_ray``).
 
@@ -18,8 +18,8 @@ nodes) and below ``cli``.
 """
 
 from .connect import INSTALL_HINT, Layout, import_ray, plan_layout
-from .run import ClusterFault, ClusterRun, start
+from .driver import start
 from .workers import FAULT_FILE_ENV
 
-__all__ = ["start", "ClusterRun", "ClusterFault", "Layout", "plan_layout", "import_ray", "INSTALL_HINT",
+__all__ = ["start", "Layout", "plan_layout", "import_ray", "INSTALL_HINT",
            "FAULT_FILE_ENV"]

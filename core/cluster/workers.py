@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import logging.handlers
 import os
 import pickle
 import socket
@@ -48,38 +49,33 @@ def _configure(config: RunConfig) -> None:
 # -- the probe: one model load before the run, where an actor would run -------------------------
 
 
-class _Collect(logging.Handler):
-    """Keeps the messages logged on ``wwts`` while the probe loads the model."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
 def probe(config: RunConfig) -> dict[str, Any]:
     """Plan and load the task on a node as an actor would, and report what the driver needs.
 
     Returns:
-        ``{"info": Run.info() there (device, dtype, threads, batch size, task settings),
+        ``{"info": Runner.info() there (device, dtype, threads, batch size, task settings),
         "input_size": draft size for decoding, "preparer": the task without its weights, pickled,
         or None when its ``prepare`` does not survive that, "warnings": [messages]}``; or
         ``{"error": (exception class name, message)}`` for a ``WwtsError`` (model not found,
         device unusable...), which the driver raises as itself (exit 2 before any image).
     """
-    handler = _Collect()
+    handler = logging.handlers.BufferingHandler(capacity=1_000_000)  # the warnings logged on ``wwts`` meanwhile
+    handler.setLevel(logging.WARNING)
     logging.getLogger("wwts").addHandler(handler)
     try:
         _configure(config)
         run = engine.start(config, paths=[])
         return {"info": run.info(), "input_size": run.task.input_size, "preparer": _preparer(run.task),
-                "warnings": handler.messages}
+                "warnings": _messages(handler)}
     except WwtsError as exc:
-        return {"error": (type(exc).__name__, str(exc)), "warnings": handler.messages}
+        return {"error": (type(exc).__name__, str(exc)), "warnings": _messages(handler)}
     finally:
         logging.getLogger("wwts").removeHandler(handler)
+
+
+def _messages(handler: logging.handlers.BufferingHandler) -> list[str]:
+    """The messages the probe's handler kept, in order."""
+    return [record.getMessage() for record in handler.buffer]
 
 
 def model_free(task: Any) -> Any:

@@ -2,7 +2,9 @@
 
 - ``plan``: ``start(config)`` (what a run will do: images, device, threads, dtype, batch size,
   the loaded task), ``find_images``.
-- ``run``: ``Run``, the batch loop over the decode pool, and its ``RunStats``.
+- ``runner``: ``Runner``, one prepared run whoever computes its records (``info()``, the record
+  count in ``RunStats``, ``stop()``), and its distributor interface.
+- ``local``: the local distributor, the batch loop over the decode pool (``local_runner``).
 - ``batch``: ``process_batch(task, items)``, decoded images in, records out (what a Ray Data
   actor would call).
 - ``recovery``: ``Recovery``, OOM back-off, MPS fallback, poisoned CUDA → ``DeviceFault``.
@@ -15,6 +17,6 @@
 from .batch import Item, process_batch
 from .plan import find_images, load_task, start
 from .recovery import Recovery
-from .run import BatchRun, Run, RunStats, now
+from .runner import Distributor, Runner, RunStats, now
 
-__all__ = ["start", "find_images", "load_task", "BatchRun", "Run", "RunStats", "now", "process_batch", "Item", "Recovery"]
+__all__ = ["start", "find_images", "load_task", "Runner", "RunStats", "Distributor", "now", "process_batch", "Item", "Recovery"]

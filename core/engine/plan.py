@@ -1,5 +1,5 @@
 """What a run will do: find the images, pick and prove the device, set threads, choose dtype and
-batch size, load the task. ``start(config)`` does this slow set-up once and returns a ``Run``.
+batch size, load the task. ``start(config)`` does this slow set-up once and returns a ``Runner``.
 
 A classify run on OpenVINO or ONNX Runtime whose model was converted before is served from the
 saved export (``tasks.load_task_from_export``) and never imports torch or transformers; so
@@ -23,7 +23,8 @@ from ..config import RunConfig
 from ..errors import UsageError
 from ..input import IMAGE_EXTENSIONS, discover
 from ..tasks import Task, load_task, load_task_from_export, store_holds
-from .run import Run, now
+from .local import local_runner
+from .runner import Runner, now
 from .stored import attach_store
 
 if TYPE_CHECKING:  # imported by the runs that use it
@@ -101,7 +102,7 @@ def _choose_backend(config: RunConfig, paths: list[Path], threads: int) -> tuple
 
 
 def start(config: RunConfig, *, paths: list[Path] | None = None,
-          loading: Callable[[dict[str, Any]], ContextManager[Any]] | None = None) -> Run:
+          loading: Callable[[dict[str, Any]], ContextManager[Any]] | None = None) -> Runner:
     """Prepare a run: find images, pick and prove the device, set threads, load the model.
 
     Args:
@@ -113,7 +114,7 @@ def start(config: RunConfig, *, paths: list[Path] | None = None,
             CLI prints its start line and a "loading model" spinner there).
 
     Returns:
-        A ``Run`` ready to iterate.
+        A ``Runner`` ready to iterate.
 
     Raises:
         UsageError: no images found, ``--quantize`` on an accelerator, or a backend that is not
@@ -165,7 +166,7 @@ def start(config: RunConfig, *, paths: list[Path] | None = None,
         if task is None:
             task, choice = _load_torch(config, choice, dtype, backend, threads)
         load_s = time.perf_counter() - t0
-    run = Run(config, paths, task, choice, threads, workers, batch_size, load_s, started)
+    run = local_runner(config, paths, task, choice, threads, workers, batch_size, load_s, started)
     if backend.name != "torch":
         run.stats.device = backend.device
     return run

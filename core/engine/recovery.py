@@ -27,8 +27,8 @@ POISON_MARKERS = ("device-side assert", "cuda error", "illegal memory access", "
 
 @dataclass
 class Recovery:
-    """The fault policy of one run and what it changed; one per ``Run.batches()`` (or per call
-    of ``process_batch`` when none is given).
+    """The fault policy of one run and what it changed; one per local run (``local.local_batches``),
+    per model actor on a cluster, or per call of ``process_batch`` when none is given.
 
     Attributes:
         task: the task whose device may change (``task.to``).

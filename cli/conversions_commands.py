@@ -51,7 +51,7 @@ def list_command() -> None:
 def clear_command(backend: ConvBackendOpt = None) -> None:
     """Delete the saved conversions (the next run converts again)."""
     from ..core import UsageError, backends
-    from .run import exit_on_error
+    from .run_loop import exit_on_error
 
     with exit_on_error():
         if backend not in (None, "openvino", "onnxruntime"):

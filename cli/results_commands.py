@@ -13,9 +13,9 @@ from typing import Annotated, Optional
 import typer
 
 from ..core import UsageError
-from .after_run import check_report_path
+from .sinks import check_report_path
 from .console import DataConsole, styled
-from .run import EXIT_IMAGES_FAILED, EXIT_SIGINT, exit_on_error
+from .run_loop import EXIT_IMAGES_FAILED, EXIT_SIGINT, exit_on_error
 
 ResultsArg = Annotated[Optional[Path], typer.Argument(help="A results file of wwts classify/caption "
                                                            "(.csv, .json or .jsonl).", show_default=False,
