@@ -1,5 +1,5 @@
-"""The classify task's side of conversion bundles (``core.backends`` ``write_bundle``): the model
-facts a torch-free run needs, saved by the run that loaded the model with transformers."""
+"""The classify task's side of saved exports (``core.backends`` ``save_facts``): the model facts a
+torch-free run needs, saved by the run that loaded the model with transformers."""
 
 from __future__ import annotations
 
@@ -8,10 +8,9 @@ from dataclasses import replace
 from typing import Any
 
 from .. import models
-from ..backends import model_identity, write_bundle
+from ..backends import save_facts
 from ..errors import describe
 from ..input import UnsupportedPreprocessor
-from .stored import encoder_name
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +24,7 @@ def bundle_facts(task: Any) -> dict[str, Any]:
     return {"weights_folder": task.weights_folder, "model_type": task.model_type, "logit_scale": task.logit_scale,
             "logit_bias": None if bias is None else float(bias.detach().float().reshape(-1)[0]),
             "image_recipe": task.image_recipe, "input_size": task.input_size,
-            "text_max_length": task.text_max_length(), "image_encoder": encoder_name(task.image_encoder)}
+            "text_max_length": task.text_max_length()}
 
 
 def text_beside_torch(task: Any) -> Any:
@@ -65,7 +64,6 @@ def save_bundle(task: Any) -> None:
     if not folder or not (text and text.get("fields")) or not (on_torch or (image and image.get("fields"))):
         return
     try:
-        write_bundle(folder, task.backend.name, bool(task.backend.int8), model_identity(task.model), image, text,
-                     bundle_facts(task))
+        save_facts(folder, task.backend.name, bundle_facts(task))
     except Exception as exc:  # a cache folder that cannot be written must not stop the run
         log.debug("the conversion bundle was not saved: %s", describe(exc))

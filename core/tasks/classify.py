@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from .. import models
-from ..backends import build_encoders
+from ..backends import build_towers
 from ..config import RunConfig
 from ..errors import ModelLoadError
 from ..store import EmbeddingStore, StoredEmbedding
@@ -149,7 +149,7 @@ class ClassifyTask(ZeroShotTask):
         """
         if self.image_encoder is None or self.backend is None or self.backend.name == "torch":
             backend = text_beside_torch(self)
-            self.image_encoder, self.text_encoder = build_encoders(
+            self.image_encoder, self.text_encoder = build_towers(
                 self.model, self.device, self.dtype, backend, input_size=self.input_size, prepare=self.prepare,
                 tokens=lambda: dict(self.tokenizer(self.prompts[:2], padding=True, return_tensors="pt")))
             if backend is not None and backend.text_backend != "torch":

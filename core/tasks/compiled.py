@@ -3,7 +3,7 @@ transformers.
 
 Importing torch and transformers and loading the weights costs 2-3 s before the first image, more
 than a hundred photos take on OpenVINO (issue 12's prototype, and ``make bench``). A run that loaded
-the model once on a backend saved a bundle (``core.backends`` ``write_bundle``, by ``bundles.py``):
+the model once on a backend saved an export (``core.backends`` ``save_facts``, by ``bundles.py``):
 both towers' conversions and the model facts scoring needs. ``load_compiled_task`` serves a later run
 with the same model, backend and precision from that bundle: pixels from ``core.input.ImagePreprocessor``
 (Pillow + NumPy, equal to the transformers processor's ``pixel_values``: tests/test_preprocess.py),
@@ -16,21 +16,20 @@ The same serves a run whose image tower is torch's on the CPU and whose text tow
 tower, and the image tower loads with the model only when a photo is not in the embedding store, so
 re-labelling stored photos needs no torch.
 
-This module must not import torch or transformers at import time (``LazyTorchImageEncoder`` imports
+This module must not import torch or transformers at import time (``lazy_torch_image_tower`` imports
 them when it loads the model).
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .. import models
-from ..backends import Deferred, bundle_encoders, load_bundle
+from ..backends import LazyTower, export_towers, load_export
 from ..config import RunConfig
 from ..hardware import HOST_CPU
 from ..input import ImagePreprocessor, UnsupportedPreprocessor
@@ -62,7 +61,7 @@ class CompiledClassifyTask(ZeroShotTask):
     ``collate``: B of those → ``{"pixel_values": (B, 3, S, S)}`` (store hits in ``"stored"``).
 
     Attributes:
-        bundle: the verified bundle (``load_bundle``).
+        bundle: the verified export (``load_export``).
         preprocessor: the image preprocessing; text_tokenizer: the label tokenizer.
     """
 
@@ -122,9 +121,9 @@ class CompiledClassifyTask(ZeroShotTask):
         precision is known beforehand; a ``torch`` bundle's image tower loads on first use) and
         open the store of the model key."""
         if self.image_encoder is None:
-            image, self.text_encoder = bundle_encoders(self.bundle, self.backend, self.input_size)
-            self.image_encoder = image if image is not None else LazyTorchImageEncoder(
-                self.config, self.dtype, self.backend.threads, self.facts.get("image_encoder"))
+            image, self.text_encoder = export_towers(self.bundle, self.backend, self.input_size)
+            self.image_encoder = image if image is not None else lazy_torch_image_tower(
+                self.config, self.dtype, self.backend.threads)
         self.use_store()
 
     def store_holds(self, paths: list[Path], sample: int = STORE_SAMPLE) -> bool:
@@ -157,52 +156,32 @@ class CompiledClassifyTask(ZeroShotTask):
         return collate_stored(items, StoredEmbedding, np.concatenate)
 
 
-class LazyTorchImageEncoder:
-    """The torch image tower of a run served from a ``torch`` bundle (torch's CPU image tower with
-    an OpenVINO text tower, ``backends.auto_text_backend``): the model is loaded with transformers
-    on the first ``encode``, i.e. only when a photo is not in the embedding store. Its embeddings
-    are ``TorchImageEncoder``'s (the same pixel_values, dtype and threads as a run that loaded the
-    model first), and so is its name in the store key (``store_name``).
+def lazy_torch_image_tower(config: RunConfig, dtype: str, threads: int | None) -> LazyTower:
+    """The torch image tower of a run started from a ``torch`` export (torch's CPU image tower with
+    an OpenVINO text tower, ``backends.auto_text_backend``): a ``LazyTower`` that loads the model
+    with transformers on the first ``encode``, i.e. only when a photo is not in the embedding store.
+    Its embeddings and store name are a ``TorchTower``'s (the same pixel_values, dtype and threads
+    as a run that loaded the model first); its ``load_s`` counts as model load.
 
     ``encode``: ``pixel_values (B, 3, S, S)`` float32 NumPy → ``(B, D)`` float32, L2-normalised.
 
     Raises (from ``encode``): ``ModelLoadError`` when the model cannot be loaded (the engine ends
     the run: every image would fail the same way).
     """
-
-    def __init__(self, config: RunConfig, dtype: str, threads: int | None, store_name: str | None) -> None:
-        self.config = config
-        self.compute_dtype = dtype
-        self.threads = threads
-        self.store_name = store_name or "wwts.core.backends.torch.TorchImageEncoder"
-        self.runtime = Deferred(None, self._load)
-        self.device = HOST_CPU  # where its inputs are made
-        self.dtype = "float32"
-        #: Seconds the load took (0 until it happens); the run counts them as model load.
-        self.load_s = 0.0
-
-    def _load(self) -> Any:
-        t0 = time.perf_counter()
+    def load() -> Any:
         import torch
 
         from .. import hardware
-        from ..backends import TorchImageEncoder
+        from ..backends import TorchTower
         from .classify import drop_text_tower, load_dual_encoder
 
         log.info("a photo is not in the embedding store: loading the image tower with torch")
-        hardware.configure_threads(self.threads)
-        model, _ = load_dual_encoder(self.config, models.model_for("classify", self.config.lang, self.config.model))
+        hardware.configure_threads(threads)
+        model, _ = load_dual_encoder(config, models.model_for("classify", config.lang, config.model))
         drop_text_tower(model)  # the labels are OpenVINO's
-        encoder = TorchImageEncoder(model.eval(), torch.device("cpu"), getattr(torch, self.compute_dtype))
-        self.load_s = time.perf_counter() - t0
-        return encoder
+        return TorchTower(model.eval(), torch.device("cpu"), getattr(torch, dtype), "image")
 
-    def encode(self, pixel_values: Any) -> Any:
-        """``pixel_values (B, 3, S, S)`` → ``(B, D)`` float32 torch tensor of L2 norm 1."""
-        import torch
-
-        encoder = self.runtime.get()
-        return encoder.encode(torch.from_numpy(np.ascontiguousarray(pixel_values, dtype=np.float32)))
+    return LazyTower(load, "torch", "image")
 
 
 def numpy_inputs(image_recipe: dict[str, Any], folder: str | Path) -> tuple[ImagePreprocessor, Any]:
@@ -225,7 +204,7 @@ def load_compiled_task(config: RunConfig, backend: Any, dtype: str | None = None
     that ``ImagePreprocessor`` / ``TextTokenizer`` do not reproduce.
 
     A ``torch`` bundle's run starts without torch; its image tower loads with the model when a
-    photo is not in the embedding store (``LazyTorchImageEncoder``).
+    photo is not in the embedding store (``lazy_torch_image_tower``).
 
     Raises:
         ModelLoadError: the model is not cached and cannot be downloaded (``models.resolve``).
@@ -236,7 +215,7 @@ def load_compiled_task(config: RunConfig, backend: Any, dtype: str | None = None
     if backend.name == "torch" and (backend.text_backend != "openvino" or dtype is None or not config.store):
         return None  # without the store every photo needs torch's image tower: load the model now
     folder = models.resolve(models.model_for("classify", config.lang, config.model))
-    bundle = load_bundle(folder, backend.name, bool(backend.int8))
+    bundle = load_export(folder, backend.name, bool(backend.int8))
     if bundle is None:
         return None
     try:
