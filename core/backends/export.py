@@ -9,7 +9,7 @@ therefore gets another folder and its old export is never served. The folder hol
 
 - one sub-folder per converted tower and precision (``image-float``, ``image-int8``,
   ``text-float``) with the runtime's files;
-- ``export.json``: ``{"format", "runtime", "version", "weights", "model", "towers": {name: {"fields",
+- ``export.json``: ``{"format", "runtime", "version", "model", "towers": {name: {"fields",
   "files": {file: {"size", "mtime_ns", "blake3"}}, "seconds", "parameters", "created"}}, "facts"}``;
   ``facts`` are what a classify run needs to score without torch or transformers (logit scale and
   bias, the image processor's configuration, the token limit: written by the task that loaded the
@@ -134,14 +134,14 @@ def _problem(folder: Path, entry: dict[str, Any]) -> str | None:
 def verified(where: Path, name: str, fields: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """The ``export.json`` entry of tower ``name`` (``image-float``...) of the export in ``where``,
     when it is there and verifies (and, given ``fields``, was made for them); else ``None``. A
-    stale, incomplete or corrupt tower is removed (one warning): the caller converts again."""
+    stale or corrupt tower is removed (one warning): the caller converts again. A folder that
+    ``export.json`` does not list (a crash, or a concurrent writer whose entry was lost) is not
+    served; the next conversion replaces it."""
     entry = read_export(where)["towers"].get(name)
     folder = where / name
-    if entry is None and not folder.exists():
+    if entry is None:  # none, or one being renamed into place (build_tower replaces a leftover)
         return None
-    if entry is None:
-        why = "incomplete (not in the export's manifest)"
-    elif fields is not None and json.loads(json.dumps(fields, default=str)) != entry.get("fields"):
+    if fields is not None and json.loads(json.dumps(fields, default=str)) != entry.get("fields"):
         why = "stale (made for another model, backend version or setting)"
     else:
         before = json.dumps(entry, sort_keys=True)
