@@ -1,7 +1,7 @@
 """``wwts conversions list`` / ``wwts conversions clear``: the models converted for OpenVINO and
-ONNX Runtime, saved in the user cache (``core.backends``' conversion cache).
+ONNX Runtime, saved in the user cache (``core.backends``' exports).
 
-``list`` shows one row per saved conversion (backend, model, tower, precision, size, how long
+``list`` shows one row per converted tower (backend, model, tower, precision, size, how long
 it took, when); ``clear`` deletes them (``--backend`` for one backend only) with OpenVINO's
 compiled-blob cache, and says how much it freed. The next run converts again.
 """

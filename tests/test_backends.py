@@ -20,8 +20,8 @@ import torch
 
 from tests.helpers import classify as run_cli
 from wwts.core import DeviceError, UsageError, engine
-from wwts.core.backends import TorchImageEncoder, auto_backend, is_x86, resolve_openvino_device
-from wwts.core.backends import cache, onnxruntime as ort_backend, openvino as ov_backend  # conversion counters
+from wwts.core.backends import TorchTower, auto_backend, is_x86, resolve_openvino_device
+from wwts.core.backends import export, onnxruntime as ort_backend, openvino as ov_backend  # conversion counters
 from wwts.core.config import RunConfig
 
 pytest.importorskip("openvino")
@@ -69,12 +69,12 @@ def test_backend_scores_equal_torch_float32_and_second_run_converts_nothing(back
     pixels = torch.rand(3, 3, 30, 30)
     task = run.task
     cos = torch.nn.functional.cosine_similarity(torch.from_numpy(task.image_encoder.encode(pixels)),
-                                                TorchImageEncoder(task.model, torch.device("cpu"),
-                                                                        torch.float32).encode(pixels))
+                                                TorchTower(task.model, torch.device("cpu"), torch.float32,
+                                                                           "image").encode(pixels))
     assert cos.min().item() >= 0.9999
     second, again = _records(tiny_clip, sample_images, backend)
     assert _conversions() - before == 2  # the second run loads the saved conversion
-    assert second.task.encoder.export is not None  # ... from its bundle, without the torch model
+    assert second.task.encoder.export is not None  # ... from its export, without the torch model
     _assert_close(ref, again)
 
 
@@ -82,8 +82,8 @@ def test_backend_scores_equal_torch_float32_and_second_run_converts_nothing(back
 def test_corrupt_conversion_is_rebuilt_not_served(backend, tiny_clip, sample_images, caplog):
     _, ref = _records(tiny_clip, sample_images, "torch")
     _records(tiny_clip, sample_images, backend)
-    weights = [p for p in (cache.cache_root() / backend).rglob("*") if p.suffix in (".bin", ".onnx")
-               and "-image-" in p.parent.name]
+    weights = [p for p in (export.cache_root() / backend).rglob("*") if p.suffix in (".bin", ".onnx")
+               and p.parent.name.startswith("image-")]
     assert weights
     data = bytearray(weights[0].read_bytes())
     data[len(data) // 2] ^= 0xFF  # same size, one flipped byte
@@ -243,7 +243,7 @@ def test_int8_runs_cached_and_agrees_roughly(backend, tiny_clip, sample_images, 
     for a, b in zip(ref, got):  # tiny random weights: int8 is checked loosely; make bench gates agreement
         assert abs(a.top_k[0].score - next(t.score for t in b.top_k if t.label == a.top_k[0].label)) < 0.1 \
             if any(t.label == a.top_k[0].label for t in b.top_k) else True
-    precisions = {c.precision for c in cache.list_conversions() if c.backend == backend and c.tower == "image"}
+    precisions = {c.precision for c in export.list_conversions() if c.backend == backend and c.tower == "image"}
     assert precisions == {"int8"}
     if backend == "openvino":
         assert "calibration uses the first" in caplog.text
@@ -268,10 +268,43 @@ def test_conversions_command_and_doctor(tiny_clip, sample_images):
     assert any(d["name"] == "CPU" for d in facts["openvino"]["devices"])
     cleared = CliRunner().invoke(app, ["conversions", "clear"])
     assert cleared.exit_code == 0 and "removed 2 conversions" in cleared.output
-    assert cache.list_conversions() == []
+    assert export.list_conversions() == []
 
 
 def test_backend_preset_from_environment(tiny_clip, sample_images, monkeypatch):
     monkeypatch.setenv("WWTS_BACKEND", "torch")
     run, _ = _records(tiny_clip, sample_images, "auto")
     assert run.info()["backend"] == "torch" and run.info()["backend_reason"] == "WWTS_BACKEND=torch"
+
+
+def test_tower_store_names_are_the_ones_users_stores_hold():
+    """Store keys record a tower's name: these strings were the encoder classes' paths, and
+    changing one would orphan every embedding a user has stored."""
+    from wwts.core.backends import tower_name
+
+    assert tower_name("torch", "image") == "wwts.core.backends.torch.TorchImageEncoder"
+    assert tower_name("torch", "text") == "wwts.core.backends.torch.TorchTextEncoder"
+    assert tower_name("openvino", "image", "float32") == "wwts.core.backends.openvino.OpenVINOImageEncoder/float32"
+    assert tower_name("openvino", "text") == "wwts.core.backends.openvino.OpenVINOTextEncoder"
+    assert tower_name("onnxruntime", "image", "float32") == "wwts.core.backends.onnxruntime.OnnxImageEncoder/float32"
+    assert tower_name("onnxruntime", "text") == "wwts.core.backends.onnxruntime.OnnxTextEncoder"
+
+
+def test_lazy_tower_makes_its_tower_on_first_encode_and_releases_it():
+    from wwts.core.backends import LazyTower, RuntimeTower
+
+    made = []
+
+    def make():
+        made.append(1)
+        return RuntimeTower(lambda inputs: inputs["pixel_values"].reshape(len(inputs["pixel_values"]), -1),
+                            "onnxruntime", "image", precision="float32")
+
+    lazy = LazyTower(make, "onnxruntime", "image", precision="float32")
+    assert not lazy.ready and made == [] and lazy.store_name.endswith("OnnxImageEncoder/float32")
+    out = lazy.encode(np.ones((2, 3, 2, 2), dtype=np.float32))
+    assert out.shape == (2, 12) and np.allclose(np.linalg.norm(out, axis=1), 1.0)
+    assert lazy.ready and made == [1] and lazy.load_s >= 0
+    assert lazy.release() and not lazy.ready and not lazy.release()
+    lazy.encode(np.ones((1, 3, 2, 2), dtype=np.float32))
+    assert made == [1, 1]  # made again after the release

@@ -1,7 +1,7 @@
 """A classify run on a saved OpenVINO / ONNX Runtime conversion starts without torch or transformers
-(``core.tasks.exports``, issue 12): the first run on a backend saves a bundle, later
-runs are served from it with the same records, store keys and text features; a changed model, a
-bundle of another format, or a processor the NumPy preprocessing does not reproduce falls back
+(``core.tasks.exports``, issue 12): the first run on a backend saves an export, later
+runs are served from it with the same records, store keys and text features; a changed model, an
+export of another format, or a processor the NumPy preprocessing does not reproduce falls back
 to loading the model with transformers. Tiny models, converted through the real exporters."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 
 from tests.helpers import assert_same_scores
 from wwts.core import engine
-from wwts.core.backends import bundle_path, load_bundle
+from wwts.core.backends import export_path, load_export
 from wwts.core.config import RunConfig
 
 pytest.importorskip("openvino")
@@ -46,10 +46,10 @@ def _assert_same(a, b, tol=SAME):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_second_run_is_served_from_the_bundle_with_the_same_records(backend, tiny_clip, sample_images):
+def test_second_run_is_served_from_the_export_with_the_same_records(backend, tiny_clip, sample_images):
     first, ref = _run(tiny_clip, sample_images, backend)
-    assert first.task.encoder.model is not None  # loaded with transformers, converted, bundle saved
-    assert bundle_path(tiny_clip, backend, False).is_file()
+    assert first.task.encoder.model is not None  # loaded with transformers, converted, export saved
+    assert load_export(tiny_clip, backend, False) is not None
     second, got = _run(tiny_clip, sample_images, backend)
     assert second.task.encoder.export is not None and second.task.uses_torch is False
     _assert_same(ref, got)
@@ -88,7 +88,7 @@ def test_a_run_on_a_saved_conversion_imports_neither_torch_nor_transformers(back
     assert max(abs(x["score"] - y["score"]) for x, y in zip(a["results"], b["results"])) <= SAME
 
 
-def test_store_run_on_the_bundle_reads_every_embedding_and_never_compiles_the_image_tower(
+def test_store_run_on_the_export_reads_every_embedding_and_never_compiles_the_image_tower(
         tiny_clip, sample_images, tmp_path):
     store = tmp_path / "store"
     _run(tiny_clip, sample_images, "openvino", store=True, store_dir=str(store))  # converts, stores
@@ -98,7 +98,7 @@ def test_store_run_on_the_bundle_reads_every_embedding_and_never_compiles_the_im
     new = ("鸟", "天空", "山")
     relabel, records = _run(tiny_clip, sample_images, "openvino", labels=new, store=True, store_dir=str(store))
     assert relabel.stats.cached == len(records)
-    assert not relabel.task.image_encoder.runtime.ready  # no image went through the tower: never compiled
+    assert not relabel.task.image_encoder.ready  # no image went through the tower: never compiled
     _, fresh = _run(tiny_clip, sample_images, "openvino", labels=new, store=False)
     _assert_same(fresh, records)
 
@@ -112,23 +112,25 @@ def test_multi_label_scores_match_the_torch_loaded_task(tiny_clip, sample_images
     assert [r.labels for r in ref] == [r.labels for r in got]
 
 
-def test_a_changed_model_is_not_served_its_old_bundle(tmp_path, sample_images):
+def test_a_changed_model_is_not_served_its_old_export(tmp_path, sample_images):
+    import shutil
+
     from tests.tiny_models import build_tiny_chinese_clip
 
     folder = build_tiny_chinese_clip(tmp_path / "m", seed=0)
     _run(folder, sample_images, "openvino")
-    assert load_bundle(folder, "openvino", False) is not None
-    weights = next(folder.glob("*.safetensors"))
-    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # re-saved
-    assert load_bundle(folder, "openvino", False) is None
+    assert load_export(folder, "openvino", False) is not None
+    shutil.rmtree(folder)
+    build_tiny_chinese_clip(folder, seed=1)  # re-saved: same folder, other weights
+    assert load_export(folder, "openvino", False) is None
     run, _ = _run(folder, sample_images, "openvino")
-    assert run.task.encoder.model is not None  # loaded with transformers, and a new bundle saved
-    assert load_bundle(folder, "openvino", False) is not None
+    assert run.task.encoder.model is not None  # loaded with transformers, and a new export saved
+    assert load_export(folder, "openvino", False) is not None
 
 
 def test_a_processor_the_numpy_path_cannot_reproduce_loads_the_model(tiny_clip, sample_images):
     _run(tiny_clip, sample_images, "openvino")
-    path = bundle_path(tiny_clip, "openvino", False)
+    path = export_path(tiny_clip, "openvino")
     data = json.loads(path.read_text(encoding="utf-8"))
     data["facts"]["image_recipe"]["do_pad"] = True  # a setting ImagePreprocessor does not do
     path.write_text(json.dumps(data), encoding="utf-8")
@@ -136,14 +138,14 @@ def test_a_processor_the_numpy_path_cannot_reproduce_loads_the_model(tiny_clip, 
     assert run.task.encoder.model is not None and all(r.error is None for r in records)
 
 
-def test_a_bundle_of_another_format_is_ignored(tiny_clip, sample_images):
+def test_an_export_of_another_format_is_ignored(tiny_clip, sample_images):
     _run(tiny_clip, sample_images, "onnxruntime")
-    path = bundle_path(tiny_clip, "onnxruntime", False)
+    path = export_path(tiny_clip, "onnxruntime")
     data = json.loads(path.read_text(encoding="utf-8"))
-    path.write_text(json.dumps({**data, "version": 999}), encoding="utf-8")
-    assert load_bundle(tiny_clip, "onnxruntime", False) is None
+    path.write_text(json.dumps({**data, "format": 999}), encoding="utf-8")
+    assert load_export(tiny_clip, "onnxruntime", False) is None
     path.write_text("{not json", encoding="utf-8")
-    assert load_bundle(tiny_clip, "onnxruntime", False) is None
+    assert load_export(tiny_clip, "onnxruntime", False) is None
 
 
 def test_auto_on_a_cpu_only_machine_proves_no_torch_device(monkeypatch):
@@ -163,14 +165,14 @@ def test_auto_on_a_cpu_only_machine_proves_no_torch_device(monkeypatch):
     assert backend.name == "openvino" and choice is None
 
 
-def test_clearing_conversions_removes_their_bundles(tiny_clip, sample_images):
+def test_clearing_conversions_removes_their_exports(tiny_clip, sample_images):
     from wwts.core.backends import clear_conversions
 
     _run(tiny_clip, sample_images, "openvino")
-    assert bundle_path(tiny_clip, "openvino", False).is_file()
-    clear_conversions("onnxruntime")  # another backend's: this bundle stays
-    assert bundle_path(tiny_clip, "openvino", False).is_file()
+    assert load_export(tiny_clip, "openvino", False) is not None
+    clear_conversions("onnxruntime")  # another backend's: this export stays
+    assert load_export(tiny_clip, "openvino", False) is not None
     clear_conversions("openvino")
-    assert not bundle_path(tiny_clip, "openvino", False).exists()
+    assert not export_path(tiny_clip, "openvino").exists()
     run, _ = _run(tiny_clip, sample_images, "openvino")
     assert run.task.encoder.model is not None  # converted again, with transformers

@@ -72,7 +72,7 @@ def test_reduced_precision_agrees_with_float32(tiny_clip, sample_images, variant
     if "quantize" in variant:
         # classify's int8 is the backends' (issue 12): ONNX Runtime's dynamic int8 of the image tower
         assert run.info()["quantize"] == "int8" and run.info()["backend"] == "onnxruntime"
-        assert run.task.image_encoder.int8 and run.dtype == torch.float32
+        assert run.task.image_encoder.manifest["fields"]["precision"] == "int8" and run.dtype == torch.float32
     else:
         assert run.dtype == torch.bfloat16
     for r, l, pr, pl in zip(ref, low, _probs(ref), _probs(low)):

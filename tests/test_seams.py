@@ -1,6 +1,6 @@
 """The seams later issues plug into, each tested on its own with a tiny real model (offline):
 
-- image / text encoder (``core.backends``): what runs a dual encoder's towers;
+- tower (``core.backends``): what runs a dual encoder's image or text tower;
 - embedding store (``core.store``): asked before image embeddings are computed;
 - batch function (``core.engine.process_batch``): decoded batch in, records out, with no CLI,
   writer or run around it.
@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from wwts.core import engine
-from wwts.core.backends import ImageEncoder, TextEncoder, TorchImageEncoder, TorchTextEncoder, as_features
+from wwts.core.backends import Tower, TorchTower, as_features
 from wwts.core.config import RunConfig
 from wwts.core.errors import ImageError
 from wwts.core.input import DecodePool, Sample
@@ -56,8 +56,8 @@ def _forward(task: ZeroShotTask, inputs: dict) -> np.ndarray:
 
 def test_torch_image_encoder_gives_the_models_own_features_normalised(task, sample_images):
     pixels = _pixels(task, sample_images)
-    encoder = TorchImageEncoder(task.model, CPU, torch.float32)
-    assert isinstance(encoder, ImageEncoder) and encoder.device == CPU and encoder.dtype == torch.float32
+    encoder = TorchTower(task.model, CPU, torch.float32, "image")
+    assert isinstance(encoder, Tower) and encoder.device == CPU and encoder.dtype == torch.float32
     got = encoder.encode(pixels)
     with torch.inference_mode():
         own = as_features(task.model.get_image_features(pixel_values=pixels)).float()
@@ -68,8 +68,8 @@ def test_torch_image_encoder_gives_the_models_own_features_normalised(task, samp
 
 def test_torch_text_encoder_gives_the_models_own_features_normalised(task):
     tokens = task.encoder.tokenize(list(task.prompts), None, False)
-    encoder = TorchTextEncoder(task.model, CPU)
-    assert isinstance(encoder, TextEncoder)
+    encoder = TorchTower(task.model, CPU, tower="text")
+    assert isinstance(encoder, Tower)
     got = encoder.encode(dict(tokens))
     with torch.inference_mode():
         own = as_features(task.model.get_text_features(**tokens)).float()
@@ -87,7 +87,7 @@ def test_classify_scores_through_its_image_encoder(task, sample_images):
 
         def encode(self, pixel_values):
             calls.append(pixel_values.shape[0])
-            return TorchImageEncoder(task.model, CPU, torch.float32).encode(pixel_values)
+            return TorchTower(task.model, CPU, torch.float32, "image").encode(pixel_values)
 
     reference = _forward(task, {"pixel_values": pixels})
     task.encoder.image = Recording()
@@ -114,9 +114,9 @@ class DictStore:
 
 
 class CountingEncoder:
-    """An ``ImageEncoder`` that counts the images it encodes."""
+    """An image ``Tower`` that counts the images it encodes."""
 
-    def __init__(self, inner: ImageEncoder) -> None:
+    def __init__(self, inner: Tower) -> None:
         self.inner, self.device, self.dtype = inner, inner.device, inner.dtype
         self.images = 0
 

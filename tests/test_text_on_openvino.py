@@ -1,8 +1,8 @@
 """``--backend auto`` on a CPU where torch runs the image tower (AMX) puts the label text on a saved
 OpenVINO conversion (``backends.auto_text_backend``), so that re-labelling photos the embedding
-store holds needs neither torch nor the image tower (issue 13): the first run saves a ``torch``
-bundle; a later run starts without torch, reads every embedding from the store and encodes only
-the new labels; a photo the store lacks loads the image tower with torch on first use. Records
+store holds needs neither torch nor the image tower (issue 13): the first run saves the text
+tower and the model's facts in the OpenVINO export; a later run starts without torch, reads every
+embedding from the store and encodes only the new labels; a photo the store lacks loads the image tower with torch on first use. Records
 equal a ``--no-store`` run's. AMX and a CPU-only machine are simulated; the towers run for real
 (tiny models, the real exporter)."""
 
@@ -18,7 +18,7 @@ import pytest
 
 from tests.helpers import assert_same_scores
 from wwts.core import engine, hardware
-from wwts.core.backends import bundle_path, devices, is_x86, plan_backend
+from wwts.core.backends import devices, export_path, is_x86, load_export, plan_backend
 from wwts.core.config import RunConfig
 from wwts.core.errors import ModelLoadError
 
@@ -70,15 +70,15 @@ def test_relabel_is_served_without_the_image_tower_and_equals_a_fresh_run(amx, t
     store = dict(store=True, store_dir=str(tmp_path / "store"))
     first, _ = _run(tiny_clip, sample_images, **store)
     assert first.task.encoder.model is not None  # the model loaded; the text tower converted
-    assert first.task.text_encoder.backend == "openvino" and type(first.task.image_encoder).__name__ == \
-        "TorchImageEncoder"
-    assert bundle_path(tiny_clip, "torch", False).is_file()
+    assert first.task.text_encoder.backend == "openvino"
+    assert (first.task.image_encoder.backend, first.task.image_encoder.tower) == ("torch", "image")
+    assert load_export(tiny_clip, "torch", False) is not None
     assert first.task.model.text_model is None  # torch's copy of the text tower is freed
-    assert not first.task.text_encoder.runtime.ready  # and OpenVINO's, once the labels are encoded
+    assert not first.task.text_encoder.ready  # and OpenVINO's, once the labels are encoded
     relabel, records = _run(tiny_clip, sample_images, labels=NEW, **store)
     assert relabel.task.encoder.export is not None
     assert relabel.stats.cached == len(records)  # the torch run's embeddings, found by the same store key
-    assert not relabel.task.image_encoder.runtime.ready  # the model was never loaded
+    assert not relabel.task.image_encoder.ready  # the model was never loaded
     assert relabel.info()["backend"] == "torch" and relabel.info()["dtype"] == first.info()["dtype"]
     _, fresh = _run(tiny_clip, sample_images, labels=NEW, store=False)
     _assert_same(fresh, records)
@@ -86,7 +86,7 @@ def test_relabel_is_served_without_the_image_tower_and_equals_a_fresh_run(amx, t
 
 def _photos(sample_images, folder: Path, count: int = 40) -> tuple[Path, Path]:
     """``count`` distinct photos (sample images with a byte appended): more than the 32 a torch
-    bundle's run checks in the store before it starts without torch. Returns the folder and one
+    export's run checks in the store before it starts without torch. Returns the folder and one
     photo that check skips (``exports.sample_indices``, in the run's order)."""
     from wwts.core.tasks.exports import sample_indices
 
@@ -111,7 +111,7 @@ def test_a_photo_missing_from_the_store_loads_the_image_tower(amx, sample_images
     _run(tiny_clip, photos, **store)
     _change(unchecked)
     run, records = _run(tiny_clip, photos, labels=NEW, **store)
-    assert run.task.encoder.export is not None and run.task.image_encoder.runtime.ready
+    assert run.task.encoder.export is not None and run.task.image_encoder.ready
     assert run.stats.cached == len(records) - 1
     assert run.stats.load_s >= run.task.image_encoder.load_s > 0  # reported as model load, not iteration
     _, fresh = _run(tiny_clip, photos, labels=NEW, store=False)
@@ -124,7 +124,7 @@ def test_photos_the_store_lacks_or_no_store_load_the_model_first(amx, sample_ima
     photos, _ = _photos(sample_images, tmp_path / "photos")
     store = dict(store=True, store_dir=str(tmp_path / "store"))
     _run(tiny_clip, photos, **store)
-    assert bundle_path(tiny_clip, "torch", False).is_file()
+    assert load_export(tiny_clip, "torch", False) is not None
     no_store, _ = _run(tiny_clip, photos, labels=NEW, store=False)
     assert no_store.task.encoder.model is not None
     (photos / "z new.jpg").write_bytes((photos / "p000.jpg").read_bytes() + b"new")  # sorts last: checked
@@ -137,7 +137,7 @@ def test_an_image_tower_that_cannot_load_ends_the_run(amx, sample_images, tiny_c
 
     photos, unchecked = _photos(sample_images, tmp_path / "photos")
     store = dict(store=True, store_dir=str(tmp_path / "store"))
-    _run(tiny_clip, photos, **store)  # saves the bundle and the embeddings
+    _run(tiny_clip, photos, **store)  # saves the export and the embeddings
     _change(unchecked)
 
     def broken(*args, **kwargs):
@@ -205,11 +205,11 @@ def test_relabelling_stored_photos_imports_neither_torch_nor_transformers(tiny_c
 
 def test_the_text_stays_on_torch_where_no_later_run_could_start_without_torch(amx, sample_images, tmp_path):
     """SigLIP's SentencePiece tokenizer is not one ``TextTokenizer`` reproduces: converting its text
-    tower would buy nothing, so it stays on torch and no bundle is saved."""
+    tower would buy nothing, so it stays on torch and nothing is converted."""
     from tests.tiny_models import build_tiny_siglip
 
     folder = build_tiny_siglip(tmp_path / "siglip")
     run, records = _run(folder, sample_images, store=False)
     assert run.task.encoder.model is not None and all(r.error is None for r in records)
-    assert type(run.task.text_encoder).__name__ == "TorchTextEncoder"
-    assert not bundle_path(folder, "torch", False).exists()
+    assert (run.task.text_encoder.backend, run.task.text_encoder.tower) == ("torch", "text")
+    assert not export_path(folder, "torch").exists()

@@ -1,56 +1,65 @@
-"""The encoder seam: what a task calls to turn pixels or label text into embeddings.
+"""The tower seam: what a task calls to turn pixels or label text into embeddings.
 
-A backend runs one tower of a contrastive dual encoder (CLIP, Chinese-CLIP, SigLIP) on a batch and
-returns L2-normalised float32 embeddings, whatever runs it (a torch module on a device today; an
-OpenVINO compiled model or an ONNX Runtime session later). Tasks score those embeddings themselves,
-so every backend gives the same records for the same embeddings.
+A tower is anything with ``encode(batch) → (B, D)`` float32 rows of L2 norm 1: one tower of a
+contrastive dual encoder (CLIP, Chinese-CLIP, SigLIP) run by torch (``torch.TorchTower``), an
+OpenVINO compiled model or an ONNX Runtime session (``RuntimeTower``). Tasks score the embeddings
+themselves, so every backend gives the same records for the same embeddings. ``LazyTower`` makes a
+tower on its first ``encode`` (a run served by the embedding store may never need one).
+
+Every tower says what it is with ``backend`` (``torch``, ``openvino``, ``onnxruntime``), ``tower``
+(``image`` / ``text``) and ``store_name``: its name in embedding-store keys, fixed strings that
+users' stores already hold (``tower_name``).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping, Protocol, runtime_checkable
+import time
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from ..arrays import as_numpy
 from ..hardware import HOST_CPU
 
-if TYPE_CHECKING:  # the OpenVINO / ONNX Runtime encoders work without torch
+if TYPE_CHECKING:  # the OpenVINO / ONNX Runtime towers work without torch
     import torch
 
-
-@runtime_checkable
-class ImageEncoder(Protocol):
-    """Image tower of a dual encoder.
-
-    Attributes:
-        device: where the encoder computes (inputs are moved there by the caller).
-        dtype: compute dtype (``torch.float32`` means full precision; bf16/fp16 autocast otherwise).
-    """
-
-    device: torch.device
-    dtype: torch.dtype
-
-    def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """``pixel_values (B, 3, H, W)`` float32 → ``(B, D)`` float32 embeddings, each row of L2 norm 1."""
-        ...
+#: The class each backend's towers had when store keys first recorded them (``tower_name``).
+_STORE_PREFIX = {"torch": "wwts.core.backends.torch.Torch", "openvino": "wwts.core.backends.openvino.OpenVINO",
+                 "onnxruntime": "wwts.core.backends.onnxruntime.Onnx"}
 
 
 @runtime_checkable
-class TextEncoder(Protocol):
-    """Text tower of a dual encoder.
+class Tower(Protocol):
+    """One tower of a dual encoder.
 
     Attributes:
-        device: where the encoder computes.
-        dtype: compute dtype.
+        device: where the caller puts the inputs (a torch device; ``HOST_CPU`` for the runtimes).
+        dtype: compute dtype (``torch.float32`` means full precision; bf16/fp16 autocast
+            otherwise; ``"float32"`` for the runtimes, whose ``precision`` says what they compute in).
     """
 
-    device: torch.device
-    dtype: torch.dtype
+    device: Any
+    dtype: Any
 
-    def encode(self, tokens: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Tokenizer output (``input_ids (L, T)``, ``attention_mask (L, T)``...) → ``(L, D)`` float32
-        embeddings, each row of L2 norm 1."""
+    def encode(self, batch: Any) -> Any:
+        """Image tower: ``pixel_values (B, 3, H, W)`` float32. Text tower: a tokenizer output
+        (``input_ids (B, T)``, ``attention_mask (B, T)``...). → ``(B, D)`` float32 embeddings
+        (a torch tensor or a NumPy array), each row of L2 norm 1."""
         ...
+
+
+def tower_name(backend: str, tower: str, precision: str | None = None) -> str:
+    """A tower's name in store keys: ``wwts.core.backends.torch.TorchImageEncoder``,
+    ``wwts.core.backends.openvino.OpenVINOImageEncoder/float32`` (image towers of a runtime add the
+    precision it computes in), ``wwts.core.backends.onnxruntime.OnnxTextEncoder``... These strings
+    are part of every stored embedding's key: changing one orphans the users' stores.
+
+    Raises:
+        KeyError: an unknown backend.
+    """
+    name = f"{_STORE_PREFIX[backend]}{tower.title()}Encoder"
+    return name + (f"/{precision}" if precision else "")
 
 
 def l2_normalize(features: torch.Tensor) -> torch.Tensor:
@@ -71,7 +80,7 @@ def normalized(features: Any) -> np.ndarray:
         return (x / np.linalg.norm(x.astype(np.float64), axis=-1, keepdims=True)).astype(np.float32)
 
 
-def numpy_tokens(tokens: Mapping[str, Any], names: list[str]) -> dict[str, np.ndarray]:
+def numpy_tokens(tokens: Mapping[str, Any], names: Sequence[str]) -> dict[str, np.ndarray]:
     """The token arrays ``names`` of a tokenizer output (NumPy arrays or torch tensors) as int64
     NumPy arrays (what OpenVINO and ONNX Runtime take)."""
     out = {}
@@ -82,61 +91,93 @@ def numpy_tokens(tokens: Mapping[str, Any], names: list[str]) -> dict[str, np.nd
     return out
 
 
-class Deferred:
-    """A runtime object (an OpenVINO compiled model, an ONNX Runtime session) made on first use.
-
-    ``Deferred(obj)`` holds one made already; ``Deferred(None, factory)`` calls ``factory()`` the
-    first time ``get`` is called (a run whose photos and labels all come from the embedding store
-    never compiles a tower)."""
-
-    def __init__(self, value: Any = None, factory: Any = None) -> None:
-        if value is None and factory is None:
-            raise ValueError("Deferred needs a value or a factory")
-        self.value, self.factory = value, factory
-
-    @property
-    def ready(self) -> bool:
-        """Whether the object exists (was given, or ``get`` made it)."""
-        return self.value is not None
-
-    def get(self) -> Any:
-        """The object, made now if it was deferred (what the factory raises propagates)."""
-        if self.value is None:
-            self.value = self.factory()
-        return self.value
-
-    def release(self) -> bool:
-        """Drop the object when the factory can make it again (its memory goes back: a compiled
-        400 MB text tower once the label features are computed); ``True`` when one was dropped."""
-        if self.factory is None or self.value is None:
-            return False
-        self.value = None
-        return True
-
-
-class RuntimeTextEncoder:
-    """What the OpenVINO and ONNX Runtime text encoders share: the runtime object (a compiled model,
-    a session) made now or on the first ``encode`` (``Deferred``), the token input names, the
-    conversion manifest, inputs made on the CPU in float32, and ``release``. A subclass gives
-    ``encode``.
+class RuntimeTower:
+    """A tower on a runtime (an OpenVINO compiled model, an ONNX Runtime session): NumPy in, NumPy
+    out, on the host CPU's memory.
 
     Args:
-        value: the runtime object, or ``None`` with ``factory``, which makes it on first use (a run
-            whose label features are all in the store never makes it).
-        names: the tokenizer outputs the graph takes (``input_ids``, ``attention_mask``...).
-        manifest: the conversion cache manifest of the model in use.
+        run: named float32 / int64 input arrays → the graph's ``(B, D)`` output (not normalised).
+        backend: ``openvino`` or ``onnxruntime``.
+        tower: ``image`` (input ``pixel_values (B, 3, H, W)`` float32) or ``text``.
+        names: the text graph's token inputs (``input_ids``, ``attention_mask``...), in graph order.
+        precision: the dtype the runtime computes in (image towers; ``None``: not said).
+        target: the runtime's device (``CPU``, ``GPU.0``; ONNX Runtime's providers).
+        manifest: the tower's entry in its export (``export.json``: fields, files, seconds).
     """
 
-    def __init__(self, value: Any, names: list[str], manifest: dict | None = None, *,
-                 factory: Any = None) -> None:
-        self.runtime = Deferred(value, factory)
-        self.names = names
+    def __init__(self, run: Callable[[dict[str, np.ndarray]], Any], backend: str, tower: str, *,
+                 names: Sequence[str] = (), precision: str | None = None, target: str = "",
+                 manifest: dict | None = None) -> None:
+        self.run, self.backend, self.tower, self.names = run, backend, tower, list(names)
+        self.precision = precision if tower == "image" else None
+        self.target = target
         self.manifest = manifest or {}
         self.device = HOST_CPU
         self.dtype = "float32"
 
-    def release(self) -> bool:
-        """Free the runtime object (made again on the next ``encode``): the label features are
-        computed once per run, and a float32 BERT-base text tower holds ~400 MB."""
-        return self.runtime.release()
+    @property
+    def store_name(self) -> str:
+        """The tower's name in store keys (``tower_name``)."""
+        return tower_name(self.backend, self.tower, self.precision)
 
+    def encode(self, batch: Any) -> np.ndarray:
+        """``pixel_values (B, 3, H, W)`` float32 (NumPy, or a CPU torch tensor) or a tokenizer output
+        (NumPy or torch) → ``(B, D)`` float32 NumPy embeddings of L2 norm 1."""
+        if self.tower == "image":
+            inputs = {"pixel_values": np.ascontiguousarray(as_numpy(batch), dtype=np.float32)}
+        else:
+            inputs = numpy_tokens(batch, self.names)
+        return normalized(self.run(inputs))
+
+
+class LazyTower:
+    """A tower made by ``factory()`` on the first ``encode``: a run whose photos (or labels) all come
+    from the embedding store never compiles, opens or loads it. What a run reads before that
+    (``backend``, ``tower``, ``precision``, ``store_name``, ``manifest``) is given here.
+
+    Args:
+        factory: makes the tower (what it raises propagates from ``encode``; a ``ModelLoadError``
+            ends the run).
+        backend / tower / precision / manifest: as the made tower will say them.
+        store_name: its name in store keys (default: ``tower_name`` of the above).
+        device / dtype: where its inputs are made (the host CPU, float32).
+
+    Attributes:
+        load_s: seconds the factory took (0 until it ran); the run counts them as model load.
+    """
+
+    def __init__(self, factory: Callable[[], Tower], backend: str, tower: str, *, precision: str | None = None,
+                 store_name: str | None = None, manifest: dict | None = None, device: Any = HOST_CPU,
+                 dtype: Any = "float32") -> None:
+        self.factory, self.made = factory, None
+        self.backend, self.tower, self.precision = backend, tower, precision
+        self.store_name = store_name or tower_name(backend, tower, precision)
+        self.manifest = manifest or {}
+        self.device, self.dtype = device, dtype
+        self.load_s = 0.0
+
+    @property
+    def ready(self) -> bool:
+        """Whether the tower was made (and not released since)."""
+        return self.made is not None
+
+    def get(self) -> Tower:
+        """The tower, made now if it was not (what the factory raises propagates)."""
+        if self.made is None:
+            t0 = time.perf_counter()
+            self.made = self.factory()
+            self.load_s += time.perf_counter() - t0
+        return self.made
+
+    def encode(self, batch: Any) -> Any:
+        """The made tower's ``encode`` (``(B, D)`` float32, rows of L2 norm 1)."""
+        return self.get().encode(batch)
+
+    def release(self) -> bool:
+        """Drop the made tower, so its memory goes back (a float32 BERT-base text tower holds
+        ~400 MB once the label features are computed); the next ``encode`` makes it again.
+        ``True`` when one was dropped."""
+        if self.made is None:
+            return False
+        self.made = None
+        return True

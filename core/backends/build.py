@@ -1,10 +1,11 @@
 """One entry point per step for the engine and the tasks: ``plan_backend`` (which backend and
-device, before the model loads) and ``build_encoders`` (the two encoders, after it loads).
+device, before the model loads), ``build_towers`` (the two towers, after it loads), and the
+torch-free start on a saved export: ``load_export`` / ``export_towers``, with ``save_facts``
+recording what scoring needs from the run that loaded the model.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from dataclasses import replace
@@ -12,8 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from ..errors import ModelLoadError, UsageError, WwtsError, describe
-from . import cache, devices
-from .base import ImageEncoder, TextEncoder
+from . import devices, export
+from .base import Tower
 from .select import BACKENDS, NAMES, BackendChoice, auto_backends, check_request
 
 if TYPE_CHECKING:  # plan_backend runs without torch (a torch-free OpenVINO / ONNX Runtime run)
@@ -80,40 +81,25 @@ def plan_backend(backend: str, device: str, *, task: str, dtype: str = "auto", i
     return choice
 
 
-def model_identity(model: torch.nn.Module) -> dict[str, Any]:
-    """What identifies the weights of ``model`` in a cache key: the folder it was loaded from
-    (``name_or_path``) with its files' fingerprint (``cache.model_fingerprint``) and the model
-    class; for a model not loaded from a folder, the SHA-256 of its state dict instead."""
-    folder = getattr(model, "name_or_path", None) or getattr(getattr(model, "config", None), "_name_or_path", None)
-    return identity_of(str(folder) if folder else None, type(model).__name__, model)
+def model_folder(model: Any) -> str:
+    """The folder transformers loaded ``model``'s weights from (``name_or_path``; ``""``: none)."""
+    return str(getattr(model, "name_or_path", None) or getattr(getattr(model, "config", None), "_name_or_path", "")
+               or "")
 
 
-def identity_of(folder: str | None, class_name: str, model: Any = None) -> dict[str, Any]:
-    """``model_identity`` from its parts: the folder (or hub id) the model was loaded from and its
-    class name; ``model`` (a torch module) is hashed only when there is no folder to fingerprint."""
-    identity: dict[str, Any] = {"model": str(folder or class_name), "class": class_name,
-                                **cache.model_fingerprint(folder)}
-    if identity["folder"] is None and model is not None:
-        digest = hashlib.sha256()
-        for name, tensor in sorted(model.state_dict().items()):
-            digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-        identity["weights_sha256"] = digest.hexdigest()
-    return identity
-
-
-def build_encoders(model: torch.nn.Module, device: torch.device, dtype: torch.dtype, choice: BackendChoice | None,
-                   *, tokens: Callable[[], Mapping[str, Any]] | None, input_size: int | None,
-                   prepare: Callable[[Any], torch.Tensor] | None = None) -> tuple[ImageEncoder, TextEncoder]:
-    """The image and text encoders of a dual encoder on the chosen backend.
+def build_towers(model: torch.nn.Module, device: torch.device, dtype: torch.dtype, choice: BackendChoice | None,
+                 *, tokens: Callable[[], Mapping[str, Any]] | None, input_size: int | None,
+                 prepare: Callable[[Any], torch.Tensor] | None = None) -> tuple[Tower, Tower]:
+    """The image and text towers of a loaded dual encoder on the chosen backend.
 
     Args:
-        model: the loaded torch model (on ``device`` for torch; float32 on the CPU otherwise).
+        model: the loaded torch model (on ``device`` for torch; float32 on the CPU otherwise),
+            loaded from a model folder for the backends that convert (it keys the export).
         device / dtype: torch's device and autocast dtype (the torch backend only).
         choice: from ``plan_backend``; ``None`` means torch.
         tokens: gives a tokenizer output of a few label prompts (the text tower's export example;
             called only for a backend that converts).
-        input_size: the image side in pixels (cache key, export example).
+        input_size: the image side in pixels (recorded with the export, export example).
         prepare: one image → ``pixel_values (1, 3, S, S)`` (OpenVINO int8 calibration).
 
     Raises:
@@ -123,16 +109,16 @@ def build_encoders(model: torch.nn.Module, device: torch.device, dtype: torch.dt
     if choice is None or choice.name == "torch":
         import torch
 
-        from .torch import TorchImageEncoder, TorchTextEncoder
+        from .torch import TorchTower
 
-        image = TorchImageEncoder(model, device, dtype)
+        image = TorchTower(model, device, dtype, "image")
         if choice is not None and choice.text_backend == "openvino" and tokens is not None:
             try:
                 return image, _openvino_text(model, choice, tokens(), input_size)
             except Exception as exc:  # the run goes on with torch's text tower (float32 as well)
                 log.warning("label text runs on PyTorch: the text tower could not run on OpenVINO (%s)",
                             describe(exc))
-        return image, TorchTextEncoder(model, device, torch.float32)
+        return image, TorchTower(model, device, torch.float32, "text")
     if tokens is None:
         raise ValueError("the label tokens are needed to convert the text tower")
     try:
@@ -145,17 +131,17 @@ def build_encoders(model: torch.nn.Module, device: torch.device, dtype: torch.dt
 
 
 def _openvino_text(model: torch.nn.Module, choice: BackendChoice, tokens: Mapping[str, Any],
-                   input_size: int | None) -> TextEncoder:
+                   input_size: int | None) -> Tower:
     """The text tower on OpenVINO's CPU at f32, beside a torch image tower on the CPU."""
     from . import openvino
 
-    return openvino.build_text(model, base_fields=model_identity(model), device="CPU", threads=choice.threads,
+    return openvino.build_text(model, folder=model_folder(model), device="CPU", threads=choice.threads,
                                input_size=input_size, tokens=tokens)
 
 
 def _convert(model: torch.nn.Module, choice: BackendChoice, tokens: Mapping[str, Any], input_size: int | None,
-             prepare: Callable[[Any], torch.Tensor] | None) -> tuple[ImageEncoder, TextEncoder]:
-    base = model_identity(model)
+             prepare: Callable[[Any], torch.Tensor] | None) -> tuple[Tower, Tower]:
+    folder = model_folder(model)
     if choice.name == "openvino":
         from . import openvino
 
@@ -168,9 +154,87 @@ def _convert(model: torch.nn.Module, choice: BackendChoice, tokens: Mapping[str,
 
             def calibration():
                 return openvino.calibration_arrays(choice.calibration_paths, prepare, input_size)
-        return openvino.build(model, base_fields=base, device=choice.device, dtype=choice.dtype, int8=choice.int8,
+        return openvino.build(model, folder=folder, device=choice.device, dtype=choice.dtype, int8=choice.int8,
                               threads=choice.threads, input_size=input_size, tokens=tokens, calibration=calibration)
     from . import onnxruntime
 
-    return onnxruntime.build(model, base_fields=base, providers=choice.providers, dtype=choice.dtype,
+    return onnxruntime.build(model, folder=folder, providers=choice.providers, dtype=choice.dtype,
                              int8=choice.int8, threads=choice.threads, input_size=input_size, tokens=tokens)
+
+
+def export_path(folder: str | os.PathLike, backend: str) -> Path:
+    """The ``export.json`` of the weights in model ``folder`` for ``backend`` (``torch``: the
+    OpenVINO export its text tower comes from), for the installed runtime version (imported here).
+
+    Raises:
+        OSError: ``folder`` is not a model folder.
+    """
+    runtime = export.runtime_of(backend)
+    if runtime == "openvino":
+        from .openvino import version
+    else:
+        from .onnxruntime import version
+    return export.export_dir(folder, runtime, version()) / export.EXPORT
+
+
+def load_export(folder: str | os.PathLike, backend: str, int8: bool) -> dict[str, Any] | None:
+    """What a run on ``backend`` needs to start without torch or transformers, from the export of the
+    weights in model ``folder``: ``{"facts": ..., "towers": {"image": entry, "text": entry}}`` (no
+    ``image`` for ``torch``: its image tower is torch's), each tower entry verified (``export.verified``:
+    a corrupt one is removed) and carrying ``dir``. ``None`` when there is no such export (first run,
+    changed weights, cleared cache), it has no facts yet, or a tower it needs (the image tower at
+    ``int8`` or float, the text tower) is missing, stale or corrupt: the run loads the model with
+    transformers, which converts again where needed."""
+    try:
+        where = export_path(folder, backend).parent
+    except OSError:
+        return None
+    facts = export.read_export(where).get("facts")
+    if not isinstance(facts, dict):
+        return None
+    needed = {"text": "text-float"} if backend == "torch" else \
+        {"image": f"image-{'int8' if int8 else 'float'}", "text": "text-float"}
+    towers = {tower: export.verified(where, name) for tower, name in needed.items()}
+    return None if None in towers.values() else {"facts": facts, "towers": towers}
+
+
+def save_facts(folder: str | os.PathLike, backend: str, facts: dict[str, Any]) -> None:
+    """Record ``facts`` (JSON-ready: logit scale and bias, the image processor's configuration...)
+    in the export whose towers a run on ``backend`` just built from the weights in ``folder``, so
+    the next run starts from it (``load_export``).
+
+    Raises:
+        OSError: ``folder`` is not a model folder, or the cache cannot be written.
+    """
+    export.write_facts(export_path(folder, backend).parent, facts)
+
+
+def export_towers(saved: dict[str, Any], choice: BackendChoice, input_size: int | None) -> tuple[Tower | None, Tower]:
+    """The image and text towers of a verified export (``load_export``) on the run's backend
+    ``choice`` (device, ``--dtype``, threads): OpenVINO compiles the saved IR (from its blob cache
+    after the first time), ONNX Runtime opens sessions, each when first used where its precision
+    is known beforehand (a run served by the embedding store may never need a tower). No torch. On
+    ``torch`` it gives ``(None, text tower)``: the caller makes the torch image tower.
+
+    Raises:
+        UsageError: ``--dtype`` that ONNX Runtime does not run.
+        whatever the runtime raises for a model it cannot load or compile.
+    """
+    image, text = saved["towers"].get("image"), saved["towers"]["text"]
+    names = list(text["fields"].get("inputs") or ["input_ids"])
+    if choice.name in ("torch", "openvino"):
+        from . import openvino
+
+        device = "CPU" if choice.name == "torch" else choice.device
+        text_tower = openvino.text_tower(Path(text["dir"]), device, choice.threads, names, text,
+                                         lazy=device == "CPU")
+        if image is None:
+            return None, text_tower
+        return openvino.image_tower(Path(image["dir"]), device, choice.dtype, choice.threads, input_size, image,
+                                    lazy=True), text_tower
+    from . import onnxruntime
+
+    onnxruntime.check_dtype(choice.dtype)
+    return (onnxruntime.onnx_tower(Path(image["dir"]), "image", choice.providers, choice.threads, image, lazy=True),
+            onnxruntime.onnx_tower(Path(text["dir"]), "text", choice.providers, choice.threads, text, names=names,
+                                   lazy=True))

@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 from ..errors import describe
-from .cache import cache_root, compiled_dir, list_conversions
+from .export import cache_root, compiled_dir, exports, list_conversions, read_export
 from .devices import cpu_has_amx, onnxruntime_providers, openvino_device_names, openvino_devices
 from .select import INSTALL, auto_backends, installed
 
@@ -22,8 +22,8 @@ def backend_facts(torch_device: str | None) -> dict[str, Any]:
     Returns:
         ``{"openvino": {"installed", "version", "devices": [{"name", "full_name",
         "capabilities"}], "install"}, "onnxruntime": {"installed", "version", "providers",
-        "install"}, "conversions": {"folder", "count", "bytes", "compiled_bytes", "bundles" (saved models a
-        classify run starts from without torch), "items": [...]},
+        "install"}, "conversions": {"folder", "count", "bytes", "compiled_bytes", "bundles" (exports with the
+        facts a classify run starts from without torch), "items": [...]},
         "auto": {"classify": {"backend", "reason", "text_backend"}, "classify_int8": {...}}}``; a part that
         fails carries ``"error"``.
     """
@@ -70,7 +70,7 @@ def _conversions() -> dict[str, Any]:
     items = list_conversions()
     blobs = compiled_dir()
     compiled = sum(p.stat().st_size for p in blobs.rglob("*") if p.is_file()) if blobs.is_dir() else 0
-    bundles = sorted((cache_root() / "bundles").glob("*.json"))
+    bundles = [where for where in exports() if "facts" in read_export(where)]
     return {"folder": str(cache_root()), "count": len(items), "bytes": sum(c.size_bytes for c in items),
             "compiled_bytes": compiled, "bundles": len(bundles),
             "items": [{"backend": c.backend, "model": c.model, "tower": c.tower, "precision": c.precision,

@@ -1,6 +1,6 @@
 """ONNX Runtime backend: a dual encoder's towers exported with ``torch.onnx.export`` (the
 ``torch.export``-based exporter, ``dynamo=True``, the one torch maintains since 2.5), saved in the
-conversion cache, run by an ``InferenceSession`` on the proven execution providers.
+model's export (``export.py``), run by an ``InferenceSession`` on the proven execution providers.
 
 Both axes of every input are dynamic (batch; text length), so one export serves every batch size
 and label set. ``--quantize int8`` (image tower only) applies ONNX Runtime's dynamic quantization
@@ -19,15 +19,11 @@ import logging
 import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from ..errors import UsageError
-from . import cache
-from ..arrays import as_numpy
-from ..hardware import HOST_CPU
-from .base import Deferred, RuntimeTextEncoder, normalized, numpy_tokens
+from . import export
+from .base import LazyTower, RuntimeTower, Tower
 
 if TYPE_CHECKING:  # torch is needed to export, never to run a saved conversion
     import torch
@@ -69,37 +65,44 @@ def _export(module: torch.nn.Module, example: dict[str, torch.Tensor], path: Pat
         onnx_log.setLevel(level)
 
 
-def saved_model(model: torch.nn.Module, tower: str, fields: dict[str, Any], example: dict[str, torch.Tensor],
-                int8: bool = False) -> tuple[Path, dict]:
-    """The path of the tower's ONNX file in the conversion cache, exporting (and quantizing to
-    dynamic int8) first when no verified copy is there. Returns ``(path, manifest)``."""
-    folder = cache.entry_dir("onnxruntime", fields)
-    manifest = cache.load_entry(folder, fields)
-    if manifest is None:
-        from .towers import ImageTower, TextTower, tower_parameters
+def saved_tower(model: torch.nn.Module, folder: str, fields: dict[str, Any], example: dict[str, torch.Tensor],
+                int8: bool = False) -> dict[str, Any]:
+    """The tower ``fields["tower"]`` at ``fields["precision"]`` in the ONNX Runtime export of the
+    weights in model ``folder``, exported (and quantized to dynamic int8) first when no verified
+    copy made for ``fields`` is there. Returns its ``export.json`` entry, with ``dir`` (the folder
+    holding ``model.onnx``).
 
-        params = tower_parameters(model, tower)
-        estimate = cache.estimate_seconds("onnxruntime", fields["precision"], params)
-        about = f"about {estimate:.0f} s" if estimate is not None else "this takes a while for a full-size model"
-        log.warning("converting the %s tower for ONNX Runtime%s (first run only, %s; saved in %s)", tower,
-                    " and quantizing it to int8" if int8 else "", about, cache.cache_root())
+    Raises:
+        OSError: ``folder`` is not a model folder; whatever the exporter raises (nothing is saved).
+    """
+    tower, precision = fields["tower"], fields["precision"]
+    where = export.export_dir(folder, "onnxruntime", version())
+    entry = export.verified(where, f"{tower}-{precision}", fields)
+    if entry is not None:
+        return entry
+    from .towers import ExportModule, tower_parameters
 
-        def write(tmp: Path) -> dict:
-            t0 = time.perf_counter()
-            wrapper = ImageTower(model) if tower == "image" else TextTower(model)
-            float_path = tmp / ("float.onnx" if int8 else "model.onnx")
-            _export(wrapper, example, float_path)
-            CONVERSIONS[tower] += 1
-            if int8:
-                from onnxruntime.quantization import QuantType, quantize_dynamic
+    params = tower_parameters(model, tower)
+    estimate = export.estimate_seconds("onnxruntime", precision, params)
+    about = f"about {estimate:.0f} s" if estimate is not None else "this takes a while for a full-size model"
+    log.warning("converting the %s tower for ONNX Runtime%s (first run only, %s; saved in %s)", tower,
+                " and quantizing it to int8" if int8 else "", about, export.cache_root())
 
-                quantize_dynamic(float_path, tmp / "model.onnx", weight_type=QuantType.QInt8)
-                float_path.unlink()
-            log.warning("%s tower ready for ONNX Runtime in %.1f s", tower, time.perf_counter() - t0)
-            return {"parameters": params}
+    def write(tmp: Path) -> dict:
+        t0 = time.perf_counter()
+        float_path = tmp / ("float.onnx" if int8 else "model.onnx")
+        _export(ExportModule(model, tower), example, float_path)
+        CONVERSIONS[tower] += 1
+        if int8:
+            from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        manifest = cache.build_entry(folder, fields, write)
-    return folder / "model.onnx", manifest
+            quantize_dynamic(float_path, tmp / "model.onnx", weight_type=QuantType.QInt8)
+            float_path.unlink()
+        log.warning("%s tower ready for ONNX Runtime in %.1f s", tower, time.perf_counter() - t0)
+        return {"parameters": params}
+
+    return export.build_tower(where, f"{tower}-{precision}", fields, write, weights_folder=folder,
+                              version=version())
 
 
 def session(path: Path, providers: tuple[tuple[str, dict], ...], threads: int | None) -> Any:
@@ -114,63 +117,20 @@ def session(path: Path, providers: tuple[tuple[str, dict], ...], threads: int | 
     return ort.InferenceSession(str(path), sess_options=options, providers=[(p, dict(o)) for p, o in providers])
 
 
-class OnnxImageEncoder:
-    """An ``ImageEncoder`` on an ONNX Runtime session: ``pixel_values (B, 3, H, W)`` float32 →
-    ``(B, D)`` float32, L2-normalised.
+def onnx_tower(folder: Path, tower: str, providers: tuple[tuple[str, dict], ...], threads: int | None,
+               manifest: dict, *, names: Sequence[str] = (), lazy: bool = False) -> Tower:
+    """Tower ``tower`` (``image`` / ``text`` with token inputs ``names``) of a saved export
+    (``model.onnx`` in ``folder``) on an ``InferenceSession``; ``lazy``: a ``LazyTower`` that opens
+    the session on the first ``encode``. An image tower computes in float32 (int8 weights too with
+    ``--quantize int8``)."""
+    precision = "float32" if tower == "image" else None
 
-    Attributes:
-        device / dtype: where inputs are given (``cpu``, ``float32``).
-        target: the providers in use (``CUDAExecutionProvider,CPUExecutionProvider``).
-        precision: ``float32`` (int8 weights too with ``--quantize int8``).
-        manifest: the conversion cache manifest of the model in use.
-    """
+    def make() -> RuntimeTower:
+        sess = session(folder / "model.onnx", providers, threads)
+        return RuntimeTower(lambda inputs: sess.run(None, inputs)[0], "onnxruntime", tower, names=names,
+                            precision=precision, target=",".join(sess.get_providers()), manifest=manifest)
 
-    backend = "onnxruntime"
-
-    def __init__(self, sess: Any, manifest: dict, int8: bool, *, factory: Callable[[], Any] | None = None) -> None:
-        """``sess``, or ``None`` with a ``factory`` that opens it on the first ``encode`` (a run whose
-        images all come from the embedding store never opens it)."""
-        self.runtime = Deferred(sess, factory)
-        self.precision = "float32"
-        self.int8 = int8
-        self.manifest = manifest
-        self.device = HOST_CPU
-        self.dtype = "float32"
-
-    @property
-    def session(self) -> Any:
-        """The ``InferenceSession`` (opened now if it was deferred)."""
-        return self.runtime.get()
-
-    @property
-    def target(self) -> str:
-        """The providers in use (``"deferred"`` until the session is opened)."""
-        return ",".join(self.session.get_providers()) if self.runtime.ready else "deferred"
-
-    def encode(self, pixel_values: Any) -> np.ndarray:
-        """``pixel_values (B, 3, H, W)`` float32 (NumPy, or a CPU torch tensor) → ``(B, D)``
-        float32 NumPy embeddings of L2 norm 1."""
-        x = np.ascontiguousarray(as_numpy(pixel_values), dtype=np.float32)
-        out = self.session.run(None, {"pixel_values": x})[0]
-        return normalized(out)
-
-
-class OnnxTextEncoder(RuntimeTextEncoder):
-    """A ``TextEncoder`` on an ONNX Runtime session (token ids ``(L, T)`` → ``(L, D)`` float32,
-    L2-normalised); built with the session, or ``None`` and a ``factory`` that opens it on the
-    first ``encode`` (``base.RuntimeTextEncoder``)."""
-
-    backend = "onnxruntime"
-
-    @property
-    def session(self) -> Any:
-        """The ``InferenceSession`` (opened now if it was deferred)."""
-        return self.runtime.get()
-
-    def encode(self, tokens: Mapping[str, Any]) -> np.ndarray:
-        """Tokenizer output (NumPy or torch) → ``(L, D)`` float32 NumPy embeddings of L2 norm 1."""
-        out = self.session.run(None, numpy_tokens(tokens, self.names))[0]
-        return normalized(out)
+    return LazyTower(make, "onnxruntime", tower, precision=precision, manifest=manifest) if lazy else make()
 
 
 def check_dtype(dtype: str) -> None:
@@ -184,13 +144,14 @@ def check_dtype(dtype: str) -> None:
                          "use --backend openvino or torch for bfloat16 / float16")
 
 
-def build(model: torch.nn.Module, *, base_fields: dict[str, Any], providers: tuple[tuple[str, dict], ...],
-          dtype: str, int8: bool, threads: int | None, input_size: int | None,
-          tokens: Mapping[str, Any]) -> tuple[OnnxImageEncoder, OnnxTextEncoder]:
-    """Both towers on ONNX Runtime ``providers`` (exported or loaded from the cache).
+def build(model: torch.nn.Module, *, folder: str, providers: tuple[tuple[str, dict], ...], dtype: str,
+          int8: bool, threads: int | None, input_size: int | None, tokens: Mapping[str, Any]) -> tuple[Tower, Tower]:
+    """Both towers on ONNX Runtime ``providers`` (exported or loaded from the export of the weights
+    in model ``folder``). Other arguments as for ``openvino.build``.
 
     Raises:
         UsageError: ``dtype`` is ``bfloat16`` or ``float16``.
+        OSError: ``folder`` is not a model folder; whatever the exporter or ONNX Runtime raise.
     """
     check_dtype(dtype)
     import onnxruntime  # noqa: F401 - fail here, before exporting, if it is missing
@@ -198,13 +159,11 @@ def build(model: torch.nn.Module, *, base_fields: dict[str, Any], providers: tup
 
     from .towers import example_image, example_tokens, text_names
 
-    fields = {**base_fields, "backend": "onnxruntime", "version": version(), "opset": OPSET,
-              "torch": torch.__version__, "input_size": input_size}
+    fields = {"opset": OPSET, "torch": torch.__version__, "input_size": input_size}
     image_fields = {**fields, "tower": "image", "precision": "int8" if int8 else "float"}
-    path, manifest = saved_model(model, "image", image_fields, {"pixel_values": example_image(input_size)}, int8)
-    image = OnnxImageEncoder(session(path, providers, threads), manifest, int8)
+    entry = saved_tower(model, folder, image_fields, {"pixel_values": example_image(input_size)}, int8)
+    image = onnx_tower(Path(entry["dir"]), "image", providers, threads, entry)
     names = text_names(tokens)
-    example = example_tokens(tokens, names)
-    text_path, text_manifest = saved_model(model, "text", {**fields, "tower": "text", "precision": "float",
-                                                           "inputs": names}, example)
-    return image, OnnxTextEncoder(session(text_path, providers, threads), names, text_manifest)
+    text_entry = saved_tower(model, folder, {**fields, "tower": "text", "precision": "float", "inputs": names},
+                             example_tokens(tokens, names))
+    return image, onnx_tower(Path(text_entry["dir"]), "text", providers, threads, text_entry, names=names)

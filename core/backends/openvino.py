@@ -1,12 +1,12 @@
 """OpenVINO backend: a dual encoder's towers converted with ``openvino.convert_model``, saved in
-the conversion cache (``cache.py``), compiled for an OpenVINO device.
+the model's export (``export.py``), compiled for an OpenVINO device, run by ``base.RuntimeTower``.
 
 Conversion: ``ov.convert_model`` traces the tower module (``towers.py``) on an example input
 (OpenVINO's recommended path for PyTorch models, docs "Converting a PyTorch Model"); the result is
 saved with ``ov.save_model(..., compress_to_fp16=False)`` so the float model holds the float32
 weights. ``--quantize int8`` (image tower only) runs NNCF's post-training static quantization
 (``nncf.quantize`` with ``ModelType.TRANSFORMER``, NNCF docs "Post-training Quantization") on up to
-``CALIBRATION_IMAGES`` of the run's own images, and is cached like a conversion.
+``CALIBRATION_IMAGES`` of the run's own images, and is saved in the export like a conversion.
 
 Precision: ``--dtype auto`` leaves OpenVINO's default (``bf16`` inference on CPUs with AVX512-BF16
 or AMX, ``f32`` otherwise; fp16 on GPUs), ``float32`` / ``bfloat16`` / ``float16`` set
@@ -25,9 +25,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 import numpy as np
 
 from ..arrays import as_numpy
-from ..hardware import HOST_CPU
-from . import cache
-from .base import Deferred, RuntimeTextEncoder, normalized, numpy_tokens
+from . import export
+from .base import LazyTower, RuntimeTower, Tower
 
 if TYPE_CHECKING:  # torch is needed to convert, never to run a saved conversion
     import torch
@@ -56,50 +55,53 @@ def _announce(model: torch.nn.Module, tower: str, precision: str, what: str) -> 
     earlier conversions when there are some)."""
     from .towers import tower_parameters
 
-    estimate = cache.estimate_seconds("openvino", precision, tower_parameters(model, tower))
+    estimate = export.estimate_seconds("openvino", precision, tower_parameters(model, tower))
     about = f"about {estimate:.0f} s" if estimate is not None else "this takes a while for a full-size model"
     log.warning("%s the %s tower for OpenVINO (first run only, %s; saved in %s)", what, tower, about,
-                cache.cache_root())
+                export.cache_root())
 
 
-def saved_model(model: torch.nn.Module, tower: str, fields: dict[str, Any], example: Any,
-                calibration: Callable[[], list[np.ndarray]] | None = None) -> tuple[Path, dict]:
-    """The path of the tower's OpenVINO IR (``model.xml``) in the conversion cache, converting
-    (and, with ``calibration``, quantizing to int8) first when no verified copy is there.
+def saved_tower(model: torch.nn.Module, folder: str, fields: dict[str, Any], example: Any,
+                calibration: Callable[[], list[np.ndarray]] | None = None) -> dict[str, Any]:
+    """The tower ``fields["tower"]`` at ``fields["precision"]`` in the OpenVINO export of the weights
+    in model ``folder`` (``export.export_dir``), converted
+    (and, with ``calibration``, quantized to int8) first when no verified copy made for ``fields``
+    is there.
 
     Returns:
-        ``(path to model.xml, manifest)``.
+        its ``export.json`` entry, with ``dir`` (the folder holding ``model.xml``).
 
     Raises:
+        OSError: ``folder`` is not a model folder (no identity to key the export by).
         whatever the exporter or NNCF raise (nothing is saved then).
     """
-    folder = cache.entry_dir("openvino", fields)
-    manifest = cache.load_entry(folder, fields)
-    if manifest is None:
-        precision = fields["precision"]
-        _announce(model, tower, precision, "quantizing to int8" if calibration else "converting")
+    tower, precision = fields["tower"], fields["precision"]
+    where = export.export_dir(folder, "openvino", version())
+    entry = export.verified(where, f"{tower}-{precision}", fields)
+    if entry is not None:
+        return entry
+    _announce(model, tower, precision, "quantizing to int8" if calibration else "converting")
 
-        def write(tmp: Path) -> dict:
-            import openvino as ov
-            import torch
+    def write(tmp: Path) -> dict:
+        import openvino as ov
+        import torch
 
-            from .towers import ImageTower, TextTower, tower_parameters
+        from .towers import ExportModule, tower_parameters
 
-            t0 = time.perf_counter()
-            wrapper = ImageTower(model) if tower == "image" else TextTower(model)
-            with torch.no_grad(), warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # the tracer's TracerWarnings: shapes stay dynamic
-                ov_model = ov.convert_model(wrapper.eval(), example_input=example)
-            CONVERSIONS[tower] += 1
-            extra = {"parameters": tower_parameters(model, tower)}
-            if calibration is not None:
-                ov_model, extra["calibration"] = _quantize(ov_model, calibration)
-            ov.save_model(ov_model, tmp / "model.xml", compress_to_fp16=False)
-            log.warning("%s tower ready for OpenVINO in %.1f s", tower, time.perf_counter() - t0)
-            return extra
+        t0 = time.perf_counter()
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the tracer's TracerWarnings: shapes stay dynamic
+            ov_model = ov.convert_model(ExportModule(model, tower).eval(), example_input=example)
+        CONVERSIONS[tower] += 1
+        extra = {"parameters": tower_parameters(model, tower)}
+        if calibration is not None:
+            ov_model, extra["calibration"] = _quantize(ov_model, calibration)
+        ov.save_model(ov_model, tmp / "model.xml", compress_to_fp16=False)
+        log.warning("%s tower ready for OpenVINO in %.1f s", tower, time.perf_counter() - t0)
+        return extra
 
-        manifest = cache.build_entry(folder, fields, write)
-    return folder / "model.xml", manifest
+    return export.build_tower(where, f"{tower}-{precision}", fields, write,
+                              weights_folder=folder, version=version())
 
 
 def _quantize(ov_model: Any, calibration: Callable[[], list[np.ndarray]]) -> tuple[Any, str]:
@@ -122,7 +124,7 @@ def compile_model(path: Path, device: str, hint: str | None, threads: int | None
     from .devices import openvino_core
 
     core = openvino_core()
-    config: dict[str, Any] = {"CACHE_DIR": str(cache.compiled_dir()), "PERFORMANCE_HINT": "LATENCY"}
+    config: dict[str, Any] = {"CACHE_DIR": str(export.compiled_dir()), "PERFORMANCE_HINT": "LATENCY"}
     if hint:
         config["INFERENCE_PRECISION_HINT"] = hint
     if device == "CPU" and threads:
@@ -140,136 +142,94 @@ def inference_dtype(compiled: Any) -> str:
     return DTYPE_NAMES.get(name, name)
 
 
-class OpenVINOImageEncoder:
-    """An ``ImageEncoder`` on an OpenVINO compiled model: ``pixel_values (B, 3, H, W)`` float32 on
-    the CPU → ``(B, D)`` float32, L2-normalised (in float32).
-
-    Attributes:
-        device / dtype: where inputs are given (``cpu``, ``float32``): OpenVINO does the rest.
-        target: the OpenVINO device (``CPU``, ``GPU.0``, ``AUTO``...).
-        precision: the dtype OpenVINO computes in (``bfloat16`` on a CPU with bf16...).
-        manifest: the conversion cache manifest of the model in use.
-    """
-
-    backend = "openvino"
-
-    def __init__(self, compiled: Any, target: str, manifest: dict, *,
-                 factory: Callable[[], Any] | None = None, precision: str | None = None) -> None:
-        """``compiled``: the compiled model; or ``None`` with ``factory`` (compiles it on the first
-        ``encode``: a run whose images all come from the embedding store never compiles the
-        tower) and the ``precision`` that compile gives (an explicit hint's)."""
-        self.runtime, self.request = Deferred(compiled, factory), None
-        self.target = target
-        self.precision = precision or inference_dtype(compiled)
-        self.manifest = manifest
-        self.device = HOST_CPU
-        self.dtype = "float32"
-
-    @property
-    def compiled(self) -> Any:
-        """The compiled model (compiled now if it was deferred)."""
-        return self.runtime.get()
-
-    def encode(self, pixel_values: Any) -> np.ndarray:
-        """``pixel_values (B, 3, H, W)`` float32 (NumPy, or a CPU torch tensor) → ``(B, D)``
-        float32 NumPy embeddings of L2 norm 1."""
-        if self.request is None:
-            self.request = self.compiled.create_infer_request()
-        x = np.ascontiguousarray(as_numpy(pixel_values), dtype=np.float32)
-        out = self.request.infer({0: x})[self.compiled.output(0)]
-        return normalized(out)
+def runner(compiled: Any, tower: str) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+    """``RuntimeTower``'s ``run`` on a compiled model: an image batch through one reused infer
+    request (input 0), token arrays by name."""
+    if tower == "text":
+        return lambda inputs: compiled(inputs)[compiled.output(0)]
+    request = compiled.create_infer_request()
+    return lambda inputs: request.infer({0: inputs["pixel_values"]})[compiled.output(0)]
 
 
-class OpenVINOTextEncoder(RuntimeTextEncoder):
-    """A ``TextEncoder`` on an OpenVINO compiled model (token ids ``(L, T)`` → ``(L, D)`` float32,
-    L2-normalised); built with the compiled model, or ``None`` and a ``factory`` that compiles it
-    on the first ``encode`` (``base.RuntimeTextEncoder``)."""
-
-    backend = "openvino"
-
-    @property
-    def compiled(self) -> Any:
-        """The compiled model (compiled now if it was deferred)."""
-        return self.runtime.get()
-
-    def encode(self, tokens: Mapping[str, Any]) -> np.ndarray:
-        """Tokenizer output (``input_ids (L, T)``...: NumPy or torch) → ``(L, D)`` float32 NumPy
-        embeddings of L2 norm 1."""
-        out = self.compiled(numpy_tokens(tokens, self.names))[self.compiled.output(0)]
-        return normalized(out)
-
-
-def build(model: torch.nn.Module, *, base_fields: dict[str, Any], device: str, dtype: str, int8: bool,
-          threads: int | None, input_size: int | None, tokens: Mapping[str, Any],
-          calibration: Callable[[], list[np.ndarray]] | None) -> tuple[OpenVINOImageEncoder, OpenVINOTextEncoder]:
-    """Both towers on OpenVINO ``device`` (converted or loaded from the cache, compiled).
+def build(model: torch.nn.Module, *, folder: str, device: str, dtype: str, int8: bool, threads: int | None,
+          input_size: int | None, tokens: Mapping[str, Any],
+          calibration: Callable[[], list[np.ndarray]] | None) -> tuple[Tower, Tower]:
+    """Both towers on OpenVINO ``device`` (converted or loaded from the export, compiled).
 
     Args:
         model: the loaded torch dual encoder (float32, CPU).
-        base_fields: the model's identity (``cache.model_fingerprint`` and its name).
+        folder: the model folder its weights were loaded from (keys the export).
         device: an OpenVINO device string (already checked by ``devices.resolve_openvino_device``).
         dtype: ``auto`` or a ``--dtype`` name (the image tower's precision hint).
         int8: quantize the image tower with NNCF (``calibration`` gives its images).
         threads: CPU inference threads.
-        input_size: the image side in pixels (part of the cache key; 224 when unknown).
+        input_size: the image side in pixels (recorded with the tower; 224 when unknown).
         tokens: the label prompts' tokenizer output (the text tower's example input).
+
+    Raises:
+        OSError: ``folder`` is not a model folder; whatever the exporter, NNCF or OpenVINO raise.
     """
     from .towers import example_image
 
-    fields = {**base_fields, "backend": "openvino", "version": version(), "input_size": input_size}
-    image_fields = {**fields, "tower": "image", "precision": "int8" if int8 else "float"}
+    fields = {"tower": "image", "precision": "int8" if int8 else "float", "input_size": input_size}
     if int8:
         import nncf
 
-        image_fields.update(nncf=nncf.__version__, calibration_max=CALIBRATION_IMAGES)
-    path, manifest = saved_model(model, "image", image_fields, {"pixel_values": example_image(input_size)},
-                                 calibration if int8 else None)
-    image = compiled_image_encoder(path, device, dtype, threads, input_size, manifest)
-    return image, build_text(model, base_fields=base_fields, device=device, threads=threads, input_size=input_size,
+        fields.update(nncf=nncf.__version__, calibration_max=CALIBRATION_IMAGES)
+    entry = saved_tower(model, folder, fields, {"pixel_values": example_image(input_size)},
+                        calibration if int8 else None)
+    image = image_tower(Path(entry["dir"]), device, dtype, threads, input_size, entry)
+    return image, build_text(model, folder=folder, device=device, threads=threads, input_size=input_size,
                              tokens=tokens)
 
 
-def build_text(model: torch.nn.Module, *, base_fields: dict[str, Any], device: str, threads: int | None,
-               input_size: int | None, tokens: Mapping[str, Any]) -> OpenVINOTextEncoder:
+def build_text(model: torch.nn.Module, *, folder: str, device: str, threads: int | None,
+               input_size: int | None, tokens: Mapping[str, Any]) -> Tower:
     """The text tower alone on OpenVINO ``device`` at f32 on a CPU (converted or loaded from the
-    cache, compiled): ``build``'s text half, also used beside a torch image tower
-    (``select.auto_text_backend``). Its cache entry is the one ``build`` makes, so the OpenVINO
+    export, compiled on first use on a CPU): ``build``'s text half, also used beside a torch image
+    tower (``select.auto_text_backend``). It is the export's one text tower, so the OpenVINO
     backend and a torch run share one conversion. Arguments as for ``build``.
 
     Raises:
-        whatever the exporter or OpenVINO raise.
+        OSError: ``folder`` is not a model folder; whatever the exporter or OpenVINO raise.
     """
     from .towers import example_tokens, text_names
 
     names = text_names(tokens)
-    fields = {**base_fields, "backend": "openvino", "version": version(), "input_size": input_size, "tower": "text",
-              "precision": "float", "inputs": names}
-    text_path, text_manifest = saved_model(model, "text", fields, example_tokens(tokens, names))
-    return compiled_text_encoder(text_path, device, threads, names, text_manifest, lazy=device == "CPU")
+    fields = {"tower": "text", "precision": "float", "input_size": input_size, "inputs": names}
+    entry = saved_tower(model, folder, fields, example_tokens(tokens, names))
+    return text_tower(Path(entry["dir"]), device, threads, names, entry, lazy=device == "CPU")
 
 
-def compiled_image_encoder(path: Path, device: str, dtype: str, threads: int | None, input_size: int | None,
-                           manifest: dict, *, lazy: bool = False) -> OpenVINOImageEncoder:
-    """The image encoder of a saved conversion (``model.xml`` at ``path``), compiled for ``device``
+def image_tower(folder: Path, device: str, dtype: str, threads: int | None, input_size: int | None,
+                manifest: dict, *, lazy: bool = False) -> Tower:
+    """The image tower of a saved conversion (``model.xml`` in ``folder``), compiled for ``device``
     at the precision ``dtype`` asks for (``_image_hint``) and, below f32, checked on a test batch.
-    ``lazy``: with an f32 hint, compiled on the first ``encode`` instead (its precision is known
-    without compiling)."""
+    ``lazy``: with an f32 hint, a ``LazyTower`` compiled on the first ``encode`` instead (its
+    precision is known without compiling)."""
     hint = _image_hint(dtype, device)
+
+    def make(compiled: Any) -> RuntimeTower:
+        return RuntimeTower(runner(compiled, "image"), "openvino", "image", precision=inference_dtype(compiled),
+                            target=device, manifest=manifest)
+
+    path = folder / "model.xml"
     if lazy and hint == "f32":
-        return OpenVINOImageEncoder(None, device, manifest, precision=DTYPE_NAMES[hint],
-                                    factory=lambda: compile_model(path, device, hint, threads))
-    return OpenVINOImageEncoder(_checked_compile(path, device, hint, threads, input_size), device, manifest)
+        return LazyTower(lambda: make(compile_model(path, device, hint, threads)), "openvino", "image",
+                         precision=DTYPE_NAMES[hint], manifest=manifest)
+    return make(_checked_compile(path, device, hint, threads, input_size))
 
 
-def compiled_text_encoder(path: Path, device: str, threads: int | None, names: list[str],
-                          manifest: dict, *, lazy: bool = False) -> OpenVINOTextEncoder:
-    """The text encoder of a saved conversion, compiled at f32 on a CPU (labels are encoded once);
-    ``lazy``: on the first ``encode``."""
-    def compile_text() -> Any:
-        return compile_model(path, device, "f32" if device == "CPU" else None, threads)
+def text_tower(folder: Path, device: str, threads: int | None, names: list[str], manifest: dict, *,
+               lazy: bool = False) -> Tower:
+    """The text tower of a saved conversion (``model.xml`` in ``folder``), compiled at f32 on a CPU
+    (labels are encoded once); ``lazy``: a ``LazyTower`` compiled on the first ``encode``."""
+    def make() -> RuntimeTower:
+        compiled = compile_model(folder / "model.xml", device, "f32" if device == "CPU" else None, threads)
+        return RuntimeTower(runner(compiled, "text"), "openvino", "text", names=names, target=device,
+                            manifest=manifest)
 
-    return OpenVINOTextEncoder(None, names, manifest, factory=compile_text) if lazy else \
-        OpenVINOTextEncoder(compile_text(), names, manifest)
+    return LazyTower(make, "openvino", "text", manifest=manifest) if lazy else make()
 
 
 def _image_hint(dtype: str, device: str) -> str | None:

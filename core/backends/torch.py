@@ -1,20 +1,21 @@
 """Torch backend: a transformers dual encoder's towers on a torch device.
 
-``TorchImageEncoder`` / ``TorchTextEncoder`` call the model's ``get_image_features`` /
-``get_text_features`` under ``torch.inference_mode()`` and the run's autocast (bf16/fp16; none for
-float32), then L2-normalise in float32 outside autocast (CPU autocast would otherwise run the norm
-in bf16). They hold no weights of their own: moving the model moves what they run, and a task
-rebuilds them after ``to(device, dtype)``.
+``TorchTower`` calls the model's ``get_image_features`` or ``get_text_features`` under
+``torch.inference_mode()`` and the run's autocast (bf16/fp16; none for float32), then
+L2-normalises in float32 outside autocast (CPU autocast would otherwise run the norm in bf16). It
+holds no weights of its own: moving the model moves what it runs, and a task rebuilds it after
+``to(device, dtype)``.
 """
 
 from __future__ import annotations
 
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 
 from .. import hardware
-from .base import l2_normalize
+from .base import l2_normalize, tower_name
 
 
 def as_features(output: Any) -> torch.Tensor:
@@ -34,49 +35,46 @@ def as_features(output: Any) -> torch.Tensor:
     raise TypeError(f"cannot find the embedding in a {type(output).__name__}")
 
 
-class TorchImageEncoder:
-    """``model.get_image_features`` on ``device`` under autocast to ``dtype`` (an ``ImageEncoder``).
+def tower_features(model: torch.nn.Module, tower: str, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """The projected ``(B, D)`` embedding of one tower (not normalised): ``get_image_features``
+    of ``pixel_values`` for ``image``, ``get_text_features`` of the token inputs for ``text``."""
+    if tower == "image":
+        return as_features(model.get_image_features(pixel_values=inputs["pixel_values"]))
+    return as_features(model.get_text_features(**inputs))
+
+
+class TorchTower:
+    """One tower of a loaded dual encoder on ``device`` under autocast to ``dtype`` (a ``Tower``).
 
     Args:
         model: a loaded dual encoder (``ChineseCLIPModel``, ``CLIPModel``, ``SiglipModel``...),
             already on ``device``.
         device: where the model lives.
-        dtype: compute dtype; ``torch.float32`` runs without autocast.
+        dtype: compute dtype; ``torch.float32`` runs without autocast (the classify task's text
+            tower: the labels are encoded once per run, so full precision costs nothing).
+        tower: ``image`` or ``text``.
     """
 
-    def __init__(self, model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:
-        self.model = model
-        self.device = device
-        self.dtype = dtype
+    backend = "torch"
 
-    def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """``pixel_values (B, 3, H, W)`` on ``device`` → ``(B, D)`` float32, L2-normalised."""
+    def __init__(self, model: torch.nn.Module, device: torch.device, dtype: torch.dtype = torch.float32,
+                 tower: str = "image") -> None:
+        self.model, self.device, self.dtype, self.tower = model, device, dtype, tower
+
+    @property
+    def store_name(self) -> str:
+        """``wwts.core.backends.torch.TorchImageEncoder`` / ``...TorchTextEncoder`` (store keys)."""
+        return tower_name("torch", self.tower)
+
+    def encode(self, batch: Any) -> torch.Tensor:
+        """Image: ``pixel_values (B, 3, H, W)`` float32 (a tensor on ``device``, or a NumPy array
+        on the CPU). Text: a tokenizer output (``input_ids (B, T)``...; moved to ``device`` here).
+        → ``(B, D)`` float32 tensor, L2-normalised."""
+        if self.tower == "image":
+            pixels = batch if isinstance(batch, torch.Tensor) else \
+                torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+            inputs = {"pixel_values": pixels}
+        else:
+            inputs = {k: v.to(self.device) for k, v in batch.items()}
         with torch.inference_mode(), hardware.autocast(self.device, self.dtype):
-            feats = as_features(self.model.get_image_features(pixel_values=pixel_values))
-            return l2_normalize(feats)
-
-
-class TorchTextEncoder:
-    """``model.get_text_features`` on ``device`` (a ``TextEncoder``).
-
-    Args:
-        model: a loaded dual encoder, already on ``device``.
-        device: where the model lives.
-        dtype: compute dtype; the classify task passes ``torch.float32`` (the label text is encoded
-            once per run, so full precision costs nothing).
-    """
-
-    def __init__(self, model: torch.nn.Module, device: torch.device, dtype: torch.dtype = torch.float32) -> None:
-        self.model = model
-        self.device = device
-        self.dtype = dtype
-
-    def encode(self, tokens: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Tokenizer output (``input_ids (L, T)``...) → ``(L, D)`` float32, L2-normalised.
-
-        The tensors are moved to ``device`` here.
-        """
-        inputs = {k: v.to(self.device) for k, v in tokens.items()}
-        with torch.inference_mode(), hardware.autocast(self.device, self.dtype):
-            feats = as_features(self.model.get_text_features(**inputs))
-            return l2_normalize(feats)
+            return l2_normalize(tower_features(self.model, self.tower, inputs))

@@ -1,48 +1,38 @@
-"""The two towers of a dual encoder as plain torch modules, for the exporters.
+"""A dual encoder's tower as a plain torch module, for the exporters.
 
 ``openvino.convert_model`` and ``torch.onnx.export`` trace a module's ``forward``; a transformers
-dual encoder has two entry points (``get_image_features`` / ``get_text_features``), so each tower
-is wrapped in a module whose ``forward`` is that call, returning the projected ``(B, D)``
-embedding before L2 normalisation (normalised in float32 by the encoder, as the torch backend does).
+dual encoder has two entry points (``get_image_features`` / ``get_text_features``), so the tower
+to export is wrapped in a module whose ``forward`` is that call, returning the projected ``(B, D)``
+embedding before L2 normalisation (normalised in float32 by the tower, as the torch backend does).
 """
 
 from __future__ import annotations
 
 from typing import Any, Mapping
 
-import numpy as np
 import torch
 
-from .torch import as_features
+from .torch import tower_features
 
 #: Token inputs a text tower may take, in the order the exported graph lists them.
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
-class ImageTower(torch.nn.Module):
-    """``pixel_values (B, 3, H, W)`` float32 → ``(B, D)`` projected image embedding (not normalised)."""
+class ExportModule(torch.nn.Module):
+    """One tower of ``model`` as a module: image: ``pixel_values (B, 3, H, W)`` float32; text: token
+    ids ``(L, T)`` (and mask / token types when the tokenizer gives them) → ``(B, D)`` projected
+    embedding (not normalised). Only the inputs given become graph inputs."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, tower: str) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.tower = model, tower
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return as_features(self.model.get_image_features(pixel_values=pixel_values))
-
-
-class TextTower(torch.nn.Module):
-    """Token ids ``(L, T)`` (and mask / token types when the tokenizer gives them) → ``(L, D)``
-    projected text embedding (not normalised)."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+    def forward(self, pixel_values: torch.Tensor | None = None, input_ids: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        kwargs = {"attention_mask": attention_mask, "token_type_ids": token_type_ids}
-        return as_features(self.model.get_text_features(input_ids=input_ids,
-                                                        **{k: v for k, v in kwargs.items() if v is not None}))
+        given = {"pixel_values": pixel_values, "input_ids": input_ids, "attention_mask": attention_mask,
+                 "token_type_ids": token_type_ids}
+        return tower_features(self.model, self.tower, {k: v for k, v in given.items() if v is not None})
 
 
 def text_names(tokens: Mapping[str, Any]) -> list[str]:

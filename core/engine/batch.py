@@ -92,7 +92,7 @@ def infer(task: Task, prepared: Sequence[Any], bases: Sequence[ImageRecord], rec
 
     Raises:
         DeviceFault: from ``recovery``.
-        ModelLoadError: a tower loaded on first use (``tasks.LazyTorchImageEncoder``) could not load.
+        ModelLoadError: a tower loaded on first use (``backends.LazyTower``) could not load.
     """
     out: list[ImageRecord] = []
     i = 0

@@ -25,7 +25,7 @@ from .stored import flush_store, store_lookup, store_path
 
 
 def late_load_s(task: Any) -> float:
-    """Seconds the task's image tower spent loading on first use (``tasks.LazyTorchImageEncoder``:
+    """Seconds the task's image tower spent loading on first use (``backends.LazyTower``:
     a run served from the embedding store loads the model only for a new photo); 0 otherwise."""
     return float(getattr(task.image_encoder, "load_s", 0.0) or 0.0) if hasattr(task, "image_encoder") else 0.0
 

@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .. import models
-from ..backends import build_encoders, model_identity, write_bundle
+from ..backends import build_towers, save_facts
 from ..errors import NotReproducible, describe
 from ..input import ImagePreprocessor
 from .base import pixel_maker, size_dict
-from .stored import encoder_name, processor_recipe
+from .stored import processor_recipe
 
 log = logging.getLogger(__name__)
 
@@ -64,15 +64,14 @@ class DualEncoder:
         facts: ``model_type``, ``logit_scale`` (already ``exp()``-ed), ``logit_bias`` (SigLIP's raw
             bias, else ``None``), ``weights_folder`` (the store key's weights), ``image_recipe`` (the
             image processor's configuration), ``input_size`` (pixels, e.g. 224), ``text_max_length``
-            (tokens, or ``None``); an export's facts also name ``image_encoder`` (its image tower's
-            name in the store key).
+            (tokens, or ``None``).
         prepare: one RGB image → ``pixel_values (1, 3, S, S)`` float32 (torch tensor or NumPy).
         concat: joins B of those into ``(B, 3, S, S)`` (``torch.cat`` / ``np.concatenate``).
         tokenize: ``(texts, max_length, pad_to_max_length)`` → ``input_ids (N, T)``, ... truncated
             to ``max_length``, padded to the longest or to ``max_length``.
         token_lengths: texts → token count of each without truncation (special tokens included).
         model: the torch module (``from_model``), or ``None`` for a saved export.
-        export: the verified saved export (``backends.load_bundle``), or ``None``.
+        export: the verified saved export (``backends.load_export``), or ``None``.
         image_factory: for an export whose image tower is torch's: makes that tower on first use.
 
     Attributes:
@@ -121,15 +120,15 @@ class DualEncoder:
         """
         if self.model is None:
             if self.image is None:
-                from ..backends import bundle_encoders
+                from ..backends import export_towers
 
-                image, self.text = bundle_encoders(self.export, backend, self.facts.get("input_size"))
+                image, self.text = export_towers(self.export, backend, self.facts.get("input_size"))
                 self.image = image if image is not None else self.image_factory()
             return
         if self.image is not None and backend is not None and backend.name != "torch":
             return
         backend = text_beside_torch(self, backend, retrieval)
-        self.image, self.text = build_encoders(
+        self.image, self.text = build_towers(
             self.model, device, dtype, backend, input_size=self.facts.get("input_size"), prepare=self.prepare,
             tokens=lambda: dict(self.tokenize(example[:2], self.facts.get("text_max_length"), False)))
         if backend is not None and backend.text_backend != "torch":
@@ -237,9 +236,9 @@ def text_beside_torch(encoder: DualEncoder, backend: Any, retrieval: str | None)
 
 
 def save_export(encoder: DualEncoder, backend: Any) -> None:
-    """Save the export of ``encoder``'s converted towers with its facts (its backend is OpenVINO or
-    ONNX Runtime, or torch with the text tower on OpenVINO) so that the next run with the same
-    model and backend starts without torch (on torch: until a photo that is not in the embedding
+    """Record ``encoder``'s facts in the export of its converted towers (its backend is OpenVINO or
+    ONNX Runtime, or torch with the text tower on OpenVINO; ``backends.save_facts``) so that the
+    next run with the same model and backend starts without torch (on torch: until a photo that is not in the embedding
     store needs the image tower). A failure to write it is logged at debug level: the run goes on,
     the next run loads the model with torch again."""
     folder = encoder.facts.get("weights_folder")
@@ -248,8 +247,7 @@ def save_export(encoder: DualEncoder, backend: Any) -> None:
     text = getattr(encoder.text, "manifest", None)
     if not folder or not (text and text.get("fields")) or not (on_torch or (image and image.get("fields"))):
         return
-    facts = {**encoder.facts, "image_encoder": encoder_name(encoder.image)}
     try:
-        write_bundle(folder, backend.name, bool(backend.int8), model_identity(encoder.model), image, text, facts)
+        save_facts(folder, backend.name, encoder.facts)
     except Exception as exc:  # a cache folder that cannot be written must not stop the run
-        log.debug("the conversion bundle was not saved: %s", describe(exc))
+        log.debug("the export's facts were not saved: %s", describe(exc))

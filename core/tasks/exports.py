@@ -20,17 +20,15 @@ This module must not import torch or transformers at import time.
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from .. import models
-from ..backends import Deferred, load_bundle
+from ..backends import LazyTower, load_export
 from ..config import RunConfig
 from ..errors import NotReproducible
-from ..hardware import HOST_CPU
 from .dual_encoder import DualEncoder, drop_text_tower, numpy_inputs
 
 log = logging.getLogger(__name__)
@@ -75,7 +73,7 @@ def from_export(config: RunConfig, backend: Any, dtype: str,
         ModelLoadError: the model is not cached and cannot be downloaded (``models.resolve``).
     """
     folder = models.resolve(models.model_for("classify", config.lang, config.model))
-    export = load_bundle(folder, backend.name, bool(backend.int8))
+    export = load_export(folder, backend.name, bool(backend.int8))
     if export is None:
         return None
     facts = export["facts"]
@@ -87,57 +85,36 @@ def from_export(config: RunConfig, backend: Any, dtype: str,
     facts = {**facts, "input_size": facts.get("input_size") or preprocessor.input_size}
     image_factory = None
     if backend.name == "torch":
-        def image_factory() -> Any:
-            return LazyTorchImageEncoder(load_model, dtype, backend.threads, facts.get("image_encoder"))
+        def image_factory() -> LazyTower:
+            return lazy_torch_image_tower(load_model, dtype, backend.threads)
     return DualEncoder(facts, export=export, prepare=preprocessor, concat=np.concatenate,
                        tokenize=lambda texts, max_length, pad: tokenizer(list(texts), max_length=max_length,
                                                                           pad_to_max_length=pad),
                        token_lengths=lambda texts: tokenizer.lengths(list(texts)), image_factory=image_factory)
 
 
-class LazyTorchImageEncoder:
-    """The torch image tower of a run served from a ``torch`` export (torch's CPU image tower with
-    an OpenVINO text tower, ``backends.auto_text_backend``): the model is loaded with transformers
-    on the first ``encode``, i.e. only when a photo is not in the embedding store. Its embeddings
-    are ``TorchImageEncoder``'s (the same pixel_values, dtype and threads as a run that loaded the
-    model first), and so is its name in the store key (``store_name``).
+def lazy_torch_image_tower(load_model: Callable[[], Any], dtype: str, threads: int | None) -> LazyTower:
+    """The torch image tower of a run started from a ``torch`` export (torch's CPU image tower with
+    an OpenVINO text tower, ``backends.auto_text_backend``): a ``LazyTower`` that loads the model
+    (``load_model``) on the first ``encode``, i.e. only when a photo is not in the embedding store.
+    Its embeddings and store name are a ``TorchTower``'s (the same pixel_values, dtype and threads
+    as a run that loaded the model first); its ``load_s`` counts as model load.
 
     ``encode``: ``pixel_values (B, 3, S, S)`` float32 NumPy → ``(B, D)`` float32, L2-normalised.
 
     Raises (from ``encode``): ``ModelLoadError`` when the model cannot be loaded (the engine ends
     the run: every image would fail the same way).
     """
-
-    def __init__(self, load_model: Callable[[], Any], dtype: str, threads: int | None,
-                 store_name: str | None) -> None:
-        self.load_model = load_model
-        self.compute_dtype = dtype
-        self.threads = threads
-        self.store_name = store_name or "wwts.core.backends.torch.TorchImageEncoder"
-        self.runtime = Deferred(None, self._load)
-        self.device = HOST_CPU  # where its inputs are made
-        self.dtype = "float32"
-        #: Seconds the load took (0 until it happens); the run counts them as model load.
-        self.load_s = 0.0
-
-    def _load(self) -> Any:
-        t0 = time.perf_counter()
+    def load() -> Any:
         import torch
 
         from .. import hardware
-        from ..backends import TorchImageEncoder
+        from ..backends import TorchTower
 
         log.info("a photo is not in the embedding store: loading the image tower with torch")
-        hardware.configure_threads(self.threads)
-        model = self.load_model()
+        hardware.configure_threads(threads)
+        model = load_model()
         drop_text_tower(model)  # the labels are OpenVINO's
-        encoder = TorchImageEncoder(model.eval(), torch.device("cpu"), getattr(torch, self.compute_dtype))
-        self.load_s = time.perf_counter() - t0
-        return encoder
+        return TorchTower(model.eval(), torch.device("cpu"), getattr(torch, dtype), "image")
 
-    def encode(self, pixel_values: Any) -> Any:
-        """``pixel_values (B, 3, S, S)`` → ``(B, D)`` float32 torch tensor of L2 norm 1."""
-        import torch
-
-        encoder = self.runtime.get()
-        return encoder.encode(torch.from_numpy(np.ascontiguousarray(pixel_values, dtype=np.float32)))
+    return LazyTower(load, "torch", "image")

@@ -24,9 +24,9 @@ from ..store import TextKey, encode_through
 
 
 def encoder_name(encoder: Any) -> str:
-    """An encoder's name in store keys: its class (``wwts.core.backends.torch.TorchImageEncoder``)
-    and the precision its runtime computes in, if it says (``.../float32``); an encoder standing in
-    for another (a lazily loaded torch tower) gives that one's name as ``store_name``."""
+    """A tower's name in store keys: its ``store_name`` (``backends.tower_name``: e.g.
+    ``wwts.core.backends.openvino.OpenVINOImageEncoder/float32``, the names wwts' stores already
+    hold); for an object without one, its class and the precision it says it computes in."""
     named = getattr(encoder, "store_name", None)
     if named:
         return str(named)
