@@ -71,6 +71,10 @@ class ImageError(WwtsError):
         message = " ".join(str(self.args[0]).split())  # one line, whatever the library said
         return f"{self.category}: {message}"
 
+    def __reduce__(self) -> tuple:
+        """Pickle with both arguments (a decode worker process sends one back)."""
+        return type(self), (self.category, self.args[0])
+
 
 class NotReproducible(ValueError):
     """A model's preprocessing (its image processor's settings, or its tokenizer) that wwts' own

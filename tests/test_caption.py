@@ -91,8 +91,9 @@ def _load(tmp_path: Path, model: Path, dtype: torch.dtype = torch.float32, **kwa
 
 
 def _captions(task: CaptionTask, outputs) -> list[dict]:
-    """The task fields ``task.postprocess`` sets on blank base records: ``[{"caption": str}]``."""
-    bases = [CaptionResult(path=f"{i}.jpg") for i in range(outputs.sequences.shape[0])]
+    """The task fields ``task.postprocess`` sets on blank base records: ``[{"caption": str}]``
+    (``outputs``: ``forward``'s ``(sequences, prompt_length)``)."""
+    bases = [CaptionResult(path=f"{i}.jpg") for i in range(outputs[0].shape[0])]
     return [{"caption": record.caption} for record in task.postprocess(outputs, bases)]
 
 
@@ -203,7 +204,7 @@ def test_batch_gives_the_same_captions_as_one_image_at_a_time(kind, tiny_models,
 def test_max_new_tokens_is_honoured(kind, tiny_models, images, tmp_path):
     task = _load(tmp_path, tiny_models[kind], max_new_tokens=3)
     _, outputs, captions = _run(task, images[:3])
-    assert outputs.sequences.shape[1] - outputs.prompt_length <= 3
+    assert outputs[0].shape[1] - outputs[1] <= 3
     assert len(captions) == 3
 
 
@@ -211,7 +212,7 @@ def test_max_new_tokens_is_honoured(kind, tiny_models, images, tmp_path):
 def test_min_new_tokens_forces_exactly_that_many_tokens(kind, tiny_models, images, tmp_path):
     task = _load(tmp_path, tiny_models[kind], max_new_tokens=5, min_new_tokens=5)
     _, outputs, _ = _run(task, images[:2])
-    new = outputs.sequences[:, outputs.prompt_length:]
+    new = outputs[0][:, outputs[1]:]
     assert new.shape[1] == 5
     eos = task.model.generation_config.eos_token_id
     eos = set(eos if isinstance(eos, list) else [eos])
@@ -226,10 +227,10 @@ def test_blip_prefix_is_fed_to_generate_and_not_returned(tiny_models, images, tm
     prefix_ids = inputs["input_ids"][0, 1:-1].tolist()  # between [CLS] and [SEP]
     assert task.tokenizer.decode(prefix_ids) == "a photo of"
     # generate's output starts with [DEC] + the prefix; the caption is what follows it.
-    assert outputs.prompt_length == 1 + len(prefix_ids)
-    for row, caption in zip(outputs.sequences, captions):
-        assert row[1:outputs.prompt_length].tolist() == prefix_ids
-        rest = task.tokenizer.decode(row[outputs.prompt_length:], skip_special_tokens=True)
+    assert outputs[1] == 1 + len(prefix_ids)
+    for row, caption in zip(outputs[0], captions):
+        assert row[1:outputs[1]].tolist() == prefix_ids
+        rest = task.tokenizer.decode(row[outputs[1]:], skip_special_tokens=True)
         assert caption["caption"] == " ".join(rest.split())
     assert task.run_info() == {"prompt": "a photo of", "max_new_tokens": 8, "num_beams": 1, "family": "blip"}
 
@@ -238,8 +239,8 @@ def test_git_prefix_is_not_returned(tiny_models, images, tmp_path):
     task = _load(tmp_path, tiny_models["git"], prompt="a photo of")
     inputs, outputs, _ = _run(task, images[:2])
     assert inputs["input_ids"][0, 0].item() == task.tokenizer.cls_token_id
-    assert outputs.prompt_length == inputs["input_ids"].shape[1] == 4  # [CLS] a photo of
-    assert torch.equal(outputs.sequences[:, :4], inputs["input_ids"])
+    assert outputs[1] == inputs["input_ids"].shape[1] == 4  # [CLS] a photo of
+    assert torch.equal(outputs[0][:, :4], inputs["input_ids"])
 
 
 def test_blip2_prompt_after_the_query_tokens_is_not_returned(tiny_models, images, tmp_path):
@@ -250,10 +251,10 @@ def test_blip2_prompt_after_the_query_tokens_is_not_returned(tiny_models, images
     assert ids[0, :4].tolist() == [image_id] * 4  # one <image> per Q-Former query, then the text
     assert task.tokenizer.decode(ids[0, 4:], skip_special_tokens=True).strip() == "a photo of"
     # a decoder-only LM returns the whole input before the new tokens: all of it is sliced off
-    assert outputs.prompt_length == ids.shape[1]
-    assert torch.equal(outputs.sequences[:, :ids.shape[1]], ids)
-    for row, caption in zip(outputs.sequences, captions):
-        rest = task.tokenizer.decode(row[outputs.prompt_length:], skip_special_tokens=True)
+    assert outputs[1] == ids.shape[1]
+    assert torch.equal(outputs[0][:, :ids.shape[1]], ids)
+    for row, caption in zip(outputs[0], captions):
+        rest = task.tokenizer.decode(row[outputs[1]:], skip_special_tokens=True)
         assert caption["caption"] == " ".join(rest.split())
 
 
@@ -269,8 +270,8 @@ def test_chat_prompt_goes_through_the_chat_template_and_is_sliced_off(kind, tiny
     assert text.endswith("用一句话描述这张图片。<|im_end|>\n<|im_start|>assistant\n")
     # Images of different sizes give prompts of different lengths: left padding lines them up.
     assert (inputs["attention_mask"][:, -1] == 1).all() and (inputs["attention_mask"] == 0).any()
-    assert outputs.prompt_length == ids.shape[1]
-    assert torch.equal(outputs.sequences[:, :ids.shape[1]], ids)
+    assert outputs[1] == ids.shape[1]
+    assert torch.equal(outputs[0][:, :ids.shape[1]], ids)
     for caption in captions:
         assert "用一句话" not in caption["caption"] and "assistant" not in caption["caption"]
     assert task.run_info()["family"] == "chat"
@@ -305,8 +306,8 @@ def test_florence2_task_token_becomes_its_question_and_only_new_tokens_are_retur
     text = task.tokenizer.decode(inputs["input_ids"][0], skip_special_tokens=True)
     assert text == "What does the image describe?"  # the processor's question for <CAPTION>
     # Encoder-decoder: the output is the decoder's, starting with its start token only.
-    assert outputs.prompt_length == 1
-    assert (outputs.sequences[:, 0] == task.model.generation_config.decoder_start_token_id).all()
+    assert outputs[1] == 1
+    assert (outputs[0][:, 0] == task.model.generation_config.decoder_start_token_id).all()
     assert all("What does the image" not in c["caption"] for c in captions)
 
 

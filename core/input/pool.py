@@ -84,15 +84,6 @@ class Sample:
     cached: bool = False
 
 
-@dataclass
-class _Failure:
-    """An ``ImageError`` carried back from a worker process as data (``ImageError`` takes two
-    arguments and so does not survive pickling as an exception)."""
-
-    category: str
-    message: str
-
-
 @contextmanager
 def _stderr_captured() -> Iterator[list[str]]:
     """Redirect file descriptor 2 (what native libraries write to) to a temporary file for the
@@ -137,24 +128,24 @@ def _summarise(text: str) -> str:
     return "decoder said: " + "; ".join(lines[:_CAPTURE_LINES]) + more
 
 
-def isolated_decode(load: Callable[..., DecodedImage], path: Path, **kwargs: Any) -> DecodedImage | _Failure:
+def isolated_decode(load: Callable[..., DecodedImage], path: Path, **kwargs: Any) -> DecodedImage | ImageError:
     """Run in a worker process: ``load(path, **kwargs)`` with file descriptor 2 captured.
 
     Returns:
         The ``DecodedImage``, with what the decoder wrote to stderr appended to its ``note``; or,
-        when ``load`` raised ``ImageError``, a ``_Failure`` whose message ends with that text.
+        when ``load`` raised ``ImageError``, that error (returned, not raised: it crosses the process
+        boundary as a value) with the text appended to its message.
         Other exceptions propagate (the pool turns them into ``ImageError("decode", ...)``).
     """
-    failure: _Failure | None = None
+    failure: ImageError | None = None
     with _stderr_captured() as captured:
         try:
             decoded = load(path, **kwargs)
         except ImageError as exc:
-            failure = _Failure(exc.category, str(exc.args[0]))
+            failure = exc
     said = _summarise(captured[0])
     if failure is not None:
-        failure.message = f"{failure.message} ({said})" if said else failure.message
-        return failure
+        return ImageError(failure.category, f"{failure.args[0]} ({said})") if said else failure
     if said:
         decoded.note = f"{decoded.note}; {said}" if decoded.note else said
     return decoded
@@ -304,8 +295,8 @@ class DecodePool:
         self.shutdown()
 
 
-def _unwrap(result: DecodedImage | _Failure) -> DecodedImage:
-    """The worker's result, or its ``_Failure`` raised as ``ImageError``."""
-    if isinstance(result, _Failure):
-        raise ImageError(result.category, result.message)
+def _unwrap(result: DecodedImage | ImageError) -> DecodedImage:
+    """The worker's result, or the ``ImageError`` it returned, raised."""
+    if isinstance(result, ImageError):
+        raise result
     return result

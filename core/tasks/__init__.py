@@ -23,13 +23,13 @@ from ..lazy import lazy_exports
 from .base import Task, size_dict
 
 __all__ = ["Task", "size_dict", "DualEncoder", "EmbedTask", "ZeroShotTask", "SearchTask", "check_architecture",
-           "ImageClassificationTask", "is_image_classifier", "CaptionTask", "CaptionBatch",
+           "ImageClassificationTask", "is_image_classifier", "CaptionTask",
            "CaptionFamily", "FAMILIES", "detect_family", "resolve_prompt", "load_task", "load_task_from_export",
            "store_holds"]
 
 # torch and transformers load with the first of these a run asks for that needs them (core/lazy.py)
 __getattr__ = lazy_exports(__name__, {
-    "CaptionTask": "caption", "CaptionBatch": "caption", "CaptionFamily": "caption_families",
+    "CaptionTask": "caption", "CaptionFamily": "caption_families",
     "FAMILIES": "caption_families", "detect_family": "caption_families", "resolve_prompt": "caption_families",
     "DualEncoder": "dual_encoder", "EmbedTask": "embed", "ZeroShotTask": "zero_shot", "SearchTask": "search",
     "check_architecture": "load", "ImageClassificationTask": "image_classification",

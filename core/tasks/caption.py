@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -37,7 +37,7 @@ from .base import Task, size_dict
 from .caption_families import (CHAT_MAX_PIXELS, CHAT_PROMPTS, FAMILIES, FAMILY_NAMES, detect_family,
                                is_encoder_decoder, processor_class, resolve_prompt)
 
-__all__ = ["CHAT_MAX_PIXELS", "CHAT_PROMPTS", "CaptionBatch", "CaptionTask", "detect_family", "load_task",
+__all__ = ["CHAT_MAX_PIXELS", "CHAT_PROMPTS", "CaptionTask", "detect_family", "load_task",
            "resolve_prompt"]
 
 log = logging.getLogger(__name__)
@@ -91,20 +91,6 @@ def load_task(config: RunConfig, device: torch.device, dtype: torch.dtype) -> Ca
 
 
 # --- the task --------------------------------------------------------------------------------
-
-
-@dataclass
-class CaptionBatch:
-    """Output of ``CaptionTask.forward``.
-
-    Attributes:
-        sequences: ``(B, prompt_length + new tokens)`` token ids from ``generate`` (padded with the
-            pad id after each row's end-of-sequence token).
-        prompt_length: leading columns that repeat the prompt (or the decoder start token).
-    """
-
-    sequences: torch.Tensor
-    prompt_length: int
 
 
 class CaptionTask(Task):
@@ -248,13 +234,16 @@ class CaptionTask(Task):
             inputs = self.processor(images=images, text=[self.prompt or ""] * n, padding=True, return_tensors="pt")
         return {k: v for k, v in dict(inputs).items() if isinstance(v, torch.Tensor)}
 
-    def forward(self, inputs: dict[str, torch.Tensor]) -> CaptionBatch:
+    def forward(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
         """One ``generate`` call for the whole batch.
 
         Floating inputs are cast to the weights' dtype when the model was loaded in half precision.
 
         Returns:
-            ``CaptionBatch`` with the sequences still on the model's device.
+            ``(sequences, prompt_length)``: ``(B, prompt_length + new tokens)`` token ids from
+            ``generate`` (padded with the pad id after each row's end-of-sequence token), still on
+            the model's device, and how many leading columns repeat the prompt (or the decoder
+            start token).
         """
         inputs = dict(inputs)
         weight_dtype = next(self.model.parameters()).dtype
@@ -275,14 +264,15 @@ class CaptionTask(Task):
         sequences = self.model.generate(**inputs, **self.generate_kwargs)
         if not isinstance(sequences, torch.Tensor):  # a generation_config with return_dict_in_generate
             sequences = sequences.sequences
-        return CaptionBatch(sequences=sequences, prompt_length=prompt_length)
+        return sequences, prompt_length
 
-    def postprocess(self, outputs: CaptionBatch, bases: list[CaptionResult]) -> list[CaptionResult]:
+    def postprocess(self, outputs: tuple[torch.Tensor, int], bases: list[CaptionResult]) -> list[CaptionResult]:
         """Decode the new tokens: each base record with its ``caption``, in input order.
 
         The prompt and special tokens are left out; whitespace runs become one space; stripped.
         """
-        new_tokens = outputs.sequences[:, outputs.prompt_length:].cpu()
+        sequences, prompt_length = outputs
+        new_tokens = sequences[:, prompt_length:].cpu()
         texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         return [replace(base, caption=" ".join(text.split())) for base, text in zip(bases, texts)]
 
