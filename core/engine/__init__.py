@@ -8,7 +8,7 @@
 - ``batch``: ``process_batch(task, items)``, decoded images in, records out (what a Ray Data
   actor would call).
 - ``recovery``: ``Recovery``, OOM back-off, MPS fallback, poisoned CUDA → ``DeviceFault``.
-- ``stored``: the embedding store's plumbing: the task's store, the decode pool's lookup (an image
+- ``store_lookup``: the embedding store's plumbing: the task's store, the decode pool's lookup (an image
   whose embedding is stored is not decoded), sizes and notes remembered with new embeddings.
 
 ``load_task`` is ``core.tasks.load_task``, re-exported because the engine's users call it.

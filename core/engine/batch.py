@@ -22,7 +22,7 @@ from ..input import Sample
 from ..output import ImageRecord
 from ..tasks import Task
 from .recovery import Recovery
-from .stored import remember_decoded
+from .store_lookup import remember_decoded
 
 if TYPE_CHECKING:  # torch is imported only by runs that use it (core/lazy.py)
     import torch

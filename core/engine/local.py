@@ -21,7 +21,7 @@ from ..tasks import Task
 from .batch import process_batch
 from .recovery import Recovery
 from .runner import Runner
-from .stored import flush_store, store_lookup, store_path
+from .store_lookup import flush_store, store_lookup, store_path
 
 
 def late_load_s(task: Any) -> float:

@@ -25,7 +25,7 @@ from ..input import IMAGE_EXTENSIONS, discover
 from ..tasks import Task, load_task, load_task_from_export, store_holds
 from .local import local_runner
 from .runner import Runner, now
-from .stored import attach_store
+from .store_lookup import attach_store
 
 if TYPE_CHECKING:  # imported by the runs that use it
     import torch

@@ -22,7 +22,7 @@ from .csv_format import csv_header, read_csv_records, scan_csv, unescape_cell
 from .json_format import final_json_chunks, read_final_json, record_line, scan_jsonl
 from .paths import output_format, partial_path, read_bytes
 from .records import ImageRecord
-from .sidecar import read_run_sidecar
+from .run_settings import read_run_sidecar
 
 
 def read_existing(

@@ -40,7 +40,7 @@ from .json_format import final_json_chunks, finite_record, read_final_json, reco
 from .paths import (exists_error, existing_files, make_parent, not_a_folder,
                     output_format, partial_path, run_sidecar_path)
 from .records import ImageRecord
-from .sidecar import write_run_sidecar
+from .run_settings import write_run_sidecar
 
 #: How a writer opens its output: create it (refused when it exists), replace it, or continue it.
 MODES = ("new", "overwrite", "append")

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TextIO
 
 from ..errors import UsageError, WwtsError, describe
-from .plan import Action, SortPlan
+from .dry_run import Action, SortPlan
 
 
 @dataclass
