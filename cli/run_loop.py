@@ -125,7 +125,7 @@ def run_records(config: RunConfig, sink: Any) -> None:
             runner = _start(config, sink, console)
             if runner is None:
                 return
-            fault, signum = _stream(runner, sink, config.retrieval or config.task, console)
+            fault, signum = _stream(runner, sink, config.head or config.task, console)
             with exit_on_error(console):
                 sink.finish(runner, finished=fault is None and signum is None)
             _summarize(runner, sink, fault, signum, console)

@@ -52,7 +52,7 @@ def search(
     with exit_on_error():
         if not query.strip():
             raise UsageError("the text to search for is empty")
-        config = RunConfig(task="classify", retrieval="search", labels=(query.strip(),),
+        config = RunConfig(task="classify", head="search", labels=(query.strip(),),
                            prompt="" if prompt is None else prompt, **run_fields(params))
     run_records(config, SearchSink(top=top, out=out, overwrite=overwrite, quiet=quiet))
 
@@ -81,5 +81,5 @@ def embed(
     """Export image embeddings to Parquet (help text: the registration's ``help``)."""
     params = dict(locals())
     with exit_on_error():
-        config = RunConfig(task="classify", retrieval="embed", **run_fields(params))
+        config = RunConfig(task="classify", head="embed", **run_fields(params))
     run_records(config, EmbedSink(out=out, overwrite=overwrite, quiet=quiet))

@@ -204,8 +204,9 @@ class RunConfig:
         store: use the embedding store (``--no-store``: off): image embeddings and label features
             are read from it when present and put in it when computed (see ``core.store``).
         store_dir: the store folder (``--store DIR``); ``None``: ``user_cache_dir("wwts")/embeddings``.
-        retrieval: ``"search"`` (rank images by similarity to ``labels[0]``, ``wwts search``) or
-            ``"embed"`` (export embeddings, ``wwts embed``) with a classify model; ``None``: classify.
+        head: what a classify model's image embeddings are used for: ``"search"`` (rank images by
+            similarity to ``labels[0]``, ``wwts search``) or ``"embed"`` (export the embeddings,
+            ``wwts embed``); ``None``: the task's own head (zero-shot / closed-set classify, caption).
         ray: run on the Ray cluster at this address (``auto``, ``HOST:PORT``, ``ray://HOST:10001``,
             ``local``); ``None``: on this machine (see ``core.cluster``).
     """
@@ -245,7 +246,7 @@ class RunConfig:
     ray: str | None = None
     store: bool = True
     store_dir: Path | None = None
-    retrieval: str | None = None
+    head: str | None = None
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -272,9 +273,9 @@ class RunConfig:
             raise UsageError(f"unknown quantization {self.quantize!r}; valid: int8")
         if self.ray is not None and not self.ray.strip():
             raise UsageError("--ray needs an address: auto, HOST:PORT or ray://HOST:10001")
-        if self.retrieval not in (None, "search", "embed"):
-            raise UsageError(f"unknown retrieval mode {self.retrieval!r}; valid: search, embed")
-        if self.retrieval == "search" and len(self.labels) != 1:
+        if self.head not in (None, "search", "embed"):
+            raise UsageError(f"unknown head {self.head!r}; valid: search, embed")
+        if self.head == "search" and len(self.labels) != 1:
             raise UsageError("search takes one text to search for")
         if self.task == "classify":
             if self.labels:

@@ -154,7 +154,7 @@ def start(config: RunConfig, *, paths: list[Path] | None = None,
         # int8 Linear layers take float32 activations: no autocast on top of them.
         dtype = torch.float32 if config.quantize else devices.select_dtype(choice.device, config.dtype, batch_size)
     workers = devices.decode_workers(threads, config.decode_workers, accelerator=choice.device.type != "cpu")
-    plan = {"task": config.retrieval or config.task, "images": len(paths),
+    plan = {"task": config.head or config.task, "images": len(paths),
             "model": models.model_for(config.task, config.lang, config.model), "device": str(choice.device),
             "dtype": dtype_name(dtype), "quantize": config.quantize, "threads": threads,
             "batch_size": batch_size, "backend": backend.name}

@@ -72,7 +72,7 @@ def store_lookup(task: Task, config: RunConfig) -> Lookup | None:
             decoded = DecodedImage(None, found.width, found.height, found.frames, found.note)
             return key, Sample(decoded, StoredEmbedding(found.vector), key, cached=True)
         return lookup
-    if config.retrieval == "embed":
+    if config.head == "embed":
         def hash_only(path: Path) -> tuple[Any, Sample | None]:
             try:
                 return content_hash(path), None

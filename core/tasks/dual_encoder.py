@@ -106,13 +106,13 @@ class DualEncoder:
         autocast); ``False`` for a saved export: NumPy in, NumPy out."""
         return self.model is not None
 
-    def build(self, device: Any, dtype: Any, backend: Any, *, example: list[str], retrieval: str | None) -> None:
+    def build(self, device: Any, dtype: Any, backend: Any, *, example: list[str], head: str | None) -> None:
         """Make the towers for ``device`` / ``dtype`` on ``backend`` (``backends.BackendChoice``,
         ``None``: torch). A saved export's towers are made once (compiled now, or on first use
         where their precision is known beforehand); a transformers model's on every call for torch
         (a move to another device) and once for the other backends, converting on the first run and
         then saving the export (``save_export``). ``example``: prompts tokenized as the text
-        tower's export example; ``retrieval``: ``RunConfig.retrieval`` (search / embed keep their
+        tower's export example; ``head``: ``RunConfig.head`` (search / embed keep their
         text on torch, see ``text_beside_torch``).
 
         Raises:
@@ -127,7 +127,7 @@ class DualEncoder:
             return
         if self.image is not None and backend is not None and backend.name != "torch":
             return
-        backend = text_beside_torch(self, backend, retrieval)
+        backend = text_beside_torch(self, backend, head)
         self.image, self.text = build_towers(
             self.model, device, dtype, backend, input_size=self.facts.get("input_size"), prepare=self.prepare,
             tokens=lambda: dict(self.tokenize(example[:2], self.facts.get("text_max_length"), False)))
@@ -214,7 +214,7 @@ def numpy_inputs(image_recipe: dict[str, Any], folder: str | Path) -> tuple[Imag
     return ImagePreprocessor.from_config(image_recipe), models.TextTokenizer.from_folder(Path(folder))
 
 
-def text_beside_torch(encoder: DualEncoder, backend: Any, retrieval: str | None) -> Any:
+def text_beside_torch(encoder: DualEncoder, backend: Any, head: str | None) -> Any:
     """``backend`` for building the towers: as it is, except that a text tower planned on
     OpenVINO beside torch's image tower (``backends.auto_text_backend``) stays on torch when no
     later run could start without torch anyway: ``wwts search`` / ``embed`` (always loaded with
@@ -223,7 +223,7 @@ def text_beside_torch(encoder: DualEncoder, backend: Any, retrieval: str | None)
     time and buy nothing."""
     if backend is None or backend.name != "torch" or backend.text_backend == "torch":
         return backend
-    why = "wwts search / embed load the model with transformers" if retrieval else None
+    why = "wwts search / embed load the model with transformers" if head else None
     if why is None:
         try:
             numpy_inputs(encoder.facts["image_recipe"], encoder.facts.get("weights_folder") or "")

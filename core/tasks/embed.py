@@ -85,7 +85,7 @@ class EmbedTask(Task):
         """Make the towers (``DualEncoder.build``) and open the store of the model key (dtype and
         backend included) when the engine gave the task a ``store_opener``."""
         self.encoder.build(self.device, self.dtype, self.backend, example=self.example_prompts(),
-                           retrieval=self.config.retrieval)
+                           head=self.config.head)
         if self.store_opener is not None:
             self.store = self.store_opener.open(self.encoder.facts.get("weights_folder"), store_parts(self))
 

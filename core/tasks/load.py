@@ -35,7 +35,7 @@ _DUAL_ENCODER_HELP = ("zero-shot classification needs a contrastive dual encoder
 
 def _head(config: RunConfig) -> type[EmbedTask]:
     """The dual-encoder head of ``config``: search, embed or zero-shot classify."""
-    return {"search": SearchTask, "embed": EmbedTask}.get(config.retrieval or "", ZeroShotTask)
+    return {"search": SearchTask, "embed": EmbedTask}.get(config.head or "", ZeroShotTask)
 
 
 def load_task(config: RunConfig, device: Any, dtype: Any) -> Task:
@@ -52,19 +52,19 @@ def load_task(config: RunConfig, device: Any, dtype: Any) -> Task:
             (before the weights load) or nearly identical label features (after); a setting the
             model does not take (e.g. ``--prompt`` for ViT-GPT2).
     """
-    if config.task == "caption" and not config.retrieval:
+    if config.task == "caption" and not config.head:
         from . import caption
 
         return caption.load_task(config, device, dtype)
     name = models.model_for("classify", config.lang, config.model)
     model_config = models.load_config(name, trust_remote_code=config.trust_remote_code)
-    if not config.retrieval:
+    if not config.head:
         from .image_classification import is_image_classifier, load_image_classifier
 
         if is_image_classifier(model_config):
             return load_image_classifier(config, name, device, dtype)
     check_architecture(name, model_config)
-    if not config.retrieval:
+    if not config.head:
         check_text_hygiene(config)  # before the weights load: --strict-labels stops here
     return _head(config)(config, from_model(*load_dual_encoder(config, name)), device, dtype)
 
@@ -82,7 +82,7 @@ def load_task_from_export(config: RunConfig, backend: Any, dtype: str | None = N
         ModelLoadError: the model is not cached and cannot be downloaded (``models.resolve``).
         UsageError: an unknown ``--vocab``; with ``--strict-labels``, duplicate or contained labels.
     """
-    if config.retrieval or config.task != "classify" or backend is None:
+    if config.head or config.task != "classify" or backend is None:
         return None
     if backend.name == "torch" and (backend.text_backend != "openvino" or dtype is None or not config.store):
         return None  # without the store every photo needs torch's image tower: load the model now
