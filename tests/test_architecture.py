@@ -190,3 +190,12 @@ def test_the_rules_catch_what_they_are_meant_to(tmp_path):
     assert code_lines(node, src.splitlines()) == 62  # the def line and 61 statements
     assert part_of("wwts.core.output.writers") == "output" and part_of("wwts.core.errors") == "base"
     assert "engine" not in LAYERS["tasks"] and "cli" not in LAYERS["engine"]
+
+
+def test_no_two_modules_share_a_name():
+    """One name, one meaning: a module's file name says its job wherever it is (``__init__`` aside)."""
+    seen: dict[str, list[str]] = {}
+    for path in sources():
+        if path.name != "__init__.py":
+            seen.setdefault(path.name, []).append(str(path.relative_to(ROOT)))
+    assert not {name: paths for name, paths in seen.items() if len(paths) > 1}

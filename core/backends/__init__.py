@@ -1,6 +1,6 @@
 """Backends: what runs a model's towers on a batch: PyTorch, OpenVINO or ONNX Runtime.
 
-- ``base``: the ``Tower`` interface a task calls (``encode(batch) → (B, D)``), ``RuntimeTower``
+- ``tower``: the ``Tower`` interface a task calls (``encode(batch) → (B, D)``), ``RuntimeTower``
   (a tower on OpenVINO or ONNX Runtime), ``LazyTower`` (a tower made on first use) and
   ``tower_name`` (a tower's name in store keys).
 - ``torch``: ``TorchTower``, one tower of a transformers dual encoder (``get_image_features`` /
@@ -21,7 +21,7 @@ neither.
 """
 
 from ..lazy import lazy_exports
-from .base import LazyTower, RuntimeTower, Tower, l2_normalize, normalized, tower_name
+from .tower import LazyTower, RuntimeTower, Tower, l2_normalize, normalized, tower_name
 from .build import build_towers, export_path, export_towers, load_export, plan_backend, save_facts
 from .export import Conversion, cache_root, clear_conversions, list_conversions
 from .facts import backend_facts

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from ..errors import ModelLoadError, UsageError, WwtsError, describe
 from . import devices, export
-from .base import Tower
+from .tower import Tower
 from .select import BACKENDS, NAMES, BackendChoice, auto_backends, check_request
 
 if TYPE_CHECKING:  # plan_backend runs without torch (a torch-free OpenVINO / ONNX Runtime run)

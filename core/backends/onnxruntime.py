@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from ..errors import UsageError
 from . import export
-from .base import LazyTower, RuntimeTower, Tower
+from .tower import LazyTower, RuntimeTower, Tower
 
 if TYPE_CHECKING:  # torch is needed to export, never to run a saved conversion
     import torch

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..arrays import as_numpy
 from . import export
-from .base import LazyTower, RuntimeTower, Tower
+from .tower import LazyTower, RuntimeTower, Tower
 
 if TYPE_CHECKING:  # torch is needed to convert, never to run a saved conversion
     import torch

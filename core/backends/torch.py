@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .. import hardware
-from .base import l2_normalize, tower_name
+from .tower import l2_normalize, tower_name
 
 
 def as_features(output: Any) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Embedding store: where a task looks for per-image results before computing them.
 
-- ``base``: the ``EmbeddingStore`` interface, ``encode_through`` (the store around an encoder: look
+- ``interface``: the ``EmbeddingStore`` interface, ``encode_through`` (the store around an encoder: look
   up, compute the misses, remember), ``NullStore`` (stores nothing: ``--no-store``),
   ``TextKey`` (label prompts), ``StoredEmbedding`` / ``StoredImage`` (an image read from the store).
 - ``hashing``: BLAKE3 content hashes of files, and the path facts that let an unchanged file skip
@@ -9,11 +9,11 @@
 - ``sqlite``: ``SqliteStore``, one SQLite file (WAL) per model key.
 - ``files``: the store folder, ``open_store`` (corrupt files set aside), ``StoreOpener``, and what
   ``wwts store info|prune|clear`` do.
-- ``export``: embeddings to Parquet (``wwts embed``; needs pyarrow).
+- ``parquet``: embeddings to Parquet (``wwts embed``; needs pyarrow).
 """
 
-from .base import EmbeddingStore, NullStore, StoredEmbedding, StoredImage, TextKey, encode_through
-from .export import ParquetExport, require_pyarrow
+from .interface import EmbeddingStore, NullStore, StoredEmbedding, StoredImage, TextKey, encode_through
+from .parquet import ParquetExport, require_pyarrow
 from .files import (StoreOpener, clear_stores, default_store_dir, open_store, prune_stores, set_aside,
                     store_files)
 from .hashing import content_hash, file_facts

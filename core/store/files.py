@@ -23,7 +23,7 @@ from typing import Any
 
 from platformdirs import user_cache_dir
 
-from .base import EmbeddingStore, NullStore
+from .interface import EmbeddingStore, NullStore
 from .keys import ModelKey, model_key, weights_identity
 from .sqlite import SqliteStore, StoreFileError
 

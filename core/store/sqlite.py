@@ -27,7 +27,7 @@ from typing import Any, Callable, Hashable, Mapping, Sequence
 import numpy as np
 
 from ..arrays import as_numpy
-from .base import StoredImage, TextKey
+from .interface import StoredImage, TextKey
 from .hashing import content_hash, file_facts
 from .keys import ModelKey
 from .migrations import migrate, schema_version

@@ -1,7 +1,7 @@
 """Task heads over model values: each task is prepare (per image) → collate → forward → postprocess
 (records).
 
-- ``base``: the ``Task`` interface the engine drives, ``size_dict``.
+- ``task``: the ``Task`` interface the engine drives, ``pixel_maker``, ``size_dict``.
 - ``dual_encoder``: ``DualEncoder``, a contrastive dual encoder as one value (towers, input makers,
   facts; family quirks as data), made from a transformers model (``from_model``) or from the saved
   export of an earlier run (``exports.from_export``, no torch or transformers).
@@ -15,12 +15,12 @@
   detected, prompted and given a processor.
 - ``load``: ``load_task`` / ``load_task_from_export``, the task of a ``RunConfig`` with its model.
 
-Only ``base`` is imported with the package; the others (and torch, transformers where they need
+Only ``task`` is imported with the package; the others (and torch, transformers where they need
 them) on first use of one of their names (``core/lazy.py``).
 """
 
 from ..lazy import lazy_exports
-from .base import Task, size_dict
+from .task import Task, size_dict
 
 __all__ = ["Task", "size_dict", "DualEncoder", "EmbedTask", "ZeroShotTask", "SearchTask", "check_architecture",
            "ImageClassificationTask", "is_image_classifier", "CaptionTask",

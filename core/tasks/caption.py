@@ -33,7 +33,7 @@ from .. import models
 from ..config import RunConfig
 from ..errors import ModelLoadError
 from ..output import CaptionResult
-from .base import Task, size_dict
+from .task import Task, size_dict
 from .caption_families import (CHAT_MAX_PIXELS, CHAT_PROMPTS, FAMILIES, FAMILY_NAMES, detect_family,
                                is_encoder_decoder, processor_class, resolve_prompt)
 

@@ -30,7 +30,7 @@ from .. import models
 from ..backends import build_towers, save_facts
 from ..errors import NotReproducible, describe
 from ..input import ImagePreprocessor
-from .base import pixel_maker, size_dict
+from .task import pixel_maker, size_dict
 from .stored import processor_recipe
 
 log = logging.getLogger(__name__)

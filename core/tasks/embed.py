@@ -20,7 +20,7 @@ from ..arrays import dtype_name
 from ..config import RunConfig
 from ..output import EmbeddingRecord, ImageRecord
 from ..store import EmbeddingStore, NullStore, StoredEmbedding, StoreOpener
-from .base import Task
+from .task import Task
 from .dual_encoder import DualEncoder
 from .stored import collate_stored, image_embeddings, store_parts
 

@@ -20,7 +20,7 @@ from ..config import RunConfig
 from ..errors import UsageError
 from ..labels import apply_label_map, text_issues
 from ..output import ClassifyResult
-from .base import Task, pixel_maker, size_dict
+from .task import Task, pixel_maker, size_dict
 from .label_setup import build_records, label_run_info, report_issues
 
 

@@ -19,7 +19,7 @@ from .. import models
 from ..config import RunConfig
 from ..errors import ModelLoadError
 from ..hardware import HOST_CPU
-from .base import Task
+from .task import Task
 from .dual_encoder import from_model
 from .embed import EmbedTask
 from .exports import from_export
