@@ -27,14 +27,11 @@ from wwts.core.tasks import CompiledClassifyTask
 
 pytest.importorskip("openvino")
 pytest.importorskip("onnxruntime")
+#: These tests count, corrupt or clear conversions: each starts from an empty conversion cache.
+pytestmark = pytest.mark.own_conversions
 
 PROB_TOL = 1e-4
 LABELS = ("人", "车", "猫", "花")
-
-
-@pytest.fixture(autouse=True)
-def _no_backend_preset(monkeypatch):
-    monkeypatch.delenv("WWTS_BACKEND", raising=False)
 
 
 def _records(model, images, backend, **kw):
