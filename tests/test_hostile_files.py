@@ -1,10 +1,12 @@
-"""Reliability end to end (issue 6): hostile files, Ctrl-C / SIGTERM, resume — no crash, no lost result.
+"""The hostile-file suite, end to end (issues 6 and 10): a folder of broken, odd and dangerous files
+gives one record per image, a one-line ``category: message`` error for every bad file, exit code 3
+and no traceback; a decoder that crashes, writes to stderr or says several lines costs one record;
+images of extreme aspect ratio are refused before the processor (classify and caption); --max-pixels
+and --allow-truncated decide what a file may be.
 
-Every test here goes through the command line: ``typer.testing.CliRunner`` on ``wwts.cli.app.app``
-in-process, or a subprocess of the installed ``wwts`` script for the signal tests. The unit-level
-behaviour of each part has its own tests (test_images.py, test_discover.py, test_writers.py,
-test_decode.py); these check that the parts hold together: one record per image, a one-line
-``category: message`` error for every bad file, exit code 3, nothing lost when the run is stopped.
+Every test goes through the command line (``typer.testing.CliRunner`` on ``wwts.cli.app.app``,
+in-process). The unit-level behaviour of each part has its own tests (test_decode.py,
+test_discover.py, test_writers.py, test_pool.py); these check that the parts hold together.
 
 The model is the session's tiny random Chinese-CLIP (``tiny_clip``). Its scores are near-uniform
 but deterministic in float32, so "this file was decoded like that reference picture" is checked by
@@ -18,15 +20,10 @@ import functools
 import json
 import os
 import re
-import shlex
 import shutil
-import signal
 import struct
-import subprocess
 import sys
 import threading
-import time
-import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -34,10 +31,10 @@ from PIL import Image
 
 from tests.helpers import classify, encoded, noise_image, png_claiming
 from wwts.core.engine import plan as engine, run as engine_run
-from wwts.core.input.discover import IMAGE_EXTENSIONS, discover
+from wwts.core.input import MAX_ASPECT_RATIO
 from wwts.core.input.decode import AVIF_SUPPORTED, HEIF_SUPPORTED, SUPPORTED_FORMATS
+from wwts.core.input.discover import IMAGE_EXTENSIONS
 
-WWTS = Path(sys.executable).with_name("wwts")
 LABELS = "人,车,猫"
 #: float32 and one torch thread: deterministic scores, and cheap on the 2-core test machine.
 FAST = ("--labels", LABELS, "--top-k", "3", "--dtype", "float32", "--threads", "1")
@@ -512,326 +509,6 @@ def test_allow_truncated_gives_truncated_files_a_label(tiny_clip, tmp_path):
         assert (rec["width"], rec["height"]) == (400, 300)
 
 
-# --- results are never lost: signals ----------------------------------------------------------------
-
-
-def many_pngs(folder: Path, n: int, avif_every: int = 0) -> list[str]:
-    """``n`` small distinct images (every ``avif_every``-th an AVIF: decoded in the worker process)."""
-    folder.mkdir(parents=True)
-    names = []
-    for i in range(n):
-        im = Image.new("RGB", (32, 24), (i % 256, (7 * i) % 256, (13 * i) % 256))
-        if avif_every and AVIF_SUPPORTED and i % avif_every == 0:  # the first one too: the worker
-            # process is running (and past its start-up) by the time the first result is written
-            name = f"img_{i:04d}.avif"
-            im.save(folder / name, "AVIF")
-        else:
-            name = f"img_{i:04d}.png"
-            im.save(folder / name)
-        names.append(name)
-    return names
-
-
-class Wwts:
-    """``wwts classify ...`` in its own process group (a terminal's Ctrl-C reaches the whole group).
-
-    stdout/stderr go to files, not pipes: a decode worker that outlives the run would hold a pipe
-    open and hang the test. Leaving the ``with`` block kills whatever is left of the group.
-    """
-
-    def __init__(self, args: list, cwd: Path) -> None:
-        self.cwd = cwd
-        self._out, self._err = open(cwd / "wwts.stdout", "w+b"), open(cwd / "wwts.stderr", "w+b")
-        env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(cwd / "hf-home"))
-        # float32 pinned: the same work on every CPU, and no bf16 calibration in the child process
-        self.proc = subprocess.Popen([str(WWTS), "classify", *map(str, args), "--dtype", "float32"], cwd=cwd, stdout=self._out,
-                                     stderr=self._err, start_new_session=True, env=env)
-        self.pgid = self.proc.pid
-
-    def __enter__(self) -> "Wwts":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        try:
-            os.killpg(self.pgid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait()
-        self._out.close()
-        self._err.close()
-
-    def wait(self, timeout: float = 120) -> tuple[str, str]:
-        """Wait for the wwts process itself; its (stdout, stderr)."""
-        self.proc.wait(timeout)
-        return ((self.cwd / "wwts.stdout").read_bytes().decode("utf-8"),
-                (self.cwd / "wwts.stderr").read_bytes().decode("utf-8"))
-
-    def wait_for_lines(self, path: Path, n: int = 1, timeout: float = 120) -> None:
-        """Poll ``path`` until it holds ``n`` complete lines (the run is producing results)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if path.exists() and path.read_bytes().count(b"\n") >= n:
-                return
-            if self.proc.poll() is not None:
-                out, err = self.wait()
-                pytest.fail(f"wwts ended (rc {self.proc.returncode}) before writing results:\n{out}{err}")
-            time.sleep(0.005)
-        pytest.fail(f"no result line in {path} after {timeout} s")
-
-    def group_is_gone(self, timeout: float = 10) -> bool:
-        """True once no process of the group is left (decode workers did not outlive the run)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(self.pgid, 0)
-            except ProcessLookupError:
-                return True
-            time.sleep(0.05)
-        return False
-
-
-def resume_line(stderr: str) -> list[str]:
-    """The printed command that finishes the run, with ``wwts`` replaced by this venv's script."""
-    lines = [line for line in stderr.splitlines() if "to finish the run:" in line]
-    assert len(lines) == 1, stderr
-    argv = shlex.split(lines[0].split("to finish the run:", 1)[1])
-    assert argv[0] == "wwts" and "--resume" in argv, argv
-    return [str(WWTS), *argv[1:]]
-
-
-def _interrupt_then_resume(tiny_clip, tmp_path, sig: int, out_name: str, expected_rc: int) -> None:
-    names = many_pngs(tmp_path / "imgs", 400, avif_every=25)
-    out = tmp_path / out_name
-    watch = out if out.suffix == ".jsonl" else out.with_name(out.name + ".partial.jsonl")
-    with Wwts(["imgs", *FAST, "--model", tiny_clip, "--out", out_name, "--batch-size", "2",
-               "--workers", "1"], cwd=tmp_path) as wwts:
-        wwts.wait_for_lines(watch)
-        if sig == signal.SIGINT:
-            os.killpg(wwts.pgid, sig)  # like Ctrl-C in a terminal: the decode worker gets it too
-        else:
-            wwts.proc.send_signal(sig)  # like `kill PID`
-        stdout, stderr = wwts.wait()
-        assert wwts.proc.returncode == expected_rc, stderr
-        no_traceback(stdout, stderr)
-        assert wwts.group_is_gone(), "a decode worker outlived the interrupted run"
-    assert "interrupted" in stderr
-    if out.suffix == ".json":
-        # the records so far are published as one valid JSON document; no partial file is left
-        doc = json.loads(out.read_bytes().decode("utf-8"))
-        done = doc["results"]
-        assert doc["run"]["labels"] == LABELS.split(",") and not watch.exists()
-    else:
-        done = read_jsonl(out)  # every line parses: whole batches were flushed
-    assert 0 < len(done) < len(names)
-    assert all(r["label"] for r in done)
-
-    resumed = subprocess.run(resume_line(stderr), cwd=tmp_path, capture_output=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr.decode()
-    no_traceback(resumed.stdout.decode(), resumed.stderr.decode())
-    if out.suffix == ".json":
-        doc = json.loads(out.read_text(encoding="utf-8"))
-        records = doc["results"]
-        assert not watch.exists()
-    else:
-        records = read_jsonl(out)
-    paths = [r["path"] for r in records]
-    assert sorted(paths) == sorted(f"imgs/{n}" for n in names)  # each image exactly once
-    assert all(r["label"] for r in records)
-    assert [r["path"] for r in records[: len(done)]] == [r["path"] for r in done]  # kept, not redone
-
-
-@pytest.mark.slow
-def test_sigint_stops_flushes_prints_resume_command_and_resume_finishes(tiny_clip, tmp_path):
-    _interrupt_then_resume(tiny_clip, tmp_path, signal.SIGINT, "r.jsonl", 130)
-
-
-@pytest.mark.slow
-def test_sigterm_saves_valid_json_and_resume_completes_it(tiny_clip, tmp_path):
-    _interrupt_then_resume(tiny_clip, tmp_path, signal.SIGTERM, "r.json", 143)
-
-
-@pytest.fixture(scope="module")
-def second_sigint(tiny_clip, tmp_path_factory):
-    """A run stopped by two Ctrl-C 0.2 s apart while its second batch is in flight.
-
-    Yields (the ``Wwts`` process, stdout, stderr, the output file, its bytes at the first signal).
-    """
-    tmp_path = tmp_path_factory.mktemp("second-sigint")
-    folder = tmp_path / "imgs"
-    folder.mkdir()
-    # 27-megapixel PNGs of under 100 KB: slow to decode (about 0.2 s each here), so a batch of 16
-    # on one decode thread takes about 3 s, far longer than the gap between the two signals
-    slow = encoded(Image.linear_gradient("L").resize((6000, 4500)).convert("RGB"), "PNG")
-    for i in range(80):
-        (folder / f"g{i:03d}.png").write_bytes(slow)
-    if AVIF_SUPPORTED:  # decoded first, in the worker process
-        noise().save(folder / "a.avif", "AVIF")
-    out = tmp_path / "r.jsonl"
-    # --no-store: the 80 files have the same bytes, and the embedding store would decode only one
-    with Wwts(["imgs", *FAST, "--model", tiny_clip, "--out", "r.jsonl", "--batch-size", "16",
-               "--workers", "1", "--no-store"], cwd=tmp_path) as wwts:
-        wwts.wait_for_lines(out)
-        # the first batch is written; let the second one get under way (a signal that lands between
-        # two batches stops the run at once, with nothing in flight to wait for)
-        time.sleep(0.5)
-        at_signal = out.read_bytes()
-        os.killpg(wwts.pgid, signal.SIGINT)
-        time.sleep(0.2)
-        os.killpg(wwts.pgid, signal.SIGINT)
-        t0 = time.monotonic()
-        stdout, stderr = wwts.wait(60)
-        print(f"second SIGINT: exited {time.monotonic() - t0:.2f} s after it")
-        yield wwts, stdout, stderr, out, at_signal
-
-
-@pytest.mark.slow
-def test_second_sigint_exits_at_once(second_sigint):
-    """The first Ctrl-C waits for the batch in flight; a second one does not wait for anything."""
-    wwts, stdout, stderr, out, at_signal = second_sigint
-    assert wwts.proc.returncode == 130, (wwts.proc.returncode, stderr)
-    no_traceback(stdout, stderr)
-    assert "done:" not in stderr  # it did not finish the batch and print the summary first
-    assert out.read_bytes() == at_signal  # what was flushed stays; nothing half-written after it
-    # only the batches finished before the first signal were written (one, or under load two: the
-    # decode thread runs ahead while the model works), not the one in flight nor any after it
-    written = len(read_jsonl(out))
-    assert written % 16 == 0 and 16 <= written < 81, written
-
-
-def test_after_the_first_signal_the_handler_stays_until_the_process_ends():
-    """The run may end on its own between two Ctrl-C (the batch in flight was quick); the second
-    one must still exit at once, not raise KeyboardInterrupt into the summary or the shutdown."""
-    from wwts.cli.run import Interrupts as _Interrupts
-
-    class FakeRun:
-        stopped = False
-
-        def stop(self):
-            self.stopped = True
-
-    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        with _Interrupts(FakeRun()) as quiet_run:
-            pass
-        assert quiet_run.signum is None
-        assert signal.getsignal(signal.SIGINT) is before[signal.SIGINT]  # no signal: old handlers back
-        run = FakeRun()
-        with _Interrupts(run) as interrupts:
-            interrupts._handle(signal.SIGINT, None)
-        assert run.stopped and interrupts.signum == signal.SIGINT
-        assert signal.getsignal(signal.SIGINT) == interrupts._handle
-        assert signal.getsignal(signal.SIGTERM) == interrupts._handle
-    finally:
-        for sig, handler in before.items():
-            signal.signal(sig, handler)
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not AVIF_SUPPORTED, reason="no AVIF: no decode worker process to outlive the run")
-def test_second_sigint_leaves_no_decode_worker_behind(second_sigint):
-    wwts = second_sigint[0]
-    assert wwts.group_is_gone(5), "the decode worker outlived the run"
-
-
-# --- results are never lost: resume / retry / refusing to overwrite -----------------------------------
-
-
-@pytest.fixture
-def six_images(tmp_path) -> Path:
-    folder = tmp_path / "six"
-    folder.mkdir()
-    for i in range(6):
-        noise((40 + i, 30)).save(folder / f"p{i}.png")
-    return folder
-
-
-def test_resume_after_a_torn_last_line(tiny_clip, six_images, tmp_path):
-    out = tmp_path / "r.jsonl"
-    assert classify(six_images, *FAST, "--model", tiny_clip, "--out", out).exit_code == 0
-    raw = out.read_bytes()
-    lines = raw.splitlines(keepends=True)
-    torn = b"".join(lines[:4]) + lines[4][: len(lines[4]) // 2]  # record 5 half-written, 6 missing
-    out.write_bytes(torn)
-    result = classify(six_images, *FAST, "--model", tiny_clip, "--out", out, "--resume")
-    assert result.exit_code == 0, result.output
-    after = out.read_bytes()
-    assert after.startswith(b"".join(lines[:4]))  # records already done are kept as they were
-    records = read_jsonl(out)
-    assert sorted(Path(r["path"]).name for r in records) == [f"p{i}.png" for i in range(6)]
-    assert all(r["label"] and r["error"] is None for r in records)
-    # nothing left to do: a second --resume changes nothing
-    result = classify(six_images, *FAST, "--model", tiny_clip, "--out", out, "--resume")
-    assert result.exit_code == 0 and "nothing to do" in result.stderr
-    assert out.read_bytes() == after
-
-
-@pytest.mark.parametrize("fmt", ["jsonl", "csv", "json"])
-def test_retry_failed_reprocesses_only_the_broken_image(tiny_clip, six_images, tmp_path, fmt):
-    broken = six_images / "p3.png"
-    good_bytes = broken.read_bytes()
-    broken.write_bytes(good_bytes[: len(good_bytes) // 3])
-    out = tmp_path / f"r.{fmt}"
-    result = classify(six_images, *FAST, "--model", tiny_clip, "--out", out)
-    assert result.exit_code == 3, result.output
-    before = read_records(out)
-    assert [Path(r["path"]).name for r in before if r["error"]] == ["p3.png"]
-    broken.write_bytes(good_bytes)  # the user fixed the file
-    result = classify(six_images, *FAST, "--model", tiny_clip, "--out", out, "--retry-failed")
-    assert result.exit_code == 0, result.output
-    after = read_records(out)
-    by_name = {Path(r["path"]).name: r for r in after}
-    assert len(after) == 6 and sorted(by_name) == [f"p{i}.png" for i in range(6)]
-    assert by_name["p3.png"]["error"] in (None, "") and by_name["p3.png"]["label"]
-    # the others were not processed again: their records are unchanged
-    old = {Path(r["path"]).name: r for r in before}
-    for name in by_name.keys() - {"p3.png"}:
-        assert by_name[name] == old[name]
-
-
-def read_records(out: Path) -> list[dict]:
-    if out.suffix == ".jsonl":
-        return read_jsonl(out)
-    if out.suffix == ".json":
-        return json.loads(out.read_text(encoding="utf-8"))["results"]
-    import csv
-
-    return list(csv.DictReader(out.read_text(encoding="utf-8-sig").splitlines()))
-
-
-@pytest.mark.parametrize("change", [
-    ("--labels", "人,车,狗"),
-    ("--prompt", "{}"),
-    ("--dtype", "bfloat16"),
-    ("--model", "COPY"),
-    ("--quantize", "int8"),
-    ("--backend", "onnxruntime"),
-], ids=["labels", "prompt", "dtype", "model", "quantize", "backend"])
-def test_resume_with_other_settings_is_refused(tiny_clip, six_images, tmp_path, change):
-    out = tmp_path / "r.jsonl"
-    assert classify(six_images, *FAST, "--model", tiny_clip, "--out", out).exit_code == 0
-    lines = out.read_bytes().splitlines(keepends=True)
-    out.write_bytes(b"".join(lines[:3]))  # an interrupted run: 3 of 6 done
-    before = out.read_bytes()
-    args = dict(zip(FAST[::2], FAST[1::2]), **{"--model": str(tiny_clip)})
-    key, value = change
-    if value == "COPY":
-        value = str(shutil.copytree(tiny_clip, tmp_path / "other-model"))
-    args[key] = value
-    result = classify(six_images, *[x for kv in args.items() for x in kv], "--out", out, "--resume")
-    assert result.exit_code == 2, result.output
-    assert key.lstrip("-") in result.stderr and "other settings" in result.stderr
-    assert out.read_bytes() == before
-    no_traceback(result.output)
-
-
-def test_resume_of_a_finished_run_with_other_labels_is_refused(tiny_clip, six_images, tmp_path):
-    out = tmp_path / "r.jsonl"
-    assert classify(six_images, *FAST, "--model", tiny_clip, "--out", out).exit_code == 0
-    result = classify(six_images, *FAST[2:], "--labels", "人,车,狗", "--model", tiny_clip,
-                      "--out", out, "--resume")
-    assert result.exit_code == 2, result.output
-
-
 @pytest.mark.parametrize("flags", [(), ("--overwrite",)], ids=["plain", "overwrite"])
 def test_out_that_is_an_input_image_is_refused(tiny_clip, tmp_path, flags):
     photo = tmp_path / "photo.jpg"
@@ -873,116 +550,121 @@ def test_csv_cells_cannot_run_as_formulas(tiny_clip, tmp_path, monkeypatch):
     assert {r["label"] for r in records} <= {"=1+1", "-人", "@车"}
 
 
-def test_csv_resume_with_odd_names_keeps_each_image_once(tiny_clip, tmp_path, monkeypatch):
-    """Names that CSV must quote, escape or defuse still match their record when resuming."""
-    folder = tmp_path / "odd"
+FAST_2_LABELS = ("--labels", "人,车", "--dtype", "float32", "--threads", "1")
+
+
+def read_records(out: Path) -> dict[str, dict]:
+    """Records of a ``.jsonl`` output by file name."""
+    lines = out.read_text(encoding="utf-8").splitlines()
+    records = [json.loads(line) for line in lines]
+    by_name = {Path(r["path"]).name: r for r in records}
+    assert len(by_name) == len(records), "an image has two records"
+    return by_name
+
+
+def assert_no_traceback(*texts: str) -> None:
+    for text in texts:
+        assert "Traceback" not in text, text
+
+
+def thin_images(folder: Path) -> None:
+    """The issue's 107-byte killer, a tall one, one exactly at the limit, and a normal image."""
     folder.mkdir()
-    names = [b"=cmd.png", "猫.png".encode(), b"new\nline.png", NON_UTF8_NAME, b"back\\ud800slash.png",
-             b"'quote.png", b'comma,"q".png', b"ok.png"]
-    for name in names:
-        with open(os.path.join(os.fsencode(folder), name), "wb") as fh:
-            fh.write(encoded(noise((24, 24)), "PNG"))
-    monkeypatch.chdir(folder)
-    out = tmp_path / "r.csv"
-    assert classify(".", *FAST, "--model", tiny_clip, "--out", out).exit_code == 0
-    full = out.read_bytes()
-    full.decode("utf-8")
-    rows = full.split(b"\r\n")  # rows end in CRLF; the quoted name keeps its bare LF
-    assert len(rows) == 1 + len(names) + 1 and rows[-1] == b""
-    out.write_bytes(b"\r\n".join(rows[:6]) + b"\r\n" + rows[6][:9])  # 5 records and a torn 6th
-    result = classify(".", *FAST, "--model", tiny_clip, "--out", out, "--resume")
-    assert result.exit_code == 0, result.output
-    from wwts.core.output.records import ClassifyResult
-    from wwts.core.output import read_existing
-
-    _, records = read_existing(out, ClassifyResult)
-    assert sorted(os.fsencode(r["path"]) for r in records) == sorted(names)  # each once, bytes intact
-    assert all(r["label"] for r in records)
+    Image.new("RGB", (8000, 1)).save(folder / "thin.png")
+    Image.new("RGB", (3, 4000)).save(folder / "tall.png")
+    Image.new("RGB", (MAX_ASPECT_RATIO * 10, 10), (0, 90, 0)).save(folder / "edge.png")  # 200:1 is allowed
+    Image.new("RGB", (60, 40), (200, 30, 30)).save(folder / "plain.png")
 
 
-# --- models: no remote code, safetensors first --------------------------------------------------------
+def check_thin_records(records: dict[str, dict]) -> None:
+    assert sorted(records) == ["edge.png", "plain.png", "tall.png", "thin.png"]
+    for name in ("thin.png", "tall.png"):
+        assert records[name]["error"].startswith("aspect_ratio: "), records[name]
+        assert "limit of 200:1" in records[name]["error"]
+    assert records["thin.png"]["width"] in (None, 8000)  # refused from the header, before any resize
+    for name in ("edge.png", "plain.png"):
+        assert records[name]["error"] is None, records[name]
 
 
-EVIL = "import os\nopen(os.environ['WWTS_TEST_MARKER'], 'w').write('ran')\n"
+def test_extreme_aspect_ratio_is_refused_before_the_processor_classify(tiny_clip, tmp_path, capfd):
+    folder = tmp_path / "thin"
+    thin_images(folder)
+    out = tmp_path / "r.jsonl"
+    result = classify(folder, *FAST_2_LABELS, "--model", tiny_clip, "--out", out)
+    assert_no_traceback(result.output, *capfd.readouterr())
+    assert result.exit_code == 3, result.output
+    records = read_records(out)
+    check_thin_records(records)
+    assert records["plain.png"]["label"] and records["edge.png"]["label"]
 
 
-def test_model_code_is_not_run_without_trust_remote_code(tiny_clip, tmp_path, monkeypatch, six_images):
-    marker = tmp_path / "remote-code-ran"
-    monkeypatch.setenv("WWTS_TEST_MARKER", str(marker))
-    model = Path(shutil.copytree(tiny_clip, tmp_path / "model-with-code"))
-    (model / "configuration_evil.py").write_text(EVIL + "from transformers import ChineseCLIPConfig as EvilConfig\n")
-    (model / "modeling_evil.py").write_text(EVIL + "from transformers import ChineseCLIPModel as EvilModel\n")
-    config = json.loads((model / "config.json").read_text())
-    config["auto_map"] = {"AutoConfig": "configuration_evil.EvilConfig", "AutoModel": "modeling_evil.EvilModel"}
-    (model / "config.json").write_text(json.dumps(config))
-    # a known model type: transformers' own class is used and the folder's code is ignored
-    result = classify(six_images, *FAST, "--model", model, "--out", tmp_path / "a.jsonl")
-    assert result.exit_code == 0, result.output
-    assert not marker.exists()
-    # an unknown model type needs the code: refused with one line, the code still not run
-    config["model_type"] = "evil_clip"
-    (model / "config.json").write_text(json.dumps(config))
-    result = classify(six_images, *FAST, "--model", model, "--out", tmp_path / "b.jsonl")
-    assert result.exit_code == 2, result.output
-    assert not marker.exists()
-    no_traceback(result.output)
-    # one error line, the last: only the start line and "loading model" come before it
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and result.stderr.strip().splitlines()[-1] == errors[0], result.stderr
+@pytest.fixture(scope="module")
+def tiny_git(tmp_path_factory):
+    """GIT's processor is CLIP's: short side to the input size, then a crop (the blow-up case)."""
+    from tests.tiny_caption_models import build_tiny_git
+
+    return build_tiny_git(tmp_path_factory.mktemp("caption") / "tiny-git")
 
 
-def test_safetensors_weights_are_preferred(tiny_clip, tmp_path, six_images):
-    model = Path(shutil.copytree(tiny_clip, tmp_path / "both-weights"))
-    assert (model / "model.safetensors").exists()
-    (model / "pytorch_model.bin").write_bytes(b"not a pickle: loading this would fail")
-    result = classify(six_images, *FAST, "--model", model, "--out", tmp_path / "r.jsonl")
-    assert result.exit_code == 0, result.output
+def test_extreme_aspect_ratio_is_refused_before_the_processor_caption(tiny_git, tmp_path, capfd):
+    from typer.testing import CliRunner
+
+    from wwts.cli.app import app
+
+    folder = tmp_path / "thin"
+    thin_images(folder)
+    out = tmp_path / "c.jsonl"
+    result = CliRunner().invoke(app, ["caption", str(folder), "--model", str(tiny_git), "--out", str(out),
+                                      "--max-new-tokens", "3", "--dtype", "float32"])
+    assert_no_traceback(result.output, *capfd.readouterr())
+    assert result.exit_code == 3, result.output
+    records = read_records(out)
+    check_thin_records(records)
+    assert isinstance(records["plain.png"]["caption"], str)
 
 
-# --- scale ----------------------------------------------------------------------------------------------
+# --- broken TIFFs: libtiff's messages belong to the file ----------------------------------------------
 
 
-@pytest.mark.slow
-def test_discovery_of_20000_files_streams(tmp_path, capsys):
-    folder = tmp_path / "big"
+def corrupt_tiff(path: Path, image: Image.Image, compression: str) -> Path:
+    """``image`` saved as a TIFF with ``compression``, then its strip bytes scrambled (header intact)."""
+    image.save(path, format="TIFF", compression=compression)
+    with Image.open(path) as im:
+        start, length = im.tag_v2[273][0], im.tag_v2[279][0]
+    data = bytearray(path.read_bytes())
+    for i in range(start + 2, start + length):
+        data[i] ^= 0xA5 if compression == "group4" else 0x5A
+    path.write_bytes(bytes(data))
+    return path
+
+
+def fax_image() -> Image.Image:
+    im = Image.new("1", (64, 64), 1)
+    for x in range(0, 64, 3):
+        im.putpixel((x, x // 2), 0)
+    return im
+
+
+def test_libtiff_messages_go_into_the_record_not_to_stderr(tiny_clip, tmp_path, capfd):
+    folder = tmp_path / "scans"
     folder.mkdir()
-    tiny = encoded(Image.new("RGB", (1, 1)), "PNG")
-    n = 20_000
-    names = [f"{i:05d}.{('jpg', 'png', 'JPG', 'txt')[i % 4]}" for i in range(n)]
-    for name in names:
-        (folder / name).write_bytes(tiny)
-    expected = [folder / name for name in sorted(names) if not name.endswith(".txt")]
-
-    t0 = time.perf_counter()
-    stream = discover([folder])
-    first = next(stream)
-    t_first = time.perf_counter() - t0
-    rest = sum(1 for _ in stream)
-    t_stream = time.perf_counter() - t0
-    assert first == expected[0] and 1 + rest == len(expected)
-
-    tracemalloc.start()
-    count = sum(1 for _ in discover([folder]))  # streaming: nothing kept
-    _, peak_stream = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-
-    from wwts.core.config import RunConfig
-
-    tracemalloc.start()
-    t0 = time.perf_counter()
-    found = engine.find_images(RunConfig(task="classify", inputs=(folder,), labels=("人",)))
-    t_list = time.perf_counter() - t0
-    current, peak_list = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    assert count == len(expected) == 15_000
-    assert found == expected  # each once, sorted by name (code points: "JPG" files are among them)
-    with capsys.disabled():
-        print(f"\n[20k discovery] {n} files, {len(found)} images: first path after {t_first * 1000:.1f} ms, "
-              f"streamed all in {t_stream * 1000:.1f} ms; find_images (list) {t_list * 1000:.1f} ms; "
-              f"tracemalloc peak streaming {peak_stream / 1e6:.2f} MB, with the path list "
-              f"{peak_list / 1e6:.2f} MB (list kept: {current / 1e6:.2f} MB, "
-              f"{current / len(found):.0f} B/path)")
-    # the walk itself costs about one folder's names (plus the set that drops duplicates), not a
-    # multiple of the path list: before core/discover.py stopped keeping DirEntry objects with
-    # their cached stat results, peak_list was 5.4x the list and peak_stream 4.4x
-    assert peak_stream < 2 * current and peak_list < 3 * current
+    corrupt_tiff(folder / "fax.tif", fax_image(), "group4")  # decodes, libtiff complains
+    corrupt_tiff(folder / "fax_named.jpg", fax_image(), "group4")  # a TIFF by content, not by name
+    corrupt_tiff(folder / "zip.tiff", Image.effect_noise((64, 64), 64).convert("RGB"), "tiff_deflate")
+    fax_image().save(folder / "fine.tif", compression="group4")
+    out = tmp_path / "r.jsonl"
+    capfd.readouterr()
+    result = classify(folder / "fax.tif", folder / "fax_named.jpg", folder / "zip.tiff", folder / "fine.tif",
+                      *FAST_2_LABELS, "--model", tiny_clip, "--out", out)
+    captured = capfd.readouterr()
+    assert_no_traceback(result.output, *captured)
+    for stream in captured:  # nothing written to the process's file descriptors 1 and 2
+        assert "Decode" not in stream and "Bad code word" not in stream, stream
+    assert result.exit_code == 3, result.output
+    records = read_records(out)
+    for name in ("fax.tif", "fax_named.jpg"):
+        assert records[name]["error"] is None and records[name]["label"], records[name]
+        assert "Fax4Decode: Bad code word" in records[name]["note"], records[name]
+    assert records["zip.tiff"]["error"].startswith("decode: "), records["zip.tiff"]
+    assert "ZIPDecode" in records["zip.tiff"]["error"]
+    assert records["fine.tif"]["error"] is None and records["fine.tif"]["note"] is None

@@ -1,0 +1,156 @@
+"""The exclusive lock on --out (``core/output/lock.py``): a second run on a locked output says who
+holds it and exits 2 before loading the model; the lock is held for the whole run, removed after, and
+released when the model fails to load."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.helpers import classify
+from wwts.core.output import OutputError, OutputLock, lock_output
+
+
+FAST = ("--labels", "人,车,狗", "--top-k", "2", "--dtype", "float32", "--threads", "1")
+
+
+def strict_json(data: bytes):
+    """``json.loads`` as a strict parser does it: ``NaN`` / ``Infinity`` are errors."""
+    def refuse(name):
+        raise ValueError(f"non-standard JSON constant {name}")
+
+    return json.loads(data.decode("utf-8"), parse_constant=refuse)
+
+
+def strict_jsonl(path: Path) -> list[dict]:
+    return [strict_json(line) for line in path.read_bytes().splitlines() if line.strip()]
+
+
+@pytest.fixture
+def six(tmp_path) -> Path:
+    folder = tmp_path / "ex"
+    folder.mkdir()
+    for i in range(6):
+        Image.effect_noise((40 + i, 30), 64).convert("RGB").save(folder / f"p{i}.png")
+    return folder
+
+
+@pytest.fixture
+def load_spy(monkeypatch) -> list:
+    """Records every ``engine.start`` call (the model loads there) and lets it go on."""
+    from wwts.core import engine  # the package the CLI calls
+
+    calls: list = []
+    real = engine.start
+
+    def spy(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "start", spy)
+    return calls
+
+
+def one_error_line(result) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+# --- 3. an exclusive lock on --out ---------------------------------------------------------------
+
+
+HOLDER = """
+import sys
+from pathlib import Path
+from wwts.core.output import OutputLock
+lock = OutputLock(Path(sys.argv[1]), command="wwts classify other-photos --out held.jsonl")
+lock.acquire()
+print("locked", flush=True)
+sys.stdin.read()
+lock.release()
+print("released", flush=True)
+"""
+
+
+@pytest.fixture
+def held(tmp_path):
+    """``tmp_path/held.jsonl`` locked by another process for the duration of the test."""
+    out = tmp_path / "held.jsonl"
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        yield out, proc
+    finally:
+        if proc.poll() is None:
+            proc.stdin.close()
+            proc.wait(timeout=30)
+
+
+@pytest.mark.parametrize("flags", [("--resume",), ("--overwrite",), ()])
+def test_a_second_run_on_a_locked_out_says_who_holds_it_and_exits_2(tiny_clip, six, held, load_spy, flags):
+    out, proc = held
+    result = classify(six, *FAST, "--model", tiny_clip, "--out", out, *flags)
+    assert result.exit_code == 2, result.output
+    line = one_error_line(result)
+    assert f"pid {proc.pid}" in line and "wwts classify other-photos" in line, line
+    assert load_spy == []  # refused before the model loads
+    assert not out.exists()
+    proc.stdin.close()
+    assert proc.stdout.readline().strip() == "released"
+    proc.wait(timeout=30)
+    assert not out.with_name("held.jsonl.lock").exists()  # the holder removed its lock file
+    assert not out.with_name("held.jsonl.lock.info").exists()
+    result = classify(six, *FAST, "--model", tiny_clip, "--out", out, *flags)
+    assert result.exit_code == 0, result.output
+    assert len(strict_jsonl(out)) == 6
+
+
+def test_the_lock_is_held_for_the_whole_run_and_removed_after(tiny_clip, six, tmp_path, monkeypatch):
+    from wwts.core.engine import run as engine
+
+    out = tmp_path / "r.json"
+    seen = []
+    real = engine.Run.batches
+
+    def watching(self):
+        for batch in real(self):
+            seen.append(out.with_name("r.json.lock").exists())
+            with pytest.raises(OutputError, match="another wwts run"):
+                lock_output(out, overwrite=True)
+            yield batch
+
+    monkeypatch.setattr(engine.Run, "batches", watching)
+    assert classify(six, *FAST, "--model", tiny_clip, "--out", out, "--batch-size", "2").exit_code == 0
+    assert seen == [True, True, True]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ex", "r.json"]
+
+
+def test_the_lock_is_released_when_the_model_fails_to_load(tmp_path, six):
+    out = tmp_path / "r.jsonl"
+    result = classify(six, *FAST, "--model", tmp_path / "no-such-model", "--out", out)
+    assert result.exit_code == 2, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ex"]
+    with lock_output(out):  # free again
+        pass
+
+
+def test_lock_info_names_the_holder(tmp_path):
+    out = tmp_path / "r.csv"
+    with lock_output(out, command="wwts caption x --out r.csv") as lock:
+        info = json.loads(lock.info_path.read_text())
+        assert info["pid"] == os.getpid() and info["command"] == "wwts caption x --out r.csv"
+        assert info["host"] and info["started"]
+        second = OutputLock(out)
+        with pytest.raises(OutputError, match=f"pid {os.getpid()} on .*wwts caption x --out r.csv"):
+            second.acquire()
+        assert not second.held
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
