@@ -76,7 +76,7 @@ def test_caption_usage_errors(tiny_blip, sample_images):
     assert result.exit_code == 2 and "--min-new-tokens" in result.stderr
 
 
-# -- 8. --lang zh with a model that takes no instruction -----------------------------------------------
+# -- --lang zh with a model that takes no instruction -----------------------------------------------
 
 
 def test_lang_zh_with_blip_says_it_captions_in_its_own_language(tiny_blip, sample_images):

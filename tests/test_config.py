@@ -20,7 +20,7 @@ def _error_lines(result) -> list[str]:
     return [line for line in result.stderr.splitlines() if "error" in line.split(":", 1)[0]]
 
 
-# -- 2. prompt templates ----------------------------------------------------------------------------
+# -- prompt templates ----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("prompt", ["{}{}", "{} {x}", "{}}", "{0}", "没有占位符"])
@@ -49,7 +49,7 @@ def test_labels_with_braces_stay_literal(tiny_clip, sample_images):
     assert run.task.prompts == ["一张{0}的照片。", "一张a{}b的照片。"]
 
 
-# -- 4. the --labels message ------------------------------------------------------------------------
+# -- the --labels message ------------------------------------------------------------------------
 
 
 def test_unquoted_labels_with_a_space_say_what_happened(tiny_clip, sample_images):
@@ -70,7 +70,7 @@ def test_empty_label_messages_quote_the_users_text(text, where):
     assert where in str(info.value) and f"--labels {shlex.quote(text)}:" in str(info.value)
 
 
-# -- 5. label files in GBK --------------------------------------------------------------------------
+# -- label files in GBK --------------------------------------------------------------------------
 
 
 def test_gbk_labels_file_is_read_with_a_warning(tmp_path, caplog):

@@ -9,7 +9,7 @@ from wwts.core import models
 from wwts.core.errors import ModelLoadError
 
 
-# -- 7. hub messages ---------------------------------------------------------------------------------
+# -- hub messages ---------------------------------------------------------------------------------
 
 
 def test_offline_message_says_offline_mode_is_on_and_how_to_turn_it_off(monkeypatch):

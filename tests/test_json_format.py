@@ -40,7 +40,7 @@ def six(tmp_path) -> Path:
     return folder
 
 
-# --- 1. never NaN / Infinity in JSON --------------------------------------------------------------
+# --- never NaN / Infinity in JSON --------------------------------------------------------------
 
 
 def nan_record(path="a.jpg") -> ClassifyResult:

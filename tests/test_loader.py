@@ -75,7 +75,7 @@ def tiny_blip(tmp_path_factory) -> Path:
     return build_tiny_blip(tmp_path_factory.mktemp("blip") / "blip")
 
 
-# -- 1. not a dual encoder; non-finite scores ------------------------------------------------------
+# -- not a dual encoder: refused before the weights load ------------------------------------------------------
 
 
 def test_classify_refuses_a_captioning_checkpoint(tiny_blip, sample_images, tmp_path):
@@ -103,7 +103,7 @@ def test_classify_refuses_labels_for_an_image_classifier(sample_images, tmp_path
     assert "closed-set image classifier" in result.stderr and "--label-map" in result.stderr
 
 
-# -- 6. pickle weights -------------------------------------------------------------------------------
+# -- pickle weights -------------------------------------------------------------------------------
 
 
 def _copy_without_weights(src: Path, dst: Path) -> Path:

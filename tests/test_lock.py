@@ -64,7 +64,7 @@ def one_error_line(result) -> str:
     return lines[0]
 
 
-# --- 3. an exclusive lock on --out ---------------------------------------------------------------
+# --- an exclusive lock on --out ---------------------------------------------------------------
 
 
 HOLDER = """

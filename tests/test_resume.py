@@ -105,7 +105,11 @@ def read_records(out: Path) -> list[dict]:
     ("--quantize", "int8"),
     ("--backend", "onnxruntime"),
 ], ids=["labels", "prompt", "dtype", "model", "quantize", "backend"])
-def test_resume_with_other_settings_is_refused(tiny_clip, six_images, tmp_path, change):
+def test_resume_with_other_settings_is_refused(tiny_clip, six_images, tmp_path, change, monkeypatch):
+    if change[0] == "--dtype":
+        # torch pinned: its bf16 autocast changes the numbers; OpenVINO on a CPU without native bf16
+        # runs float32 for either request, so a resume there is not a change of settings
+        monkeypatch.setenv("WWTS_BACKEND", "torch")
     out = tmp_path / "r.jsonl"
     assert classify(six_images, *FAST, "--model", tiny_clip, "--out", out).exit_code == 0
     lines = out.read_bytes().splitlines(keepends=True)
@@ -193,7 +197,7 @@ def one_error_line(result) -> str:
     return lines[0]
 
 
-# --- 2. --resume recognises a file under any spelling --------------------------------------------
+# --- --resume recognises a file under any spelling --------------------------------------------
 
 
 def test_pending_paths_match_any_spelling(tmp_path, monkeypatch):

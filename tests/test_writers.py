@@ -500,7 +500,7 @@ def test_creating_the_output_is_atomic_with_the_existence_check(tmp_path, monkey
     assert out.read_text() == "someone else's data\n"
 
 
-# --- 5. disk full: the real file, the real count -------------------------------------------------
+# --- disk full: the real file, the real count -------------------------------------------------
 
 
 def fill_disk_after(monkeypatch, good_writes: int):
