@@ -96,6 +96,34 @@ def six_images(tmp_path) -> Path:
 
 
 @pytest.fixture
+def six(tmp_path) -> Path:
+    """A folder ``ex`` of six small distinct noise PNGs (``p0.png`` .. ``p5.png``, 40-45 x 30 pixels)."""
+    from PIL import Image
+
+    folder = tmp_path / "ex"
+    folder.mkdir()
+    for i in range(6):
+        Image.effect_noise((40 + i, 30), 64).convert("RGB").save(folder / f"p{i}.png")
+    return folder
+
+
+@pytest.fixture
+def load_spy(monkeypatch) -> list:
+    """Records every ``engine.start`` call (the model loads there) and lets it go on."""
+    from wwts.core import engine  # the package the CLI calls
+
+    calls: list = []
+    real = engine.start
+
+    def spy(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "start", spy)
+    return calls
+
+
+@pytest.fixture
 def exif_samples() -> Path:
     """``../shared/data/exif-samples`` (skips the test when the folder is absent)."""
     if not EXIF_SAMPLES.is_dir():

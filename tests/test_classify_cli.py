@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.helpers import classify, encoded, noise_image, png_claiming
+from tests.helpers import classify, encoded, noise_image, one_error_line, png_claiming, read_jsonl
 
 LABELS = "人,车,动物,猫,花"
 
@@ -318,12 +318,6 @@ LABELS_HOSTILE = "人,车,猫"
 FAST = ("--labels", LABELS_HOSTILE, "--top-k", "3", "--dtype", "float32", "--threads", "1")
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    raw = path.read_bytes()
-    raw.decode("utf-8")  # strict: the whole file is valid UTF-8
-    return [json.loads(line) for line in raw.splitlines() if line.strip()]
-
-
 def noise(size=(64, 48)) -> Image.Image:
     """``noise_image`` at this module's default size."""
     return noise_image(size)
@@ -498,38 +492,6 @@ def test_every_broken_link_gets_a_link_record_and_the_run_goes_on(tiny_clip, tmp
 
 
 FAST_OUT = ("--labels", "人,车,狗", "--top-k", "2", "--dtype", "float32", "--threads", "1")
-
-
-@pytest.fixture
-def six(tmp_path) -> Path:
-    folder = tmp_path / "ex"
-    folder.mkdir()
-    for i in range(6):
-        Image.effect_noise((40 + i, 30), 64).convert("RGB").save(folder / f"p{i}.png")
-    return folder
-
-
-@pytest.fixture
-def load_spy(monkeypatch) -> list:
-    """Records every ``engine.start`` call (the model loads there) and lets it go on."""
-    from wwts.core import engine  # the package the CLI calls
-
-    calls: list = []
-    real = engine.start
-
-    def spy(*args, **kwargs):
-        calls.append(args)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(engine, "start", spy)
-    return calls
-
-
-def one_error_line(result) -> str:
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
-    assert "Traceback" not in result.output
-    return lines[0]
 
 
 # --- a bad --out is found before the model loads, exit 2 ---------------------------------------------

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.helpers import classify, encoded, noise_image, png_claiming
+from tests.helpers import classify, encoded, no_traceback, noise_image, png_claiming, read_jsonl
 from wwts.core.engine import plan as engine, run as engine_run
 from wwts.core.input import MAX_ASPECT_RATIO
 from wwts.core.input.decode import AVIF_SUPPORTED, HEIF_SUPPORTED, SUPPORTED_FORMATS
@@ -44,12 +44,6 @@ CATEGORIES = {"not_found", "not_a_file", "permission", "empty", "unidentified", 
 ERROR_RE = re.compile(r"^([a-z_]+): \S.*$")
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 NON_UTF8_NAME = b"photo-\xff\xfe-\xe9t\xe9.png"  # Latin-1 bytes: not valid UTF-8
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    raw = path.read_bytes()
-    raw.decode("utf-8")  # strict: the whole file is valid UTF-8
-    return [json.loads(line) for line in raw.splitlines() if line.strip()]
 
 
 def scores(rec: dict) -> dict[str, float]:
@@ -67,11 +61,6 @@ def same_scores(rec: dict, twin: dict, wrong: dict) -> None:
     near, far = score_gap(rec, twin), score_gap(rec, wrong)
     assert near < 2e-6, f"{rec['path']} scored unlike {twin['path']} (gap {near:.2e})"
     assert far > 10 * max(near, 1e-6), f"cannot tell {twin['path']} from {wrong['path']} (gap {far:.2e})"
-
-
-def no_traceback(*texts: str) -> None:
-    for text in texts:
-        assert "Traceback" not in text, text
 
 
 # --- generated hostile files ------------------------------------------------------------------------

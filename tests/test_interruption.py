@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.helpers import encoded, noise_image
+from tests.helpers import encoded, no_traceback, noise_image, read_jsonl
 from wwts.core.input.decode import AVIF_SUPPORTED
 
 
@@ -25,17 +25,6 @@ WWTS = Path(sys.executable).with_name("wwts")
 LABELS = "人,车,猫"
 #: float32 and one torch thread: deterministic scores, and cheap on the 2-core test machine.
 FAST = ("--labels", LABELS, "--top-k", "3", "--dtype", "float32", "--threads", "1")
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    raw = path.read_bytes()
-    raw.decode("utf-8")  # strict: the whole file is valid UTF-8
-    return [json.loads(line) for line in raw.splitlines() if line.strip()]
-
-
-def no_traceback(*texts: str) -> None:
-    for text in texts:
-        assert "Traceback" not in text, text
 
 
 def noise(size=(64, 48)) -> Image.Image:

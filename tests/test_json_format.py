@@ -4,40 +4,16 @@ one through the command line."""
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import pytest
-from PIL import Image
 
-from tests.helpers import classify
+from tests.helpers import classify, strict_json, strict_jsonl
 from wwts.core.output import ClassifyResult, LabelScore, open_writer, read_existing, run_sidecar_path
 
 
 FAST = ("--labels", "人,车,狗", "--top-k", "2", "--dtype", "float32", "--threads", "1")
 RUN = {"task": "classify", "model": "m"}
-
-
-def strict_json(data: bytes):
-    """``json.loads`` as a strict parser does it: ``NaN`` / ``Infinity`` are errors."""
-    def refuse(name):
-        raise ValueError(f"non-standard JSON constant {name}")
-
-    return json.loads(data.decode("utf-8"), parse_constant=refuse)
-
-
-def strict_jsonl(path: Path) -> list[dict]:
-    return [strict_json(line) for line in path.read_bytes().splitlines() if line.strip()]
-
-
-@pytest.fixture
-def six(tmp_path) -> Path:
-    folder = tmp_path / "ex"
-    folder.mkdir()
-    for i in range(6):
-        Image.effect_noise((40 + i, 30), 64).convert("RGB").save(folder / f"p{i}.png")
-    return folder
 
 
 # --- never NaN / Infinity in JSON --------------------------------------------------------------

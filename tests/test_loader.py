@@ -7,7 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
-from tests.helpers import classify
+from tests.helpers import classify, no_traceback
 import logging
 import pytest
 import torch
@@ -18,11 +18,6 @@ from wwts.core import models
 LABELS = "人,车,猫"
 #: float32 and one torch thread: deterministic scores, and cheap on the 2-core test machine.
 FAST = ("--labels", LABELS, "--top-k", "3", "--dtype", "float32", "--threads", "1")
-
-
-def no_traceback(*texts: str) -> None:
-    for text in texts:
-        assert "Traceback" not in text, text
 
 
 # --- models: no remote code, safetensors first --------------------------------------------------------

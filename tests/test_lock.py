@@ -11,57 +11,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
-from tests.helpers import classify
+from tests.helpers import classify, one_error_line, strict_jsonl
 from wwts.core.output import OutputError, OutputLock, lock_output
 
 
 FAST = ("--labels", "人,车,狗", "--top-k", "2", "--dtype", "float32", "--threads", "1")
-
-
-def strict_json(data: bytes):
-    """``json.loads`` as a strict parser does it: ``NaN`` / ``Infinity`` are errors."""
-    def refuse(name):
-        raise ValueError(f"non-standard JSON constant {name}")
-
-    return json.loads(data.decode("utf-8"), parse_constant=refuse)
-
-
-def strict_jsonl(path: Path) -> list[dict]:
-    return [strict_json(line) for line in path.read_bytes().splitlines() if line.strip()]
-
-
-@pytest.fixture
-def six(tmp_path) -> Path:
-    folder = tmp_path / "ex"
-    folder.mkdir()
-    for i in range(6):
-        Image.effect_noise((40 + i, 30), 64).convert("RGB").save(folder / f"p{i}.png")
-    return folder
-
-
-@pytest.fixture
-def load_spy(monkeypatch) -> list:
-    """Records every ``engine.start`` call (the model loads there) and lets it go on."""
-    from wwts.core import engine  # the package the CLI calls
-
-    calls: list = []
-    real = engine.start
-
-    def spy(*args, **kwargs):
-        calls.append(args)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(engine, "start", spy)
-    return calls
-
-
-def one_error_line(result) -> str:
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
-    assert "Traceback" not in result.output
-    return lines[0]
 
 
 # --- an exclusive lock on --out ---------------------------------------------------------------

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.helpers import classify, encoded, noise_image
+from tests.helpers import classify, encoded, no_traceback, noise_image, one_error_line, read_jsonl
 from wwts.core.errors import UsageError
 from wwts.core.output import (RESUME_KEYS, ClassifyResult, LabelScore, check_settings, drop_records, open_writer,
                               pending_paths, plan_resume, read_existing, run_sidecar_path)
@@ -23,17 +23,6 @@ LABELS = "人,车,猫"
 #: float32 and one torch thread: deterministic scores, and cheap on the 2-core test machine.
 FAST = ("--labels", LABELS, "--top-k", "3", "--dtype", "float32", "--threads", "1")
 NON_UTF8_NAME = b"photo-\xff\xfe-\xe9t\xe9.png"  # Latin-1 bytes: not valid UTF-8
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    raw = path.read_bytes()
-    raw.decode("utf-8")  # strict: the whole file is valid UTF-8
-    return [json.loads(line) for line in raw.splitlines() if line.strip()]
-
-
-def no_traceback(*texts: str) -> None:
-    for text in texts:
-        assert "Traceback" not in text, text
 
 
 def noise(size=(64, 48)) -> Image.Image:
@@ -163,38 +152,6 @@ def test_csv_resume_with_odd_names_keeps_each_image_once(tiny_clip, tmp_path, mo
 
 
 FAST_TOP_2 = ("--labels", "人,车,狗", "--top-k", "2", "--dtype", "float32", "--threads", "1")
-
-
-@pytest.fixture
-def six(tmp_path) -> Path:
-    folder = tmp_path / "ex"
-    folder.mkdir()
-    for i in range(6):
-        Image.effect_noise((40 + i, 30), 64).convert("RGB").save(folder / f"p{i}.png")
-    return folder
-
-
-@pytest.fixture
-def load_spy(monkeypatch) -> list:
-    """Records every ``engine.start`` call (the model loads there) and lets it go on."""
-    from wwts.core import engine  # the package the CLI calls
-
-    calls: list = []
-    real = engine.start
-
-    def spy(*args, **kwargs):
-        calls.append(args)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(engine, "start", spy)
-    return calls
-
-
-def one_error_line(result) -> str:
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
-    assert "Traceback" not in result.output
-    return lines[0]
 
 
 # --- --resume recognises a file under any spelling --------------------------------------------

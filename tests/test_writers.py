@@ -12,9 +12,8 @@ import os
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
-from tests.helpers import classify
+from tests.helpers import classify, strict_jsonl
 from wwts.core import atomic
 from wwts.core.errors import UsageError, WwtsError
 from wwts.core.output import (CaptionResult, ClassifyResult, LabelScore, drop_records, open_writer, output_format,
@@ -462,27 +461,6 @@ def test_writers_does_not_import_torch():
 
 FAST = ("--labels", "人,车,狗", "--top-k", "2", "--dtype", "float32", "--threads", "1")
 RUN_NAMED_M = {"task": "classify", "model": "m"}
-
-
-def strict_json(data: bytes):
-    """``json.loads`` as a strict parser does it: ``NaN`` / ``Infinity`` are errors."""
-    def refuse(name):
-        raise ValueError(f"non-standard JSON constant {name}")
-
-    return json.loads(data.decode("utf-8"), parse_constant=refuse)
-
-
-def strict_jsonl(path: Path) -> list[dict]:
-    return [strict_json(line) for line in path.read_bytes().splitlines() if line.strip()]
-
-
-@pytest.fixture
-def six(tmp_path) -> Path:
-    folder = tmp_path / "ex"
-    folder.mkdir()
-    for i in range(6):
-        Image.effect_noise((40 + i, 30), 64).convert("RGB").save(folder / f"p{i}.png")
-    return folder
 
 
 def test_creating_the_output_is_atomic_with_the_existence_check(tmp_path, monkeypatch):
