@@ -26,7 +26,13 @@ FAST = ("--labels", LABELS, "--top-k", "3", "--dtype", "float32", "--threads", "
 EVIL = "import os\nopen(os.environ['WWTS_TEST_MARKER'], 'w').write('ran')\n"
 
 
+# These two check what transformers' loader reads from a model folder. ``--backend auto`` runs the same
+# loader and then converts the test's throwaway copy of the model for OpenVINO (about 9 s each on a
+# 2-core VM) for nothing, so they pin torch.
+
+
 def test_model_code_is_not_run_without_trust_remote_code(tiny_clip, tmp_path, monkeypatch, six_images):
+    monkeypatch.setenv("WWTS_BACKEND", "torch")
     marker = tmp_path / "remote-code-ran"
     monkeypatch.setenv("WWTS_TEST_MARKER", str(marker))
     model = Path(shutil.copytree(tiny_clip, tmp_path / "model-with-code"))
@@ -51,7 +57,8 @@ def test_model_code_is_not_run_without_trust_remote_code(tiny_clip, tmp_path, mo
     assert len(errors) == 1 and result.stderr.strip().splitlines()[-1] == errors[0], result.stderr
 
 
-def test_safetensors_weights_are_preferred(tiny_clip, tmp_path, six_images):
+def test_safetensors_weights_are_preferred(tiny_clip, tmp_path, six_images, monkeypatch):
+    monkeypatch.setenv("WWTS_BACKEND", "torch")
     model = Path(shutil.copytree(tiny_clip, tmp_path / "both-weights"))
     assert (model / "model.safetensors").exists()
     (model / "pytorch_model.bin").write_bytes(b"not a pickle: loading this would fail")
