@@ -1,10 +1,12 @@
-"""Helpers shared by several test modules: the CLI runner, generated image bytes, and decoders
-that the decode pool's worker processes import by name (so they live in an importable module),
-and the comparison of two classify runs' scores."""
+"""Helpers shared by several test modules: the CLI runner, generated image bytes, decoders that
+the decode pool's worker processes import by name (so they live in an importable module), the
+comparison of two classify runs' scores, and readers of what a run wrote (strict JSON, JSONL,
+its one error line)."""
 
 from __future__ import annotations
 
 import io
+import json
 import os
 import struct
 import time
@@ -75,3 +77,34 @@ def assert_same_scores(a, b, tol: float) -> None:
         assert sa[name].keys() == sb[name].keys()
         assert max(abs(sa[name][k] - sb[name][k]) for k in sa[name]) <= tol, name
 
+
+
+def strict_json(data: bytes):
+    """``json.loads`` as a strict parser does it: ``NaN`` / ``Infinity`` are errors."""
+    def refuse(name):
+        raise ValueError(f"non-standard JSON constant {name}")
+
+    return json.loads(data.decode("utf-8"), parse_constant=refuse)
+
+
+def strict_jsonl(path: Path) -> list[dict]:
+    return [strict_json(line) for line in path.read_bytes().splitlines() if line.strip()]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    raw = path.read_bytes()
+    raw.decode("utf-8")  # strict: the whole file is valid UTF-8
+    return [json.loads(line) for line in raw.splitlines() if line.strip()]
+
+
+def no_traceback(*texts: str) -> None:
+    for text in texts:
+        assert "Traceback" not in text, text
+
+
+def one_error_line(result) -> str:
+    """The one ``error:`` line a failed command printed on stderr (and no traceback)."""
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    assert "Traceback" not in result.output
+    return lines[0]

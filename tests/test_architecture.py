@@ -7,6 +7,8 @@
 - Imports go one way: each package of ``core`` may import only the layers below it (``LAYERS``);
   nothing in ``core`` imports ``cli``; only ``cli`` imports ``core/doctor.py``.
 - Code outside a package uses its public API (``__init__``), never one of its modules.
+- No import circle, inside a package or across packages, imports inside functions included (a module
+  importing a package that holds it, which Python has done already, is not an edge).
 """
 
 from __future__ import annotations
@@ -183,6 +185,66 @@ def test_other_packages_use_a_package_through_its_public_api():
     assert not reaching, "imports of another package's module:\n" + "\n".join(reaching)
 
 
+def import_graph() -> dict[str, set[str]]:
+    """``module → the wwts modules it imports`` over ``sources()``, every import statement at any
+    depth (``ast.walk`` sees the ones inside functions); a module's own enclosing packages are left out."""
+    modules = {module_name(p): p for p in sources()}
+    graph: dict[str, set[str]] = {}
+    for me, path in modules.items():
+        graph[me] = {mod for _, mod, _ in imported_modules(path)
+                     if mod in modules and mod != me and not me.startswith(mod + ".")}
+    return graph
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of ``graph`` with more than one module, each sorted
+    (Tarjan's algorithm, iterative so a deep chain cannot hit the recursion limit)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph[child]))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    found.append(sorted(component))
+    return sorted(found)
+
+
+def test_no_import_circle():
+    found = circles(import_graph())
+    assert not found, "import circles (imports inside functions count):\n" + "\n".join(
+        " <-> ".join(c) for c in found)
+
+
 def test_the_rules_catch_what_they_are_meant_to(tmp_path):
     """The checks above would fail on code that breaks them."""
     src = "def f():\n    '''doc\n    more'''\n" + "    x = 1\n" * 61 + "    # comment\n\n"
@@ -190,6 +252,8 @@ def test_the_rules_catch_what_they_are_meant_to(tmp_path):
     assert code_lines(node, src.splitlines()) == 62  # the def line and 61 statements
     assert part_of("wwts.core.output.writers") == "output" and part_of("wwts.core.errors") == "base"
     assert "engine" not in LAYERS["tasks"] and "cli" not in LAYERS["engine"]
+    assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}) == [["a", "b", "c"]]
+    assert circles({"a": {"b"}, "b": set()}) == []
 
 
 def test_no_two_modules_share_a_name():

@@ -26,14 +26,11 @@ from wwts.core.config import RunConfig
 
 pytest.importorskip("openvino")
 pytest.importorskip("onnxruntime")
+#: These tests count, corrupt or clear conversions: each starts from an empty conversion cache.
+pytestmark = pytest.mark.own_conversions
 
 PROB_TOL = 1e-4
 LABELS = ("人", "车", "猫", "花")
-
-
-@pytest.fixture(autouse=True)
-def _no_backend_preset(monkeypatch):
-    monkeypatch.delenv("WWTS_BACKEND", raising=False)
 
 
 def _records(model, images, backend, **kw):
@@ -201,6 +198,12 @@ def test_missing_openvino_device_is_one_line_exit_2(device, tiny_clip, sample_im
 def test_openvino_auto_device_runs(tiny_clip, sample_images):
     run, records = _records(tiny_clip, sample_images, "openvino", device="AUTO")
     assert records and all(r.error is None for r in records)
+    assert run.info()["backend"] == "openvino"
+    from wwts.core.backends import openvino_device_names
+
+    if not any(n.startswith(("GPU", "NPU")) for n in openvino_device_names()):
+        _, on_cpu = _records(tiny_clip, sample_images, "openvino", device="CPU")
+        _assert_close(on_cpu, records)  # AUTO on a machine with only a CPU: the CPU plugin's numbers
 
 
 def test_onnxruntime_devices(tiny_clip, sample_images):

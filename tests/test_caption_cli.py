@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from wwts.cli.app import app
+from wwts.core import models
 
 runner = CliRunner()
 
@@ -73,3 +74,19 @@ def test_caption_usage_errors(tiny_blip, sample_images):
     result = runner.invoke(app, ["caption", str(sample_images), "--model", str(tiny_blip),
                                  "--min-new-tokens", "9", "--max-new-tokens", "3"])
     assert result.exit_code == 2 and "--min-new-tokens" in result.stderr
+
+
+# -- --lang zh with a model that takes no instruction -----------------------------------------------
+
+
+def test_lang_zh_with_blip_says_it_captions_in_its_own_language(tiny_blip, sample_images):
+    from typer.testing import CliRunner
+
+    from wwts.cli.app import app
+
+    result = CliRunner().invoke(app, ["caption", str(sample_images / "astronaut.jpg"), "--lang", "zh",
+                                      "-m", str(tiny_blip), "--max-new-tokens", "3"])
+    assert result.exit_code == 0, result.output
+    warning = [line for line in result.stderr.splitlines() if "--lang zh" in line]
+    assert len(warning) == 1, result.stderr
+    assert "takes no instruction" in warning[0] and models.default_model("caption", "zh") in warning[0]

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from tests.helpers import classify
+from tests.helpers import classify, encoded, noise_image, one_error_line, png_claiming, read_jsonl
 
 LABELS = "人,车,动物,猫,花"
 
@@ -40,7 +42,8 @@ def test_every_sample_image_gets_one_record(tiny_clip, sample_images, tmp_path, 
             run = doc["run"]
             for key in ("model", "device", "dtype", "batch_size", "images_per_s", "started", "finished"):
                 assert key in run, key
-            assert run["device"] == "cpu"
+            # the device as the run's backend names it (--backend auto: OpenVINO's "CPU" on an x86 CPU)
+            assert run["device"] == ("CPU" if run["backend"] == "openvino" else "cpu")
             records = doc["results"]
         else:
             records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
@@ -74,7 +77,9 @@ def test_table_on_stdout_without_out(tiny_clip, sample_images, tmp_path):
     deep.mkdir(parents=True)
     image = deep / "chelsea.png"
     shutil.copy(sample_images / "chelsea.png", image)
-    result = classify(image, "--labels", LABELS, "--model", tiny_clip)
+    # torch pinned: the CPU note below is shown for torch's "cpu" only (cli.progress.cpu_note; with
+    # --backend auto on an x86 CPU the device is OpenVINO's "CPU" and no note is shown)
+    result = classify(image, "--labels", LABELS, "--model", tiny_clip, "--backend", "torch")
     assert result.exit_code == 0, result.output
     assert str(image) in result.stdout
     assert "device cpu" in result.stderr and "batch size" in result.stderr
@@ -288,9 +293,10 @@ def test_scores_are_the_softmax_of_the_models_own_logits(family, tiny_clip, tiny
     labels, template = (["人", "车", "猫"], "一张{}的照片。") if family == "chinese-clip" else (["cat", "dog", "car"], "a photo of a {}.")
     image = sample_images / "chelsea.png"
     out = tmp_path / "r.jsonl"
-    # float32 pinned: the reference below is computed in float32 (--dtype auto may pick bf16 on a CPU)
+    # torch float32 pinned: the reference below is torch's forward in float32 (--dtype auto may pick bf16
+    # on a CPU, --backend auto OpenVINO)
     result = classify(image, "--labels", ",".join(labels), "--prompt", template, "--model", folder, "--out", out,
-                      "--dtype", "float32")
+                      "--dtype", "float32", "--backend", "torch")
     assert result.exit_code == 0, result.output
     rec = json.loads(out.read_text(encoding="utf-8"))
     ours = {t["label"]: t["score"] for t in rec["top_k"]}
@@ -305,3 +311,222 @@ def test_scores_are_the_softmax_of_the_models_own_logits(family, tiny_clip, tiny
         probs = model(**inputs).logits_per_image.softmax(dim=-1)[0]
     for label, p in zip(labels, probs.tolist()):
         assert abs(ours[label] - p) < 1e-5, (label, ours, probs)
+
+
+LABELS_HOSTILE = "人,车,猫"
+#: float32 and one torch thread: deterministic scores, and cheap on the 2-core test machine.
+FAST = ("--labels", LABELS_HOSTILE, "--top-k", "3", "--dtype", "float32", "--threads", "1")
+
+
+def noise(size=(64, 48)) -> Image.Image:
+    """``noise_image`` at this module's default size."""
+    return noise_image(size)
+
+
+def invoke_with_deadline(args: list, seconds: float = 240):
+    """``classify(*args)`` on a thread: a stall (a FIFO read...) fails the test instead of hanging it."""
+    box: list = []
+    worker = threading.Thread(target=lambda: box.append(classify(*args)), daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert not worker.is_alive(), f"wwts classify stalled for {seconds} s"
+    return box[0]
+
+
+def test_follow_symlinks_detects_loops_and_stays_inside_the_root(tiny_clip, tmp_path):
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "sub").mkdir(parents=True)
+    outside.mkdir()
+    for p in (root / "a.png", root / "sub" / "b.png", outside / "c.png"):
+        p.write_bytes(encoded(noise((32, 32)), "PNG"))
+    os.symlink(root, root / "loop")
+    os.symlink("..", root / "sub" / "up")
+    os.symlink(outside, root / "sub" / "elsewhere")
+    for flag in ((), ("--follow-symlinks",)):
+        out = tmp_path / f"r{len(flag)}.jsonl"
+        result = invoke_with_deadline([root, *FAST, "--model", tiny_clip, "--out", out, *flag], 120)
+        assert result.exit_code == 0, result.output
+        names = [os.path.relpath(r["path"], root) for r in read_jsonl(out)]
+        assert sorted(names) == ["a.png", "sub/b.png"], (flag, names)
+
+
+# --- options for hostile files: --follow-symlinks, --max-pixels, --allow-truncated; --out and CSV safety ---------
+
+
+def test_max_pixels_small_gives_too_large_records(tiny_clip, tmp_path, monkeypatch):
+    # the CLI sets Pillow's process-wide limit from --max-pixels; put it back after this test
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.new("RGB", (20, 20), "red").save(folder / "small.png")  # 400 pixels
+    Image.new("RGB", (100, 80), "blue").save(folder / "large.png")  # 8000 pixels
+    noise((60, 40)).save(folder / "large.jpg")  # 2400 pixels
+    out = tmp_path / "r.jsonl"
+    result = classify(folder, *FAST, "--model", tiny_clip, "--out", out, "--max-pixels", "1000")
+    assert result.exit_code == 3, result.output
+    records = {Path(r["path"]).name: r for r in read_jsonl(out)}
+    assert records["small.png"]["label"] and records["small.png"]["error"] is None
+    for name in ("large.png", "large.jpg"):
+        assert records[name]["error"].startswith("too_large: "), records[name]
+        assert "1000" in records[name]["error"]
+
+
+def test_max_pixels_above_pillows_limit_lets_a_big_header_through(tiny_clip, tmp_path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)
+    side = int(Image.MAX_IMAGE_PIXELS ** 0.5) + 10
+    big = tmp_path / "big.png"
+    big.write_bytes(png_claiming(side, side))  # header only: the decoder then finds no pixels
+    out = tmp_path / "r.jsonl"
+    result = classify(big, *FAST, "--model", tiny_clip, "--out", out)
+    assert result.exit_code == 3
+    assert read_jsonl(out)[0]["error"].startswith("too_large: ")
+    result = classify(big, *FAST, "--model", tiny_clip, "--out", out, "--overwrite",
+                      "--max-pixels", str(side * side))
+    assert result.exit_code == 3
+    assert read_jsonl(out)[0]["error"].startswith("truncated: ")  # got past the pixel limit
+
+
+def test_allow_truncated_gives_truncated_files_a_label(tiny_clip, tmp_path):
+    folder = tmp_path / "cut"
+    folder.mkdir()
+    for fmt in ("JPEG", "PNG"):
+        data = encoded(noise((400, 300)), fmt)
+        (folder / f"cut.{fmt.lower()}").write_bytes(data[: len(data) // 2])
+    out = tmp_path / "r.jsonl"
+    result = classify(folder, *FAST, "--model", tiny_clip, "--out", out)
+    assert result.exit_code == 3, result.output
+    assert all(r["error"].startswith("truncated: ") for r in read_jsonl(out))
+    result = classify(folder, *FAST, "--model", tiny_clip, "--out", out, "--overwrite", "--allow-truncated")
+    assert result.exit_code == 0, result.output
+    records = read_jsonl(out)
+    assert len(records) == 2
+    for rec in records:
+        assert rec["error"] is None and rec["label"]
+        assert (rec["width"], rec["height"]) == (400, 300)
+
+
+@pytest.mark.parametrize("flags", [(), ("--overwrite",)], ids=["plain", "overwrite"])
+def test_out_that_is_an_input_image_is_refused(tiny_clip, tmp_path, flags):
+    photo = tmp_path / "photo.jpg"
+    noise().save(photo, "JPEG")
+    disguised = tmp_path / "photo.jsonl"  # a real image under an output's name, given as input
+    noise().save(disguised, "PNG")
+    before = {p: p.read_bytes() for p in (photo, disguised)}
+    result = classify(photo, *FAST, "--model", tiny_clip, "--out", photo, *flags)
+    assert result.exit_code == 2, result.output
+    result = classify(photo, disguised, *FAST, "--model", tiny_clip, "--out", disguised, *flags)
+    assert result.exit_code == 2, result.output
+    assert "is one of the input images" in result.stderr
+    assert {p: p.read_bytes() for p in before} == before
+
+
+def test_csv_cells_cannot_run_as_formulas(tiny_clip, tmp_path, monkeypatch):
+    import csv
+
+    from wwts.core.output.records import ClassifyResult
+    from wwts.core.output import read_existing
+
+    folder = tmp_path / "csv"
+    folder.mkdir()
+    names = ["=HYPERLINK(1).png", "+1.png", "-2.png", "@SUM(A1).png", "ok.png"]
+    for name in names:
+        noise((32, 32)).save(folder / name, "PNG")
+    monkeypatch.chdir(folder)  # paths as typed: "=HYPERLINK(1).png" starts the cell
+    out = tmp_path / "r.csv"
+    result = classify(".", "--labels", "=1+1,-人,@车", "--dtype", "float32", "--threads", "1",
+                      "--model", tiny_clip, "--out", out)
+    assert result.exit_code == 0, result.output
+    rows = list(csv.reader(out.read_text(encoding="utf-8-sig").splitlines()))
+    assert rows[0] == ["path", "label", "score", "top_k", "labels", "width", "height", "error"]
+    for row in rows[1:]:
+        for cell in row:
+            assert not cell.startswith(("=", "+", "-", "@")), row
+    _, records = read_existing(out, ClassifyResult)  # the escape is undone when read back
+    assert sorted(r["path"] for r in records) == sorted(names)
+    assert {r["label"] for r in records} <= {"=1+1", "-人", "@车"}
+
+
+FAST_2_LABELS = ("--labels", "人,车", "--dtype", "float32", "--threads", "1")
+needs_symlinks = pytest.mark.skipif(os.name == "nt", reason="symlinks need privileges on Windows")
+
+
+def read_records(out: Path) -> dict[str, dict]:
+    """Records of a ``.jsonl`` output by file name."""
+    lines = out.read_text(encoding="utf-8").splitlines()
+    records = [json.loads(line) for line in lines]
+    by_name = {Path(r["path"]).name: r for r in records}
+    assert len(by_name) == len(records), "an image has two records"
+    return by_name
+
+
+def assert_no_traceback(*texts: str) -> None:
+    for text in texts:
+        assert "Traceback" not in text, text
+
+
+# --- symbolic links: one rule ------------------------------------------------------------------------
+
+
+@needs_symlinks
+def test_every_broken_link_gets_a_link_record_and_the_run_goes_on(tiny_clip, tmp_path, capfd):
+    folder = tmp_path / "album"
+    folder.mkdir()
+    Image.new("RGB", (40, 30), (20, 20, 200)).save(folder / "good.png")
+    os.symlink("missing.jpg", folder / "dangling.jpg")
+    os.symlink("loop.png", folder / "loop.png")  # a link to itself
+    os.symlink("gone", folder / "old_folder")  # no image name: a warning, not a record
+    os.symlink("good.png", folder / "zz_alias.png")  # a working link: the same file, one record
+    named = tmp_path / "named_loop.jpg"
+    os.symlink(named.name, named)
+    out = tmp_path / "r.jsonl"
+    result = classify(folder, named, *FAST_2_LABELS, "--model", tiny_clip, "--out", out)
+    assert_no_traceback(result.output, *capfd.readouterr())
+    assert result.exit_code == 3, result.output  # not 2: a link loop named on the command line is a record
+    records = read_records(out)
+    assert sorted(records) == ["dangling.jpg", "good.png", "loop.png", "named_loop.jpg"]
+    assert records["dangling.jpg"]["error"] == "link: broken symbolic link: its target 'missing.jpg' does not exist"
+    for name in ("loop.png", "named_loop.jpg"):
+        assert records[name]["error"].startswith("link: symbolic link loop"), records[name]
+    assert records["good.png"]["label"]
+    assert "old_folder" in result.stderr and "broken symbolic link" in result.stderr
+
+
+FAST_OUT = ("--labels", "人,车,狗", "--top-k", "2", "--dtype", "float32", "--threads", "1")
+
+
+# --- a bad --out is found before the model loads, exit 2 ---------------------------------------------
+
+
+def bad_outs(tmp_path):
+    (tmp_path / "file.txt").write_text("x")
+    (tmp_path / "folder.jsonl").mkdir()
+    (tmp_path / "exists.csv").write_text("x")
+    return {
+        "parent-is-a-file": tmp_path / "file.txt" / "r.jsonl",
+        "a-folder": tmp_path / "folder.jsonl",
+        "exists-without-flags": tmp_path / "exists.csv",
+        "unwritable-folder": Path("/proc/wwts-test-out.jsonl"),
+        "bad-extension": tmp_path / "r.txt",
+    }
+
+
+@pytest.mark.parametrize("case", ["parent-is-a-file", "a-folder", "exists-without-flags", "unwritable-folder",
+                                  "bad-extension"])
+def test_a_bad_out_exits_2_before_the_model_loads(tiny_clip, six, tmp_path, load_spy, case):
+    out = bad_outs(tmp_path)[case]
+    if case == "unwritable-folder" and (not Path("/proc").is_dir() or os.access("/proc", os.W_OK)
+                                        and _can_create(out)):
+        pytest.skip("no unwritable folder here")
+    result = classify(six, *FAST_OUT, "--model", tiny_clip, "--out", out)
+    assert result.exit_code == 2, result.output
+    one_error_line(result)
+    assert load_spy == []
+
+
+def _can_create(path: Path) -> bool:
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
+    except OSError:
+        return False
+    os.unlink(path)
+    return True

@@ -21,17 +21,14 @@ from wwts.core.config import RunConfig
 
 pytest.importorskip("openvino")
 pytest.importorskip("onnxruntime")
+#: These tests count, corrupt or clear conversions: each starts from an empty conversion cache.
+pytestmark = pytest.mark.own_conversions
 
 LABELS = ("人", "车", "猫", "花")
 #: The compiled task gets bit-identical inputs (tests/test_preprocess.py, tests/test_tokenizer.py)
 #: and runs the same saved graph: its scores equal the torch-loaded run's up to float rounding.
 SAME = 1e-6
 BACKENDS = ["openvino", "onnxruntime"]
-
-
-@pytest.fixture(autouse=True)
-def _no_backend_preset(monkeypatch):
-    monkeypatch.delenv("WWTS_BACKEND", raising=False)
 
 
 def _run(model, images, backend, **kw):

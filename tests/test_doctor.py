@@ -255,12 +255,57 @@ def test_hub_check_gives_up_after_its_timeout(monkeypatch):
     assert models.HUB_TIMEOUT_S <= 2.5
 
 
-def test_hub_check_reports_an_answer(monkeypatch):
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-    monkeypatch.setattr(hub, "_head", lambda url, timeout: (True, "HTTP 200"))
-    status = models.hub_status()
-    assert status["reachable"] is True and status["detail"] == "HTTP 200" and status["offline"] is False
+@pytest.fixture
+def local_hub(monkeypatch):
+    """A real HTTP server on 127.0.0.1 standing in for the hub: answers every HEAD request with the
+    status in ``state["status"]``; ``HF_ENDPOINT`` points at it, offline mode and proxies are off."""
+    import http.server
+    import threading
+
+    state = {"status": 200, "requests": []}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self):
+            state["requests"].append((self.command, self.path, self.headers.get("User-Agent", "")))
+            self.send_response(state["status"])
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HTTP_PROXY", "http_proxy", "HTTPS_PROXY",
+                 "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    state["url"] = f"http://127.0.0.1:{server.server_address[1]}"
+    monkeypatch.setenv("HF_ENDPOINT", state["url"] + "/")
+    yield state
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("status", [200, 404, 503])
+def test_hub_check_counts_any_http_answer_as_reachable(local_hub, status):
+    local_hub["status"] = status
+    got = models.hub_status(timeout=2)
+    assert got["reachable"] is True and got["checked"] is True and got["offline"] is False
+    assert got["detail"] == f"HTTP {status}" and got["endpoint"] == local_hub["url"]
+    assert len(local_hub["requests"]) == 1
+    method, path, agent = local_hub["requests"][0]
+    assert method == "HEAD" and path == "/" and agent.startswith("wwts/")
+
+
+def test_hub_check_reports_a_refused_connection_as_unreachable(local_hub, monkeypatch):
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    got = models.hub_status(timeout=2)
+    assert got["reachable"] is False and got["checked"] is True
+    assert "refused" in got["detail"].lower() and "no answer within" not in got["detail"]
 
 
 def test_unreachable_hub_with_uncached_models_suggests_a_mirror(monkeypatch, tmp_path):

@@ -1,7 +1,9 @@
 """``--dtype auto`` end to end on simulated CPUs: the suite's outcome never depends on the real one.
 
 The calibration's timing (``core.hardware.calibration.time_block``) and the CPU's flags are
-simulated, so these tests give the same result on an Intel VM, an AMD EPYC or an Arm laptop.
+simulated, so these tests give the same result on an Intel VM, an AMD EPYC or an Arm laptop. The
+calibration decides torch's CPU dtype, so the runs pin the torch backend (``--backend auto`` picks
+OpenVINO on an x86 CPU without AMX, where the calibration is not asked).
 """
 
 from __future__ import annotations
@@ -14,6 +16,11 @@ import pytest
 from tests.helpers import classify
 
 pytestmark = pytest.mark.skipif(platform.machine().lower() in ("arm64", "aarch64"), reason="x86 flag names")
+
+
+@pytest.fixture(autouse=True)
+def _torch_backend(monkeypatch):
+    monkeypatch.setenv("WWTS_BACKEND", "torch")
 
 
 def _simulate(monkeypatch, flags: set[str], float32_s: float, bfloat16_s: float) -> list[int]:

@@ -26,7 +26,8 @@ def test_label_text_is_encoded_once_per_run(tiny_clip, sample_images, monkeypatc
 
     monkeypatch.setattr(ChineseCLIPModel, "get_text_features", counting)
     # one template (the default is a 4-template ensemble: 16 prompts, still one call)
-    run = engine.start(_config(sample_images, tiny_clip, batch_size=2, prompt="一张{}的照片。"))
+    # counts calls into the torch model: pinned to torch (auto may run the text tower on OpenVINO)
+    run = engine.start(_config(sample_images, tiny_clip, batch_size=2, prompt="一张{}的照片。", backend="torch"))
     records = list(run)
     assert len(records) == run.total >= 8  # several batches...
     assert len(calls) == 1  # ...one text encoding
@@ -64,7 +65,8 @@ def _probs(records):
     return [{t.label: t.score for t in r.top_k} for r in records]
 
 
-@pytest.mark.parametrize("variant", [{"dtype": "bfloat16"}, {"quantize": "int8", "backend": "onnxruntime"}])
+@pytest.mark.parametrize("variant", [{"dtype": "bfloat16", "backend": "torch"},  # torch's bf16 autocast
+                                     {"quantize": "int8", "backend": "onnxruntime"}])
 def test_reduced_precision_agrees_with_float32(tiny_clip, sample_images, variant):
     ref = list(engine.start(_config(sample_images, tiny_clip, dtype="float32", top_k=4)))
     run = engine.start(_config(sample_images, tiny_clip, top_k=4, **variant))
@@ -91,3 +93,14 @@ def test_quantize_needs_the_cpu(tiny_clip, sample_images, monkeypatch):
                         lambda requested: devices.DeviceChoice(torch.device("cuda", 0), True, []))
     with pytest.raises(UsageError, match="CPU only|retired"):  # classify: torch int8 is retired (issue 12)
         engine.start(_config(sample_images, tiny_clip, quantize="int8", backend="torch"))
+
+
+def test_nonfinite_probabilities_become_error_records(tiny_clip, sample_images):
+    from wwts.core import engine
+
+    run = engine.start(RunConfig(task="classify", inputs=(sample_images,), labels=("人", "车"),
+                                 model=str(tiny_clip), device="cpu", dtype="float32"))
+    run.task.encoder.facts["logit_scale"] = float("nan")  # as a NaN learned temperature would give
+    records = list(run)
+    assert records and all(r.error and r.error.startswith("nonfinite:") for r in records)
+    assert all(r.score is None and not r.top_k for r in records)

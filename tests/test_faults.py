@@ -3,7 +3,8 @@
 The engine is told its task lives on ``cuda:0`` (or ``mps``) and the model call is wrapped so it
 raises the real exception types (``torch.cuda.OutOfMemoryError``, ``NotImplementedError``, a CUDA
 ``RuntimeError``) while the task is on that device; the copy of inputs to the device is skipped
-because this machine has no GPU. The wrapped call still runs the real model.
+because this machine has no GPU. The wrapped call still runs the real model. The runs pin
+``--backend torch``: the devices and their exceptions simulated here are torch's.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from wwts.core.errors import DeviceFault
 def _simulated_run(tiny_clip, sample_images, monkeypatch, *, device: str, auto: bool, fail):
     """A run whose task claims ``device``; ``fail(batch_size)`` returns an exception or None."""
     config = RunConfig(task="classify", inputs=(sample_images,), labels=("人", "车", "猫"),
-                       model=str(tiny_clip), device="cpu", batch_size=8, dtype="float32")
+                       model=str(tiny_clip), device="cpu", batch_size=8, dtype="float32", backend="torch")
     run = engine.start(config)
     task = run.task
     fake = torch.device(device)
@@ -46,7 +47,7 @@ def _simulated_run(tiny_clip, sample_images, monkeypatch, *, device: str, auto: 
 
 def _reference(tiny_clip, sample_images):
     config = RunConfig(task="classify", inputs=(sample_images,), labels=("人", "车", "猫"),
-                       model=str(tiny_clip), device="cpu", batch_size=8, dtype="float32")
+                       model=str(tiny_clip), device="cpu", batch_size=8, dtype="float32", backend="torch")
     return list(engine.start(config))
 
 

@@ -1,10 +1,12 @@
-"""Vocabularies, prompt ensembles, label hygiene, multi-label, abstain and closed-set classifiers
-(issue 14), on tiny random models saved with ``save_pretrained`` and loaded through the CLI."""
+"""Labels (``core/labels``): vocabularies, prompt ensembles, label hygiene, labels longer than the text
+tower, multi-label, abstain and closed-set classifiers, on tiny random models saved with
+``save_pretrained`` and loaded through the CLI."""
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import shutil
 from pathlib import Path
@@ -14,6 +16,7 @@ import pytest
 from tests.helpers import classify
 from wwts.core import UsageError
 from wwts.core import labels as lb
+from wwts.core.config import RunConfig
 
 TEMPLATE = "一张{}的照片。"
 #: Hand-set cosines with the image direction (``handset_model``): 人 and 车 fit, 猫 does not; the
@@ -318,8 +321,9 @@ def test_siglip_multi_label_is_the_sigmoid_of_its_logits(sample_images, tmp_path
     folder = build_tiny_siglip(tmp_path / "siglip")
     labels, template = ["cat", "dog", "car"], "a photo of a {}."
     image, out = sample_images / "chelsea.png", tmp_path / "r.jsonl"
+    # torch float32 pinned: the reference below is torch's forward in float32
     result = classify(image, "--labels", ",".join(labels), "--prompt", template, "--model", folder, "--out", out,
-                      "--dtype", "float32", "--multi-label", "--threshold", "0")
+                      "--dtype", "float32", "--multi-label", "--threshold", "0", "--backend", "torch")
     assert result.exit_code == 0, result.output
     rec = json.loads(out.read_text(encoding="utf-8"))
     ours = {t["label"]: t["score"] for t in rec["labels"]}
@@ -395,3 +399,27 @@ def test_resume_checks_the_vocabulary_and_multi_label_settings(tiny_clip, sample
     assert again.exit_code == 0 and "nothing to do" in again.output
     other = classify(sample_images, "--model", tiny_clip, "--out", out, "--resume", "--multi-label")
     assert other.exit_code == 2 and "multi_label" in other.output
+
+
+# -- labels longer than the text tower -----------------------------------------------------------
+
+
+def test_label_longer_than_the_text_tower_is_truncated_with_one_warning(tiny_clip, sample_images, caplog):
+    from wwts.core import engine
+
+    long_label = "猫" * 600  # 600 tokens; the tiny text tower has 64 positions
+    with caplog.at_level(logging.WARNING, logger="wwts"):
+        run = engine.start(RunConfig(task="classify", inputs=(sample_images / "astronaut.jpg",),
+                                     labels=(long_label, "车"), model=str(tiny_clip), device="cpu", dtype="float32"))
+        records = list(run)
+    warnings = [r.getMessage() for r in caplog.records if "longer than" in r.getMessage()]
+    assert len(warnings) == 1, caplog.text
+    assert "猫猫猫" in warnings[0] and long_label not in warnings[0] and "64" in warnings[0]
+    assert records[0].error is None
+    assert math.isclose(sum(t.score for t in records[0].top_k), 1.0, abs_tol=1e-4)
+
+
+def test_long_label_through_the_cli_exits_0(tiny_clip, sample_images):
+    result = classify(sample_images / "astronaut.jpg", "--labels", "猫" * 600 + ",车", "-m", tiny_clip)
+    assert result.exit_code == 0, result.output
+    assert "longer than" in result.stderr

@@ -293,6 +293,28 @@ def test_two_wwts_processes_at_once_share_the_store(tiny_clip, photos, tmp_path)
         assert conn.execute("SELECT COUNT(*) FROM images").fetchone()[0] == len(list(photos.iterdir()))
 
 
+def test_store_info_prune_and_clear(tiny_clip, photos, tmp_path):
+    n = len(list(photos.iterdir()))
+    assert classify(photos, "人,车", tiny_clip, tmp_path / "a.jsonl").exit_code == 0
+    facts = json.loads(wwts("store", "info", "--json").output)
+    (store,) = facts["stores"]
+    assert store["photos"] == n and store["dtype"] == "float32" and store["oldest"] and store["label_prompts"] >= 2
+    assert "photos" in wwts("store", "info").output
+    (photos / "coffee.jpg").unlink()
+    pruned = wwts("store", "prune")
+    assert pruned.exit_code == 0 and "1 paths and 1 photo embeddings removed" in pruned.output
+    assert json.loads(wwts("store", "info", "--json").output)["stores"][0]["photos"] == n - 1
+    cleared = wwts("store", "clear")
+    assert cleared.exit_code == 0 and not store_files()
+
+
+def test_store_option_chooses_the_folder_and_no_store_writes_none(tiny_clip, photos, tmp_path):
+    assert classify(photos, "人,车", tiny_clip, tmp_path / "a.jsonl", "--store", tmp_path / "mine").exit_code == 0
+    assert len(list((tmp_path / "mine").glob("*.sqlite"))) == 1 and not store_files()
+    assert classify(photos, "人,车", tiny_clip, tmp_path / "b.jsonl", "--no-store").exit_code == 0
+    assert not store_files()
+
+
 def test_encode_through_computes_each_missing_key_once_in_batches_and_remembers_it():
     import numpy as np
 

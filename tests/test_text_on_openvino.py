@@ -23,6 +23,8 @@ from wwts.core.config import RunConfig
 from wwts.core.errors import ModelLoadError
 
 pytest.importorskip("openvino")
+#: These tests count, corrupt or clear conversions: each starts from an empty conversion cache.
+pytestmark = pytest.mark.own_conversions
 if not is_x86():
     pytest.skip("the auto rule puts the text tower on OpenVINO on x86 CPUs", allow_module_level=True)
 
@@ -38,8 +40,7 @@ SIMULATE = ("import wwts.core.backends.devices as d, wwts.core.hardware as h\n"
 
 @pytest.fixture
 def amx(monkeypatch):
-    """``--backend auto`` as on a CPU-only machine with AMX (torch's bf16 rule), no preset."""
-    monkeypatch.delenv("WWTS_BACKEND", raising=False)
+    """``--backend auto`` as on a CPU-only machine with AMX (torch's bf16 rule)."""
     monkeypatch.setattr(devices, "cpu_has_amx", lambda: True)
     monkeypatch.setattr(hardware, "accelerator_present", lambda: False)
 

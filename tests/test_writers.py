@@ -1,32 +1,23 @@
-"""Tests for wwts.core.output: formats, escaping, durability, atomic publish, resume, retry."""
+"""The result writers (``core/output/writers.py``): formats, escaping, durability, atomic publish, appending on
+resume, dropping records to retry, a full disk."""
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import errno
 import io
 import json
-import logging
+import os
 from pathlib import Path
 
 import pytest
 
-from wwts.core.errors import UsageError, WwtsError
-from wwts.core.output import (
-    RESUME_KEYS,
-    CaptionResult,
-    ClassifyResult,
-    LabelScore,
-    drop_records,
-    check_settings,
-    open_writer,
-    output_format,
-    partial_path,
-    plan_resume,
-    read_existing,
-    run_sidecar_path,
-)
+from tests.helpers import classify, strict_jsonl
 from wwts.core import atomic
+from wwts.core.errors import UsageError, WwtsError
+from wwts.core.output import (CaptionResult, ClassifyResult, LabelScore, drop_records, open_writer, output_format,
+                              partial_path, read_existing, run_sidecar_path, writers)
 
 BOM = b"\xef\xbb\xbf"
 FORMATS = ["csv", "json", "jsonl"]
@@ -468,72 +459,78 @@ def test_writers_does_not_import_torch():
     assert out.stdout.strip() == "False"
 
 
-@pytest.fixture
-def wwts_log(caplog, monkeypatch):
-    """Records of the ``wwts`` logger, even when an earlier CLI test stopped its propagation."""
-    monkeypatch.setattr(logging.getLogger("wwts"), "propagate", True)
-    with caplog.at_level(logging.WARNING, logger="wwts"):
-        yield caplog
+FAST = ("--labels", "人,车,狗", "--top-k", "2", "--dtype", "float32", "--threads", "1")
+RUN_NAMED_M = {"task": "classify", "model": "m"}
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
-def test_plan_resume_skips_done_images_and_retries_failed_ones(tmp_path, monkeypatch, fmt):
-    monkeypatch.chdir(tmp_path)
-    out = _out(tmp_path, fmt)
-    done = [ClassifyResult(path="a.jpg", label="人", score=0.5, top_k=[LabelScore("人", 0.5)]),
-            ClassifyResult(path="b.jpg", error="truncated: image file is truncated")]
-    w = open_writer(out, ClassifyResult, RUN)
-    w.write(done)
-    w.abort()  # an interrupted run: .json keeps its partial file
-    found = [Path("a.jpg"), tmp_path / "b.jpg", Path("c.jpg")]
-    settings = {k: RUN[k] for k in ("task", "model", "labels", "prompt")}
-
-    plan = plan_resume(out, ClassifyResult, found, settings, retry_failed=False)
-    assert plan.paths == [Path("c.jpg")]
-    assert plan.old_run == RUN and plan.failed == {"b.jpg"}
-
-    plan = plan_resume(out, ClassifyResult, found, settings, retry_failed=True)
-    assert plan.paths == [tmp_path / "b.jpg", Path("c.jpg")]  # any spelling of b.jpg
-    assert plan.failed == {"b.jpg"}
-
-
-def test_plan_resume_without_an_output_plans_everything(tmp_path):
-    found = [tmp_path / "a.jpg", tmp_path / "a.jpg", tmp_path / "b.jpg"]
-    plan = plan_resume(tmp_path / "none.jsonl", ClassifyResult, found, {"task": "caption"}, retry_failed=True)
-    assert plan.paths == [tmp_path / "a.jpg", tmp_path / "b.jpg"]  # each image once
-    assert plan.old_run is None and plan.failed == set()
-
-
-def test_plan_resume_refuses_other_settings(tmp_path):
-    out = tmp_path / "r.csv"
-    with open_writer(out, ClassifyResult, RUN) as w:
-        w.write(classify_records()[:1])
-    other = {"task": "classify", "model": RUN["model"], "labels": ["猫"], "prompt": RUN["prompt"]}
-    with pytest.raises(UsageError) as info:
-        plan_resume(out, ClassifyResult, [tmp_path / "x.jpg"], other, retry_failed=False)
-    assert str(info.value) == (f"{out} was made with other settings (labels: ['人', '车'] in the file, "
-                               "['猫'] now): use another --out, or --overwrite to start over")
-
-
-def test_plan_resume_warns_when_the_settings_file_is_missing(tmp_path, wwts_log):
+def test_creating_the_output_is_atomic_with_the_existence_check(tmp_path, monkeypatch):
+    """A file that appears between the check and the creation is refused, not truncated."""
     out = tmp_path / "r.jsonl"
-    with open_writer(out, ClassifyResult, RUN) as w:
-        w.write(classify_records()[:1])
-    run_sidecar_path(out).unlink()
-    plan = plan_resume(out, ClassifyResult, [tmp_path / "x.jpg"], {"labels": ["猫"]}, retry_failed=False)
-    assert plan.old_run is None and plan.paths == [tmp_path / "x.jpg"]
-    assert [r.getMessage() for r in wwts_log.records] == [
-        f"{out} has no run settings file next to it: cannot check that it was made with the same "
-        "model and labels"]
+    real = writers.make_parent
+
+    def racing(path):
+        real(path)
+        out.write_text("someone else's data\n")
+
+    monkeypatch.setattr(writers, "make_parent", racing)
+    with pytest.raises(UsageError, match="already exists"):
+        open_writer(out, CaptionResult, RUN_NAMED_M)
+    assert out.read_text() == "someone else's data\n"
 
 
-def test_check_settings_names_each_differing_setting(tmp_path):
-    out = tmp_path / "r.jsonl"
-    check_settings(out, None, {"task": "classify"})  # nothing stored: nothing to compare
-    check_settings(out, {"task": "classify", "device": "cpu"}, {"task": "classify", "device": "cuda"})
-    old = {"task": "classify", "model": "m", "top_k": 3}
-    with pytest.raises(UsageError, match=r"model: 'm' in the file, 'n' now; top_k: 3 in the file, 5 now"):
-        check_settings(out, old, {"task": "classify", "model": "n", "top_k": 5, "dtype": None})
-    assert "device" not in RESUME_KEYS and {"task", "model", "labels", "prompt"} <= set(RESUME_KEYS)
-    # a setting an older wwts did not record cannot differ (an output from before --multi-label)
-    check_settings(out, {"task": "classify", "model": "m"}, {"task": "classify", "model": "m", "multi_label": False})
+# --- disk full: the real file, the real count -------------------------------------------------
+
+
+def fill_disk_after(monkeypatch, good_writes: int):
+    """The writer's data writes succeed ``good_writes`` times, then half a batch goes to disk and
+    the write fails with ENOSPC, as on a full disk."""
+    real = writers._write_all
+    calls: list[int] = []
+
+    def write(fh, data):
+        calls.append(len(data))
+        if len(calls) > good_writes:
+            real(fh, data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(fh, data)
+
+    monkeypatch.setattr(writers, "_write_all", write)
+    return real
+
+
+@pytest.mark.parametrize("fmt", ["json", "jsonl", "csv"])
+def test_disk_full_names_the_file_with_the_results_and_counts_written_records(
+        tiny_clip, six, tmp_path, monkeypatch, fmt):
+    out = tmp_path / f"x.{fmt}"
+    real = fill_disk_after(monkeypatch, 2 if fmt == "csv" else 1)  # the CSV header is the first write
+    result = classify(six, *FAST, "--model", tiny_clip, "--out", out, "--batch-size", "2")
+    assert result.exit_code == 1, result.output
+    assert "No space left on device" in result.stderr
+    saved = out.with_name("x.json.partial.jsonl") if fmt == "json" else out
+    assert f"results so far are saved in {saved};" in result.stderr, result.stderr
+    assert "done: 2 images, 0 errors" in result.stderr, result.stderr
+    assert not (fmt == "json" and out.exists())  # nothing published after a failed write
+    if fmt == "csv":
+        records = read_existing(out, ClassifyResult)[1]
+    else:
+        records = strict_jsonl(saved)  # the torn half batch was cut off
+    assert len(records) == 2
+    monkeypatch.setattr(writers, "_write_all", real)  # space again
+    result = classify(six, *FAST, "--model", tiny_clip, "--out", out, "--resume")
+    assert result.exit_code == 0, result.output
+    records = read_existing(out, ClassifyResult)[1]
+    assert sorted(Path(r["path"]).name for r in records) == [f"p{i}.png" for i in range(6)]
+
+
+def test_a_failed_write_leaves_exactly_the_earlier_batches(tmp_path, monkeypatch):
+    out = tmp_path / "x.jsonl"
+    fill_disk_after(monkeypatch, 1)
+    w = open_writer(out, CaptionResult, RUN_NAMED_M)
+    w.write([CaptionResult(path="a.jpg", caption="猫")])
+    with pytest.raises(writers.WwtsError, match="cannot write results to .*x.jsonl"):
+        w.write([CaptionResult(path="b.jpg", caption="狗" * 100)])
+    assert w.failed and (w.written, w.written_errors) == (1, 0)
+    with pytest.raises(writers.WwtsError, match="closed"):
+        w.write([CaptionResult(path="c.jpg", caption="x")])
+    w.close()
+    assert [r["path"] for r in strict_jsonl(out)] == ["a.jpg"]

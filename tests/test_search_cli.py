@@ -1,5 +1,5 @@
-"""``wwts search``, ``wwts embed`` and ``wwts store info|prune|clear`` on a tiny random Chinese-CLIP
-(offline), through the command line."""
+"""``wwts search`` and ``wwts embed`` on a tiny random Chinese-CLIP (offline), through the command line
+(``wwts store`` and ``--store`` are in test_store.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from tests.test_store import COMMON, classify, counts, jsonl, photos, store_files, wwts  # noqa: F401 (fixtures)
+from tests.test_store import COMMON, classify, counts, jsonl, photos, wwts  # noqa: F401 (fixtures)
 from wwts.core.store import content_hash
 
 
@@ -109,24 +109,3 @@ def test_search_and_embed_end_through_the_run_loop_on_a_device_fault(tiny_clip, 
     assert embedded.exit_code == 4, embedded.output
     assert "nothing was written" in embedded.stderr and not (tmp_path / "e.parquet").exists()
 
-
-def test_store_info_prune_and_clear(tiny_clip, photos, tmp_path):
-    n = len(list(photos.iterdir()))
-    assert classify(photos, "人,车", tiny_clip, tmp_path / "a.jsonl").exit_code == 0
-    facts = json.loads(wwts("store", "info", "--json").output)
-    (store,) = facts["stores"]
-    assert store["photos"] == n and store["dtype"] == "float32" and store["oldest"] and store["label_prompts"] >= 2
-    assert "photos" in wwts("store", "info").output
-    (photos / "coffee.jpg").unlink()
-    pruned = wwts("store", "prune")
-    assert pruned.exit_code == 0 and "1 paths and 1 photo embeddings removed" in pruned.output
-    assert json.loads(wwts("store", "info", "--json").output)["stores"][0]["photos"] == n - 1
-    cleared = wwts("store", "clear")
-    assert cleared.exit_code == 0 and not store_files()
-
-
-def test_store_option_chooses_the_folder_and_no_store_writes_none(tiny_clip, photos, tmp_path):
-    assert classify(photos, "人,车", tiny_clip, tmp_path / "a.jsonl", "--store", tmp_path / "mine").exit_code == 0
-    assert len(list((tmp_path / "mine").glob("*.sqlite"))) == 1 and not store_files()
-    assert classify(photos, "人,车", tiny_clip, tmp_path / "b.jsonl", "--no-store").exit_code == 0
-    assert not store_files()
