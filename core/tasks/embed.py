@@ -53,6 +53,7 @@ class EmbedTask(Task):
                  store: EmbeddingStore | None = None) -> None:
         super().__init__(config, encoder.model, None, device, dtype)
         self.encoder = encoder
+        self._prepare = encoder.prepare  # its own attribute: a Ray decode task's copy drops the encoder
         self.store: EmbeddingStore = store if store is not None else NullStore()
         self._key_opener: StoreOpener | None = None
 
@@ -103,7 +104,7 @@ class EmbedTask(Task):
 
     def prepare(self, image: Any) -> Any:
         """One RGB image → ``pixel_values (1, 3, S, S)`` float32."""
-        return self.encoder.prepare(image)
+        return self._prepare(image)
 
     def collate(self, items: list[Any]) -> dict[str, Any]:
         """B ``(1, 3, S, S)`` items → ``{"pixel_values": (M, 3, S, S)}``. Items that are a

@@ -17,6 +17,7 @@ file I/O or printing.
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
@@ -34,14 +35,23 @@ def pixel_maker(image_processor: Any) -> Callable[[Any], Any]:
     transformers: wwts' ``core.input.ImagePreprocessor`` (Pillow + NumPy, bit-equal to
     transformers' processors for the families it reproduces: tests/test_preprocess.py), the one
     path every backend uses; transformers' ``image_processor`` itself for the settings and
-    families it refuses (``NotReproducible``)."""
-    import torch
-
+    families it refuses (``errors.NotReproducible``). The callable pickles (a Ray decode task
+    runs it)."""
     try:
         preprocessor = ImagePreprocessor.from_config(image_processor.to_dict())
     except (NotReproducible, AttributeError, KeyError, TypeError, ValueError):
-        return lambda image: image_processor(images=[image], return_tensors="pt")["pixel_values"]
-    return lambda image: torch.from_numpy(preprocessor(image))
+        return functools.partial(_processor_pixels, image_processor)
+    return functools.partial(_preprocessor_pixels, preprocessor)
+
+
+def _preprocessor_pixels(preprocessor: ImagePreprocessor, image: Any) -> Any:
+    import torch
+
+    return torch.from_numpy(preprocessor(image))
+
+
+def _processor_pixels(image_processor: Any, image: Any) -> Any:
+    return image_processor(images=[image], return_tensors="pt")["pixel_values"]
 
 
 def size_dict(value: Any) -> dict[str, int]:
