@@ -165,7 +165,7 @@ def start_line(plan: dict) -> str:
 def cpu_note(plan: dict) -> str | None:
     """On the CPU: a line on how to get a faster device (``None`` on other devices). No speed
     figure: the progress bar and the summary show the speed measured on this machine."""
-    if not plan["device"].startswith("cpu"):
+    if not str(plan["device"]).lower().startswith("cpu"):  # torch says cpu, OpenVINO CPU
         return None
     int8 = "" if plan.get("quantize") else (" --quantize int8 may be faster on this CPU: `make bench` measures "
                                             "it and its agreement with float32.")

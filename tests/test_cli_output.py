@@ -158,10 +158,7 @@ def test_loading_shows_a_spinner_on_a_terminal():
 # -- 4. no constant speed promise ----------------------------------------------------------------
 
 def test_cpu_note_gives_no_speed_figure(tiny_clip, sample_images):
-    # torch pinned: the note is shown for torch's "cpu" only (cli.progress.cpu_note; --backend auto on
-    # an x86 CPU runs OpenVINO's "CPU", where no note is shown)
-    result = classify(sample_images, "--labels", LABELS, "--model", tiny_clip, "--device", "cpu",
-                      "--backend", "torch")
+    result = classify(sample_images, "--labels", LABELS, "--model", tiny_clip, "--device", "cpu")
     assert result.exit_code == 0, result.output
     note = next(line for line in result.stderr.splitlines() if line.startswith("CPU mode"))
     assert "expect" not in note and "images/s" not in note and "1.5x" not in note
@@ -194,6 +191,12 @@ def test_cpu_note_wraps_at_word_boundaries_at_60_columns():
     shown_words = " ".join(lines).split()
     for word in note.split():
         assert word in shown_words, word  # not broken across lines
+
+
+@pytest.mark.parametrize("device, shown", [("cpu", True), ("CPU", True), ("cuda:0", False), ("GPU.0", False)])
+def test_cpu_note_is_shown_for_every_backend_s_cpu(device, shown):
+    """torch names the CPU ``cpu``, OpenVINO ``CPU`` (the default backend on an x86 CPU without AMX)."""
+    assert (cpu_note({"device": device, "quantize": None}) is not None) == shown
 
 
 def _record(path: str, labels: list[tuple[str, float]], error: str | None = None) -> ClassifyResult:
