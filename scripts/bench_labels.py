@@ -1,6 +1,6 @@
 """Prompt-ensemble rows of ``make bench`` (issue 14): the ensemble costs nothing per image.
 
-The label text is encoded once, while the model loads (``ClassifyTask.setup``), so a run with a
+The label text is encoded once, while the model loads (``ZeroShotTask.setup``), so a run with a
 16-template ensemble should process images at the rate of a one-template run: its extra cost is in
 ``load_s`` only. Three rows on the full-size Chinese-CLIP, torch float32, the same photos and
 labels: one template, the default Chinese ensemble (``core.labels.CHINESE_TEMPLATES``), and 16

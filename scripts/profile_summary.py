@@ -25,7 +25,7 @@ PHASES = {
     "imports (module loading)": [r"^_find_and_load ", r"^<module> \(cli/app"],
     "model load (from_pretrained)": [r"from_pretrained", r"core/models.py"],
     "label text encoding": [r"text_features", r"get_text_features", r"_text_inputs"],
-    "image preprocess (processor)": [r"ClassifyTask\.prepare", r"CaptionTask\.collate",
+    "image preprocess (processor)": [r"(EmbedTask|ZeroShotTask)\.prepare", r"_preprocessor_pixels", r"CaptionTask\.collate",
                                      r"image_processing", r"preprocess \(transformers"],
     "model forward": [r"run_model \(", r"\.generate \(", r"get_image_features"],
     "waiting for decoded images": [r"Future\.result", r"wait \(threading", r"as_completed",

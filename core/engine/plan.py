@@ -175,7 +175,7 @@ def start(config: RunConfig, *, paths: list[Path] | None = None,
 def _load_torch(config: RunConfig, choice: devices.DeviceChoice, dtype: Any, backend: backends.BackendChoice,
                 threads: int) -> tuple[Task, devices.DeviceChoice]:
     """``_load`` for a run that loads the model with transformers; an OpenVINO / ONNX Runtime run
-    that gets here (no saved bundle yet) takes the torch CPU device and float32, and sets torch's
+    that gets here (no saved export yet) takes the torch CPU device and float32, and sets torch's
     threads, for the model it converts; a torch run that got here without torch keeps the dtype
     decided without it (``hardware.cpu_dtype_without_torch``: ``select_dtype``'s rule)."""
     if choice.device is devices.HOST_CPU:
