@@ -127,5 +127,5 @@ def test_exiftool_reads_the_keywords_back(tmp_path):
     facts = exiftool(side)
     assert facts["Subject"] == ["family", "猫", "<狗 & 猫>"]
     assert facts["Description"] == "Grandma's garden" and facts["Rating"] == 4
-    new = write_sidecar(tmp_path / "IMG_0004.jpg", ["花"], "一朵花").path
+    new, _, _ = write_sidecar(tmp_path / "IMG_0004.jpg", ["花"], "一朵花")  # (path, created, kept_description)
     assert exiftool(new)["Subject"] == "花" and exiftool(new)["Description"] == "一朵花"
