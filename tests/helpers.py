@@ -97,6 +97,41 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in raw.splitlines() if line.strip()]
 
 
+def records_by_name(out: Path) -> dict[str, dict]:
+    """Records of a ``.jsonl`` output by file name (each image has exactly one)."""
+    records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    by_name = {Path(r["path"]).name: r for r in records}
+    assert len(by_name) == len(records), "an image has two records"
+    return by_name
+
+
+#: Output formats by extension.
+FORMATS = ["csv", "json", "jsonl"]
+#: A file name from non-UTF-8 bytes, as os.fsdecode gives it on POSIX (lone surrogates).
+BAD_NAME = b"/photos/\xff\xfe\xb0\xa1.jpg".decode("utf-8", "surrogateescape")
+#: A run section as a classify run writes it.
+RUN = {"task": "classify", "model": "OFA-Sys/chinese-clip-vit-base-patch16", "device": "cpu",
+       "dtype": "bfloat16", "batch_size": 8, "labels": ["人", "车"], "prompt": "一张{}的照片。"}
+
+
+def classify_records() -> list:
+    """Records a writer must survive: non-UTF-8 and formula-like paths, quotes, errors."""
+    from wwts.core.output import ClassifyResult, LabelScore
+
+    return [
+        ClassifyResult(path="/照片/猫 咪.jpg", width=640, height=480, label="人", score=0.912,
+                       top_k=[LabelScore("人", 0.912), LabelScore("车", 0.051)]),
+        ClassifyResult(path=BAD_NAME, width=10, height=20, label="车", score=0.75,
+                       top_k=[LabelScore("车", 0.75), LabelScore("人", 0.25)]),
+        ClassifyResult(path="/照片/坏.jpg", error="truncated: image file is truncated (3 bytes not processed)"),
+        ClassifyResult(path="=cmd|' /C calc'!A0.jpg", width=1, height=1, label="-负号标签", score=0.5,
+                       top_k=[LabelScore("-负号标签", 0.5), LabelScore("a:b;c", 0.5)]),
+        ClassifyResult(path="C:\\udc80\\x5c\\'q.jpg", width=2, height=3, label="'引号", score=1.0,
+                       top_k=[LabelScore("'引号", 1.0)]),
+        ClassifyResult(path=f"/missing/{BAD_NAME[8:]}", error=f"not_found: no such file {BAD_NAME}"),
+    ]
+
+
 def no_traceback(*texts: str) -> None:
     for text in texts:
         assert "Traceback" not in text, text

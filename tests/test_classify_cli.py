@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.helpers import classify, encoded, noise_image, one_error_line, png_claiming, read_jsonl
+from tests.helpers import (classify, encoded, no_traceback, noise_image, one_error_line, png_claiming, read_jsonl,
+                           records_by_name)
 
 LABELS = "人,车,动物,猫,花"
 
@@ -448,20 +449,6 @@ FAST_2_LABELS = ("--labels", "人,车", "--dtype", "float32", "--threads", "1")
 needs_symlinks = pytest.mark.skipif(os.name == "nt", reason="symlinks need privileges on Windows")
 
 
-def read_records(out: Path) -> dict[str, dict]:
-    """Records of a ``.jsonl`` output by file name."""
-    lines = out.read_text(encoding="utf-8").splitlines()
-    records = [json.loads(line) for line in lines]
-    by_name = {Path(r["path"]).name: r for r in records}
-    assert len(by_name) == len(records), "an image has two records"
-    return by_name
-
-
-def assert_no_traceback(*texts: str) -> None:
-    for text in texts:
-        assert "Traceback" not in text, text
-
-
 # --- symbolic links: one rule ------------------------------------------------------------------------
 
 
@@ -478,9 +465,9 @@ def test_every_broken_link_gets_a_link_record_and_the_run_goes_on(tiny_clip, tmp
     os.symlink(named.name, named)
     out = tmp_path / "r.jsonl"
     result = classify(folder, named, *FAST_2_LABELS, "--model", tiny_clip, "--out", out)
-    assert_no_traceback(result.output, *capfd.readouterr())
+    no_traceback(result.output, *capfd.readouterr())
     assert result.exit_code == 3, result.output  # not 2: a link loop named on the command line is a record
-    records = read_records(out)
+    records = records_by_name(out)
     assert sorted(records) == ["dangling.jpg", "good.png", "loop.png", "named_loop.jpg"]
     assert records["dangling.jpg"]["error"] == "link: broken symbolic link: its target 'missing.jpg' does not exist"
     for name in ("loop.png", "named_loop.jpg"):

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
 import re
 import shutil
@@ -29,7 +28,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.helpers import classify, encoded, no_traceback, noise_image, png_claiming, read_jsonl
+from tests.helpers import classify, encoded, no_traceback, noise_image, png_claiming, read_jsonl, records_by_name
 from wwts.core.engine import local as engine_local, plan as engine
 from wwts.core.input import MAX_ASPECT_RATIO
 from wwts.core.input.decode import AVIF_SUPPORTED, HEIF_SUPPORTED, SUPPORTED_FORMATS
@@ -429,20 +428,6 @@ def test_a_multi_line_decoder_message_becomes_a_one_line_error(tiny_clip, tmp_pa
 FAST_2_LABELS = ("--labels", "人,车", "--dtype", "float32", "--threads", "1")
 
 
-def read_records(out: Path) -> dict[str, dict]:
-    """Records of a ``.jsonl`` output by file name."""
-    lines = out.read_text(encoding="utf-8").splitlines()
-    records = [json.loads(line) for line in lines]
-    by_name = {Path(r["path"]).name: r for r in records}
-    assert len(by_name) == len(records), "an image has two records"
-    return by_name
-
-
-def assert_no_traceback(*texts: str) -> None:
-    for text in texts:
-        assert "Traceback" not in text, text
-
-
 def thin_images(folder: Path) -> None:
     """The issue's 107-byte killer, a tall one, one exactly at the limit, and a normal image."""
     folder.mkdir()
@@ -467,9 +452,9 @@ def test_extreme_aspect_ratio_is_refused_before_the_processor_classify(tiny_clip
     thin_images(folder)
     out = tmp_path / "r.jsonl"
     result = classify(folder, *FAST_2_LABELS, "--model", tiny_clip, "--out", out)
-    assert_no_traceback(result.output, *capfd.readouterr())
+    no_traceback(result.output, *capfd.readouterr())
     assert result.exit_code == 3, result.output
-    records = read_records(out)
+    records = records_by_name(out)
     check_thin_records(records)
     assert records["plain.png"]["label"] and records["edge.png"]["label"]
 
@@ -492,9 +477,9 @@ def test_extreme_aspect_ratio_is_refused_before_the_processor_caption(tiny_git, 
     out = tmp_path / "c.jsonl"
     result = CliRunner().invoke(app, ["caption", str(folder), "--model", str(tiny_git), "--out", str(out),
                                       "--max-new-tokens", "3", "--dtype", "float32"])
-    assert_no_traceback(result.output, *capfd.readouterr())
+    no_traceback(result.output, *capfd.readouterr())
     assert result.exit_code == 3, result.output
-    records = read_records(out)
+    records = records_by_name(out)
     check_thin_records(records)
     assert isinstance(records["plain.png"]["caption"], str)
 
@@ -533,11 +518,11 @@ def test_libtiff_messages_go_into_the_record_not_to_stderr(tiny_clip, tmp_path, 
     result = classify(folder / "fax.tif", folder / "fax_named.jpg", folder / "zip.tiff", folder / "fine.tif",
                       *FAST_2_LABELS, "--model", tiny_clip, "--out", out)
     captured = capfd.readouterr()
-    assert_no_traceback(result.output, *captured)
+    no_traceback(result.output, *captured)
     for stream in captured:  # nothing written to the process's file descriptors 1 and 2
         assert "Decode" not in stream and "Bad code word" not in stream, stream
     assert result.exit_code == 3, result.output
-    records = read_records(out)
+    records = records_by_name(out)
     for name in ("fax.tif", "fax_named.jpg"):
         assert records[name]["error"] is None and records[name]["label"], records[name]
         assert "Fax4Decode: Bad code word" in records[name]["note"], records[name]

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.helpers import classify, encoded, no_traceback, noise_image, one_error_line, read_jsonl
+from tests.helpers import (FORMATS, RUN, classify, classify_records, encoded, no_traceback, noise_image,
+                           one_error_line, read_jsonl)
 from wwts.core.errors import UsageError
 from wwts.core.output import (RESUME_KEYS, ClassifyResult, LabelScore, check_settings, drop_records, open_writer,
                               pending_paths, plan_resume, read_existing, run_sidecar_path)
@@ -201,28 +202,6 @@ def test_a_corrupt_output_on_resume_exits_2_before_the_model_loads(tiny_clip, si
     assert str(out) in one_error_line(result)
     assert load_spy == [] and out.read_bytes() == content
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["ex", name])  # lock removed
-
-
-FORMATS = ["csv", "json", "jsonl"]
-#: A file name from non-UTF-8 bytes, as os.fsdecode gives it on POSIX (lone surrogates).
-BAD_NAME = b"/photos/\xff\xfe\xb0\xa1.jpg".decode("utf-8", "surrogateescape")
-RUN = {"task": "classify", "model": "OFA-Sys/chinese-clip-vit-base-patch16", "device": "cpu",
-       "dtype": "bfloat16", "batch_size": 8, "labels": ["人", "车"], "prompt": "一张{}的照片。"}
-
-
-def classify_records() -> list[ClassifyResult]:
-    return [
-        ClassifyResult(path="/照片/猫 咪.jpg", width=640, height=480, label="人", score=0.912,
-                       top_k=[LabelScore("人", 0.912), LabelScore("车", 0.051)]),
-        ClassifyResult(path=BAD_NAME, width=10, height=20, label="车", score=0.75,
-                       top_k=[LabelScore("车", 0.75), LabelScore("人", 0.25)]),
-        ClassifyResult(path="/照片/坏.jpg", error="truncated: image file is truncated (3 bytes not processed)"),
-        ClassifyResult(path="=cmd|' /C calc'!A0.jpg", width=1, height=1, label="-负号标签", score=0.5,
-                       top_k=[LabelScore("-负号标签", 0.5), LabelScore("a:b;c", 0.5)]),
-        ClassifyResult(path="C:\\udc80\\x5c\\'q.jpg", width=2, height=3, label="'引号", score=1.0,
-                       top_k=[LabelScore("'引号", 1.0)]),
-        ClassifyResult(path=f"/missing/{BAD_NAME[8:]}", error=f"not_found: no such file {BAD_NAME}"),
-    ]
 
 
 def _out(tmp_path: Path, fmt: str) -> Path:

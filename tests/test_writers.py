@@ -13,35 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import classify, strict_jsonl
+from tests.helpers import BAD_NAME, FORMATS, RUN, classify, classify_records, strict_jsonl
 from wwts.core import atomic
 from wwts.core.errors import UsageError, WwtsError
 from wwts.core.output import (CaptionResult, ClassifyResult, LabelScore, drop_records, open_writer, output_format,
                               partial_path, read_existing, run_sidecar_path, writers)
 
 BOM = b"\xef\xbb\xbf"
-FORMATS = ["csv", "json", "jsonl"]
-#: A file name from non-UTF-8 bytes, as os.fsdecode gives it on POSIX (lone surrogates).
-BAD_NAME = b"/photos/\xff\xfe\xb0\xa1.jpg".decode("utf-8", "surrogateescape")
-RUN = {"task": "classify", "model": "OFA-Sys/chinese-clip-vit-base-patch16", "device": "cpu",
-       "dtype": "bfloat16", "batch_size": 8, "labels": ["人", "车"], "prompt": "一张{}的照片。"}
-
-
-def classify_records() -> list[ClassifyResult]:
-    return [
-        ClassifyResult(path="/照片/猫 咪.jpg", width=640, height=480, label="人", score=0.912,
-                       top_k=[LabelScore("人", 0.912), LabelScore("车", 0.051)]),
-        ClassifyResult(path=BAD_NAME, width=10, height=20, label="车", score=0.75,
-                       top_k=[LabelScore("车", 0.75), LabelScore("人", 0.25)]),
-        ClassifyResult(path="/照片/坏.jpg", error="truncated: image file is truncated (3 bytes not processed)"),
-        ClassifyResult(path="=cmd|' /C calc'!A0.jpg", width=1, height=1, label="-负号标签", score=0.5,
-                       top_k=[LabelScore("-负号标签", 0.5), LabelScore("a:b;c", 0.5)]),
-        ClassifyResult(path="C:\\udc80\\x5c\\'q.jpg", width=2, height=3, label="'引号", score=1.0,
-                       top_k=[LabelScore("'引号", 1.0)]),
-        ClassifyResult(path=f"/missing/{BAD_NAME[8:]}", error=f"not_found: no such file {BAD_NAME}"),
-    ]
-
-
 def caption_records() -> list[CaptionResult]:
     return [
         CaptionResult(path="/照片/海边.jpg", width=1024, height=768,
