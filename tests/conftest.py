@@ -84,18 +84,6 @@ def sample_images() -> Path:
 
 
 @pytest.fixture
-def six_images(tmp_path) -> Path:
-    """A folder of six small distinct noise PNGs (``p0.png`` .. ``p5.png``, 40-45 x 30 pixels)."""
-    from tests.helpers import noise_image
-
-    folder = tmp_path / "six"
-    folder.mkdir()
-    for i in range(6):
-        noise_image((40 + i, 30)).save(folder / f"p{i}.png")
-    return folder
-
-
-@pytest.fixture
 def six(tmp_path) -> Path:
     """A folder ``ex`` of six small distinct noise PNGs (``p0.png`` .. ``p5.png``, 40-45 x 30 pixels)."""
     from PIL import Image

@@ -31,7 +31,7 @@ EVIL = "import os\nopen(os.environ['WWTS_TEST_MARKER'], 'w').write('ran')\n"
 # 2-core VM) for nothing, so they pin torch.
 
 
-def test_model_code_is_not_run_without_trust_remote_code(tiny_clip, tmp_path, monkeypatch, six_images):
+def test_model_code_is_not_run_without_trust_remote_code(tiny_clip, tmp_path, monkeypatch, six):
     monkeypatch.setenv("WWTS_BACKEND", "torch")
     marker = tmp_path / "remote-code-ran"
     monkeypatch.setenv("WWTS_TEST_MARKER", str(marker))
@@ -42,13 +42,13 @@ def test_model_code_is_not_run_without_trust_remote_code(tiny_clip, tmp_path, mo
     config["auto_map"] = {"AutoConfig": "configuration_evil.EvilConfig", "AutoModel": "modeling_evil.EvilModel"}
     (model / "config.json").write_text(json.dumps(config))
     # a known model type: transformers' own class is used and the folder's code is ignored
-    result = classify(six_images, *FAST, "--model", model, "--out", tmp_path / "a.jsonl")
+    result = classify(six, *FAST, "--model", model, "--out", tmp_path / "a.jsonl")
     assert result.exit_code == 0, result.output
     assert not marker.exists()
     # an unknown model type needs the code: refused with one line, the code still not run
     config["model_type"] = "evil_clip"
     (model / "config.json").write_text(json.dumps(config))
-    result = classify(six_images, *FAST, "--model", model, "--out", tmp_path / "b.jsonl")
+    result = classify(six, *FAST, "--model", model, "--out", tmp_path / "b.jsonl")
     assert result.exit_code == 2, result.output
     assert not marker.exists()
     no_traceback(result.output)
@@ -57,12 +57,12 @@ def test_model_code_is_not_run_without_trust_remote_code(tiny_clip, tmp_path, mo
     assert len(errors) == 1 and result.stderr.strip().splitlines()[-1] == errors[0], result.stderr
 
 
-def test_safetensors_weights_are_preferred(tiny_clip, tmp_path, six_images, monkeypatch):
+def test_safetensors_weights_are_preferred(tiny_clip, tmp_path, six, monkeypatch):
     monkeypatch.setenv("WWTS_BACKEND", "torch")
     model = Path(shutil.copytree(tiny_clip, tmp_path / "both-weights"))
     assert (model / "model.safetensors").exists()
     (model / "pytorch_model.bin").write_bytes(b"not a pickle: loading this would fail")
-    result = classify(six_images, *FAST, "--model", model, "--out", tmp_path / "r.jsonl")
+    result = classify(six, *FAST, "--model", model, "--out", tmp_path / "r.jsonl")
     assert result.exit_code == 0, result.output
 
 

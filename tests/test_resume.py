@@ -34,14 +34,14 @@ def noise(size=(64, 48)) -> Image.Image:
 # --- results are never lost: resume / retry / refusing to overwrite -----------------------------------
 
 
-def test_resume_after_a_torn_last_line(tiny_clip, six_images, tmp_path):
+def test_resume_after_a_torn_last_line(tiny_clip, six, tmp_path):
     out = tmp_path / "r.jsonl"
-    assert classify(six_images, *FAST, "--model", tiny_clip, "--out", out).exit_code == 0
+    assert classify(six, *FAST, "--model", tiny_clip, "--out", out).exit_code == 0
     raw = out.read_bytes()
     lines = raw.splitlines(keepends=True)
     torn = b"".join(lines[:4]) + lines[4][: len(lines[4]) // 2]  # record 5 half-written, 6 missing
     out.write_bytes(torn)
-    result = classify(six_images, *FAST, "--model", tiny_clip, "--out", out, "--resume")
+    result = classify(six, *FAST, "--model", tiny_clip, "--out", out, "--resume")
     assert result.exit_code == 0, result.output
     after = out.read_bytes()
     assert after.startswith(b"".join(lines[:4]))  # records already done are kept as they were
@@ -49,23 +49,23 @@ def test_resume_after_a_torn_last_line(tiny_clip, six_images, tmp_path):
     assert sorted(Path(r["path"]).name for r in records) == [f"p{i}.png" for i in range(6)]
     assert all(r["label"] and r["error"] is None for r in records)
     # nothing left to do: a second --resume changes nothing
-    result = classify(six_images, *FAST, "--model", tiny_clip, "--out", out, "--resume")
+    result = classify(six, *FAST, "--model", tiny_clip, "--out", out, "--resume")
     assert result.exit_code == 0 and "nothing to do" in result.stderr
     assert out.read_bytes() == after
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv", "json"])
-def test_retry_failed_reprocesses_only_the_broken_image(tiny_clip, six_images, tmp_path, fmt):
-    broken = six_images / "p3.png"
+def test_retry_failed_reprocesses_only_the_broken_image(tiny_clip, six, tmp_path, fmt):
+    broken = six / "p3.png"
     good_bytes = broken.read_bytes()
     broken.write_bytes(good_bytes[: len(good_bytes) // 3])
     out = tmp_path / f"r.{fmt}"
-    result = classify(six_images, *FAST, "--model", tiny_clip, "--out", out)
+    result = classify(six, *FAST, "--model", tiny_clip, "--out", out)
     assert result.exit_code == 3, result.output
     before = read_records(out)
     assert [Path(r["path"]).name for r in before if r["error"]] == ["p3.png"]
     broken.write_bytes(good_bytes)  # the user fixed the file
-    result = classify(six_images, *FAST, "--model", tiny_clip, "--out", out, "--retry-failed")
+    result = classify(six, *FAST, "--model", tiny_clip, "--out", out, "--retry-failed")
     assert result.exit_code == 0, result.output
     after = read_records(out)
     by_name = {Path(r["path"]).name: r for r in after}
@@ -95,13 +95,13 @@ def read_records(out: Path) -> list[dict]:
     ("--quantize", "int8"),
     ("--backend", "onnxruntime"),
 ], ids=["labels", "prompt", "dtype", "model", "quantize", "backend"])
-def test_resume_with_other_settings_is_refused(tiny_clip, six_images, tmp_path, change, monkeypatch):
+def test_resume_with_other_settings_is_refused(tiny_clip, six, tmp_path, change, monkeypatch):
     if change[0] == "--dtype":
         # torch pinned: its bf16 autocast changes the numbers; OpenVINO on a CPU without native bf16
         # runs float32 for either request, so a resume there is not a change of settings
         monkeypatch.setenv("WWTS_BACKEND", "torch")
     out = tmp_path / "r.jsonl"
-    assert classify(six_images, *FAST, "--model", tiny_clip, "--out", out).exit_code == 0
+    assert classify(six, *FAST, "--model", tiny_clip, "--out", out).exit_code == 0
     lines = out.read_bytes().splitlines(keepends=True)
     out.write_bytes(b"".join(lines[:3]))  # an interrupted run: 3 of 6 done
     before = out.read_bytes()
@@ -110,17 +110,17 @@ def test_resume_with_other_settings_is_refused(tiny_clip, six_images, tmp_path, 
     if value == "COPY":
         value = str(shutil.copytree(tiny_clip, tmp_path / "other-model"))
     args[key] = value
-    result = classify(six_images, *[x for kv in args.items() for x in kv], "--out", out, "--resume")
+    result = classify(six, *[x for kv in args.items() for x in kv], "--out", out, "--resume")
     assert result.exit_code == 2, result.output
     assert key.lstrip("-") in result.stderr and "other settings" in result.stderr
     assert out.read_bytes() == before
     no_traceback(result.output)
 
 
-def test_resume_of_a_finished_run_with_other_labels_is_refused(tiny_clip, six_images, tmp_path):
+def test_resume_of_a_finished_run_with_other_labels_is_refused(tiny_clip, six, tmp_path):
     out = tmp_path / "r.jsonl"
-    assert classify(six_images, *FAST, "--model", tiny_clip, "--out", out).exit_code == 0
-    result = classify(six_images, *FAST[2:], "--labels", "人,车,狗", "--model", tiny_clip,
+    assert classify(six, *FAST, "--model", tiny_clip, "--out", out).exit_code == 0
+    result = classify(six, *FAST[2:], "--labels", "人,车,狗", "--model", tiny_clip,
                       "--out", out, "--resume")
     assert result.exit_code == 2, result.output
 
