@@ -72,7 +72,8 @@ class DualEncoder:
         token_lengths: texts → token count of each without truncation (special tokens included).
         model: the torch module (``from_model``), or ``None`` for a saved export.
         export: the verified saved export (``backends.load_export``), or ``None``.
-        image_factory: for an export whose image tower is torch's: makes that tower on first use.
+        image: a tower known before ``build``: a ``torch`` export's image tower (a ``LazyTower``
+            that loads the model on first use).
 
     Attributes:
         image / text: the towers, after ``build``: ``encode(pixel_values (B, 3, S, S)) -> (B, D)``
@@ -81,13 +82,12 @@ class DualEncoder:
 
     def __init__(self, facts: dict[str, Any], *, prepare: Callable[[Any], Any], concat: Callable[[list], Any],
                  tokenize: Callable[..., dict[str, Any]], token_lengths: Callable[[list[str]], list[int]],
-                 model: Any = None, export: dict[str, Any] | None = None,
-                 image_factory: Callable[[], Any] | None = None) -> None:
+                 model: Any = None, export: dict[str, Any] | None = None, image: Any = None) -> None:
         self.facts = facts
         self.prepare, self.concat = prepare, concat
         self.tokenize, self.token_lengths = tokenize, token_lengths
-        self.model, self.export, self.image_factory = model, export, image_factory
-        self.image: Any = None
+        self.model, self.export = model, export
+        self.image: Any = image
         self.text: Any = None
 
     @property
@@ -119,11 +119,11 @@ class DualEncoder:
             ModelLoadError: the model cannot be converted for the backend.
         """
         if self.model is None:
-            if self.image is None:
+            if self.text is None:
                 from ..backends import export_towers
 
                 image, self.text = export_towers(self.export, backend, self.facts.get("input_size"))
-                self.image = image if image is not None else self.image_factory()
+                self.image = image if image is not None else self.image
             return
         if self.image is not None and backend is not None and backend.name != "torch":
             return

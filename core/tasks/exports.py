@@ -83,14 +83,11 @@ def from_export(config: RunConfig, backend: Any, dtype: str,
         log.info("loading the model with transformers: %s", exc)
         return None
     facts = {**facts, "input_size": facts.get("input_size") or preprocessor.input_size}
-    image_factory = None
-    if backend.name == "torch":
-        def image_factory() -> LazyTower:
-            return lazy_torch_image_tower(load_model, dtype, backend.threads)
-    return DualEncoder(facts, export=export, prepare=preprocessor, concat=np.concatenate,
+    image = lazy_torch_image_tower(load_model, dtype, backend.threads) if backend.name == "torch" else None
+    return DualEncoder(facts, export=export, prepare=preprocessor, concat=np.concatenate, image=image,
                        tokenize=lambda texts, max_length, pad: tokenizer(list(texts), max_length=max_length,
                                                                           pad_to_max_length=pad),
-                       token_lengths=lambda texts: tokenizer.lengths(list(texts)), image_factory=image_factory)
+                       token_lengths=lambda texts: tokenizer.lengths(list(texts)))
 
 
 def lazy_torch_image_tower(load_model: Callable[[], Any], dtype: str, threads: int | None) -> LazyTower:
