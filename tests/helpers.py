@@ -9,6 +9,7 @@ import io
 import json
 import os
 import struct
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -130,6 +131,16 @@ def classify_records() -> list:
                        top_k=[LabelScore("'引号", 1.0)]),
         ClassifyResult(path=f"/missing/{BAD_NAME[8:]}", error=f"not_found: no such file {BAD_NAME}"),
     ]
+
+
+def invoke_with_deadline(args: list, seconds: float = 240):
+    """``classify(*args)`` on a thread: a stall (a FIFO read...) fails the test instead of hanging it."""
+    box: list = []
+    worker = threading.Thread(target=lambda: box.append(classify(*args)), daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert not worker.is_alive(), f"wwts classify stalled for {seconds} s"
+    return box[0]
 
 
 def no_traceback(*texts: str) -> None:

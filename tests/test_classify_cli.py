@@ -6,14 +6,13 @@ import csv
 import json
 import os
 import shutil
-import threading
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from tests.helpers import (classify, encoded, no_traceback, noise_image, one_error_line, png_claiming, read_jsonl,
-                           records_by_name)
+from tests.helpers import (classify, encoded, invoke_with_deadline, no_traceback, noise_image, one_error_line,
+                           png_claiming, read_jsonl, records_by_name)
 
 LABELS = "人,车,动物,猫,花"
 
@@ -320,16 +319,6 @@ FAST = ("--labels", LABELS_HOSTILE, "--top-k", "3", "--dtype", "float32", "--thr
 def noise(size=(64, 48)) -> Image.Image:
     """``noise_image`` at this module's default size."""
     return noise_image(size)
-
-
-def invoke_with_deadline(args: list, seconds: float = 240):
-    """``classify(*args)`` on a thread: a stall (a FIFO read...) fails the test instead of hanging it."""
-    box: list = []
-    worker = threading.Thread(target=lambda: box.append(classify(*args)), daemon=True)
-    worker.start()
-    worker.join(seconds)
-    assert not worker.is_alive(), f"wwts classify stalled for {seconds} s"
-    return box[0]
 
 
 def test_follow_symlinks_detects_loops_and_stays_inside_the_root(tiny_clip, tmp_path):

@@ -22,13 +22,13 @@ import re
 import shutil
 import struct
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from tests.helpers import classify, encoded, no_traceback, noise_image, png_claiming, read_jsonl, records_by_name
+from tests.helpers import (classify, encoded, invoke_with_deadline, no_traceback, noise_image, png_claiming,
+                           read_jsonl, records_by_name)
 from wwts.core.engine import local as engine_local, plan as engine
 from wwts.core.input import MAX_ASPECT_RATIO
 from wwts.core.input.decode import AVIF_SUPPORTED, HEIF_SUPPORTED, SUPPORTED_FORMATS
@@ -223,16 +223,6 @@ def write_hostile_folder(folder: Path, exif_samples: Path | None) -> dict:
                 rel = str(p.relative_to(folder))
                 (good if p.suffix.lower() in (".heic", ".heif") else either).add(rel)
     return {"errors": errors, "good": good, "either": either, "skipped": skipped, "mutate": mutate}
-
-
-def invoke_with_deadline(args: list, seconds: float = 240):
-    """``classify(*args)`` on a thread: a stall (a FIFO read...) fails the test instead of hanging it."""
-    box: list = []
-    worker = threading.Thread(target=lambda: box.append(classify(*args)), daemon=True)
-    worker.start()
-    worker.join(seconds)
-    assert not worker.is_alive(), f"wwts classify stalled for {seconds} s"
-    return box[0]
 
 
 # --- the hostile folder -----------------------------------------------------------------------------

@@ -99,7 +99,7 @@ def test_several_crashes_among_parallel_decodes_blame_only_the_crashing_files(tm
 
 
 def test_an_image_error_in_the_worker_keeps_its_category(tmp_path):
-    """ImageError does not survive pickling as an exception; it must not read as a crash."""
+    """An ImageError comes back from a worker process with its category: it must not read as a crash."""
     bad = tmp_path / "bad.heic"
     bad.write_bytes(b"not a HEIC file at all")
     with DecodePool(1) as pool:
