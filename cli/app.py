@@ -26,6 +26,7 @@ from .options import (APP_EPILOG, APP_HELP, CAPTION_EXAMPLES, CAPTION_HELP, CLAS
                       ThresholdOpt, VocabOpt, run_fields)
 from .options import ReportOpt, WriteXmpOpt, XmpName, XmpNameOpt
 from .options import Backend, BackendOpt, ClassifyDeviceOpt
+from .options import ExactPixelsOpt, ImageSizeOpt
 from .conversions_commands import conversions_app
 from .results_commands import REPORT_EXAMPLES, REPORT_HELP, SORT_EXAMPLES, SORT_HELP, report, sort
 from .run_loop import exit_on_error, run_records
@@ -110,6 +111,8 @@ def classify(
     model: ClassifyModelOpt = None,
     device: ClassifyDeviceOpt = "auto",
     backend: BackendOpt = Backend.auto,
+    image_size: ImageSizeOpt = None,
+    exact_pixels: ExactPixelsOpt = False,
     dtype: DTypeOpt = DType.auto,
     batch_size: BatchOpt = None,
     threads: ThreadsOpt = None,

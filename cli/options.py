@@ -44,6 +44,8 @@ def run_fields(params: dict[str, Any]) -> dict[str, Any]:
         fields["backend"] = params["backend"].value
     if "no_store" in params:
         fields.update(store=not params["no_store"], store_dir=params["store"])
+    if "image_size" in params:
+        fields.update(image_size=params["image_size"], exact_pixels=params["exact_pixels"])
     return fields
 
 
@@ -104,6 +106,13 @@ QuantizeOpt = Annotated[Optional[Quantize], typer.Option("--quantize", case_sens
                                                          help=f"{_spelled(QUANTIZE)}: classify: the backend's int8 "
                                                               "(OpenVINO NNCF, ONNX Runtime dynamic); caption: "
                                                               "torch's dynamic int8 (CPU only).")]
+ImageSizeOpt = Annotated[Optional[int], typer.Option("--image-size", min=16, max=4096, metavar="PIXELS",
+                                                     rich_help_panel=MODEL, show_default="the model's", help=(
+    "Run the image tower at this input size (e.g. 160, 192) with interpolated position embeddings: "
+    "faster, less accurate (README: Image size)."))]
+ExactPixelsOpt = Annotated[bool, typer.Option("--exact-pixels", rich_help_panel=MODEL, help=(
+    "pixel_values bit-equal to transformers' processor (slower decode); default: the fast resize "
+    "(README: Exact pixels)."))]
 OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", rich_help_panel=OUTPUT,
                                                 help="Write results to .csv, .json or .jsonl (else a table).")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out file.",

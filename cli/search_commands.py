@@ -18,6 +18,7 @@ from ..core import RunConfig, UsageError
 from .options import (Backend, BackendOpt, BatchOpt, ClassifyDeviceOpt, ClassifyModelOpt, DType, DTypeOpt, HiddenOpt,
                       InputsArg, MaxPixelsOpt, OutOpt, OverwriteOpt, QuietOpt, RecursiveOpt, SymlinksOpt, ThreadsOpt,
                       TruncOpt, TrustOpt, WorkersOpt, run_fields)
+from .options import ExactPixelsOpt, ImageSizeOpt
 from .run_loop import exit_on_error, run_records
 from .sinks import EmbedSink, SearchSink
 from .store_options import NoStoreOpt, ParquetOutOpt, QueryArg, SearchPromptOpt, StoreDirOpt, TopOpt
@@ -39,6 +40,8 @@ def search(
     model: ClassifyModelOpt = None,
     device: ClassifyDeviceOpt = "auto",
     backend: BackendOpt = Backend.auto,
+    image_size: ImageSizeOpt = None,
+    exact_pixels: ExactPixelsOpt = False,
     dtype: DTypeOpt = DType.auto,
     batch_size: BatchOpt = None,
     threads: ThreadsOpt = None,
@@ -70,6 +73,8 @@ def embed(
     model: ClassifyModelOpt = None,
     device: ClassifyDeviceOpt = "auto",
     backend: BackendOpt = Backend.auto,
+    image_size: ImageSizeOpt = None,
+    exact_pixels: ExactPixelsOpt = False,
     dtype: DTypeOpt = DType.auto,
     batch_size: BatchOpt = None,
     threads: ThreadsOpt = None,

@@ -209,6 +209,10 @@ class RunConfig:
             ``wwts embed``); ``None``: the task's own head (zero-shot / closed-set classify, caption).
         ray: run on the Ray cluster at this address (``auto``, ``HOST:PORT``, ``ray://HOST:10001``,
             ``local``); ``None``: on this machine (see ``core.cluster``).
+        exact_pixels: dual encoders: ``pixel_values`` bit-equal to transformers' processor (2x
+            draft, full resize, then crop) instead of the fast recipe (``ImagePreprocessor(fast=True)``).
+        image_size: dual encoders: run the image tower at this square input side in pixels with
+            interpolated position embeddings (``--image-size``); ``None``: the model's own.
     """
 
     task: str
@@ -247,6 +251,8 @@ class RunConfig:
     store: bool = True
     store_dir: Path | None = None
     head: str | None = None
+    exact_pixels: bool = False
+    image_size: int | None = None
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -265,6 +271,8 @@ class RunConfig:
                              "--backend openvino / onnxruntime, that backend's device names)")
         if self.dtype not in DTYPES:
             raise UsageError(f"unknown dtype {self.dtype!r}; valid: {', '.join(DTYPES)}")
+        if self.image_size is not None and not 16 <= self.image_size <= 4096:
+            raise UsageError(f"--image-size must be between 16 and 4096 pixels, got {self.image_size}")
         for name in ("batch_size", "threads", "decode_workers", "max_pixels"):
             value = getattr(self, name)
             if value is not None and value < 1:

@@ -50,6 +50,31 @@ FORMAT_VERSION = 2
 EXPORT = "export.json"
 
 
+def native_image_size(model: Any) -> int | None:
+    """The side in pixels the vision tower of ``model`` was trained at (``vision_config.image_size``)."""
+    size = getattr(getattr(getattr(model, "config", None), "vision_config", None), "image_size", None)
+    return int(size) if isinstance(size, int) and not isinstance(size, bool) else None
+
+
+def entry_name(fields: dict[str, Any], native_size: int | None) -> str:
+    """A tower's name in ``export.json``: ``image-float``, ``text-float``, ``image-int8``...; an
+    image tower converted at another input side than its model's ``native_size`` (``--image-size``,
+    with interpolated position embeddings) is another export: ``image-float-160px``, so towers of
+    different sizes never replace or stand in for each other."""
+    name = f"{fields['tower']}-{fields['precision']}"
+    size = fields.get("input_size")
+    if fields["tower"] == "image" and size and native_size and size != native_size:
+        name += f"-{size}px"
+    return name
+
+
+def text_input_size(input_size: int | None, native_size: int | None) -> int | None:
+    """The ``input_size`` a text tower's export records: the model's ``native_size`` when the run's
+    image side differs from it (``--image-size``): the text tower does not depend on it, and one
+    text export serves every image size."""
+    return native_size if input_size and native_size and input_size != native_size else input_size
+
+
 def cache_root() -> Path:
     """``user_cache_dir("wwts")/conversions``, read at each call (so ``XDG_CACHE_HOME`` is honoured)."""
     return Path(user_cache_dir("wwts", appauthor=False)) / "conversions"

@@ -77,7 +77,8 @@ def saved_tower(model: torch.nn.Module, folder: str, fields: dict[str, Any], exa
     """
     tower, precision = fields["tower"], fields["precision"]
     where = export.export_dir(folder, "onnxruntime", version())
-    entry = export.verified(where, f"{tower}-{precision}", fields)
+    name = export.entry_name(fields, export.native_image_size(model))
+    entry = export.verified(where, name, fields)
     if entry is not None:
         return entry
     from .towers import ExportModule, tower_parameters
@@ -101,7 +102,7 @@ def saved_tower(model: torch.nn.Module, folder: str, fields: dict[str, Any], exa
         log.warning("%s tower ready for ONNX Runtime in %.1f s", tower, time.perf_counter() - t0)
         return {"parameters": params}
 
-    return export.build_tower(where, f"{tower}-{precision}", fields, write, weights_folder=folder,
+    return export.build_tower(where, name, fields, write, weights_folder=folder,
                               version=version())
 
 
@@ -164,6 +165,7 @@ def build(model: torch.nn.Module, *, folder: str, providers: tuple[tuple[str, di
     entry = saved_tower(model, folder, image_fields, {"pixel_values": example_image(input_size)}, int8)
     image = onnx_tower(Path(entry["dir"]), "image", providers, threads, entry)
     names = text_names(tokens)
-    text_entry = saved_tower(model, folder, {**fields, "tower": "text", "precision": "float", "inputs": names},
+    text_fields = {**fields, "input_size": export.text_input_size(input_size, export.native_image_size(model))}
+    text_entry = saved_tower(model, folder, {**text_fields, "tower": "text", "precision": "float", "inputs": names},
                              example_tokens(tokens, names))
     return image, onnx_tower(Path(text_entry["dir"]), "text", providers, threads, text_entry, names=names)

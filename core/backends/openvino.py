@@ -77,7 +77,8 @@ def saved_tower(model: torch.nn.Module, folder: str, fields: dict[str, Any], exa
     """
     tower, precision = fields["tower"], fields["precision"]
     where = export.export_dir(folder, "openvino", version())
-    entry = export.verified(where, f"{tower}-{precision}", fields)
+    name = export.entry_name(fields, export.native_image_size(model))
+    entry = export.verified(where, name, fields)
     if entry is not None:
         return entry
     _announce(model, tower, precision, "quantizing to int8" if calibration else "converting")
@@ -100,7 +101,7 @@ def saved_tower(model: torch.nn.Module, folder: str, fields: dict[str, Any], exa
         log.warning("%s tower ready for OpenVINO in %.1f s", tower, time.perf_counter() - t0)
         return extra
 
-    return export.build_tower(where, f"{tower}-{precision}", fields, write,
+    return export.build_tower(where, name, fields, write,
                               weights_folder=folder, version=version())
 
 
@@ -196,6 +197,7 @@ def build_text(model: torch.nn.Module, *, folder: str, device: str, threads: int
     from .towers import example_tokens, text_names
 
     names = text_names(tokens)
+    input_size = export.text_input_size(input_size, export.native_image_size(model))
     fields = {"tower": "text", "precision": "float", "input_size": input_size, "inputs": names}
     entry = saved_tower(model, folder, fields, example_tokens(tokens, names))
     return text_tower(Path(entry["dir"]), device, threads, names, entry, lazy=device == "CPU")

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .. import hardware
+from .export import native_image_size
 from .tower import l2_normalize, tower_name
 
 
@@ -37,10 +38,17 @@ def as_features(output: Any) -> torch.Tensor:
 
 def tower_features(model: torch.nn.Module, tower: str, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """The projected ``(B, D)`` embedding of one tower (not normalised): ``get_image_features``
-    of ``pixel_values`` for ``image``, ``get_text_features`` of the token inputs for ``text``."""
+    of ``pixel_values`` for ``image``, ``get_text_features`` of the token inputs for ``text``.
+    ``pixel_values (B, 3, S, S)`` of another side than the model's ``vision_config.image_size``
+    (``--image-size``) run with interpolated position embeddings (transformers'
+    ``interpolate_pos_encoding``; ``dual_encoder.check_image_size`` refuses the families without)."""
     if tower == "image":
-        return as_features(model.get_image_features(pixel_values=inputs["pixel_values"]))
+        pixels = inputs["pixel_values"]
+        native = native_image_size(model)
+        extra = {"interpolate_pos_encoding": True} if native and pixels.shape[-1] != native else {}
+        return as_features(model.get_image_features(pixel_values=pixels, **extra))
     return as_features(model.get_text_features(**inputs))
+
 
 
 class TorchTower:

@@ -222,7 +222,8 @@ def _dataset(ray: Any, runner: engine.Runner, worker_config: RunConfig, probed: 
     preparer = probed["preparer"]
     ds = ds.map_batches(workers.decode_batch, batch_size=size, batch_format="numpy", num_cpus=1,
                         fn_kwargs={"config": worker_config, "run_id": uuid.uuid4().hex,
-                                   "input_size": probed["input_size"], "preparer": preparer})
+                                   "input_size": probed["input_size"], "preparer": preparer,
+                                   "draft_keep": probed.get("draft_keep", 2)})
     actor_config = replace(worker_config, dtype=runner.dtype, batch_size=size)
     # Fault tolerance is Ray Data's default for actor pools (2.60: max_restarts=-1,
     # max_task_retries=-1): an actor that dies is restarted, on another node if its own is

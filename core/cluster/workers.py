@@ -54,7 +54,7 @@ def probe(config: RunConfig) -> dict[str, Any]:
 
     Returns:
         ``{"info": Runner.info() there (device, dtype, threads, batch size, task settings),
-        "input_size": draft size for decoding, "preparer": the task without its weights, pickled,
+        "input_size" and "draft_keep": for draft decoding, "preparer": the task without its weights, pickled,
         or None when its ``prepare`` does not survive that, "warnings": [messages]}``; or
         ``{"error": (exception class name, message)}`` for a ``WwtsError`` (model not found,
         device unusable...), which the driver raises as itself (exit 2 before any image).
@@ -65,7 +65,8 @@ def probe(config: RunConfig) -> dict[str, Any]:
     try:
         _configure(config)
         run = engine.start(config, paths=[])
-        return {"info": run.info(), "input_size": run.task.input_size, "preparer": _preparer(run.task),
+        return {"info": run.info(), "input_size": run.task.input_size, "draft_keep": run.task.draft_keep,
+                "preparer": _preparer(run.task),
                 "warnings": _messages(handler)}
     except WwtsError as exc:
         return {"error": (type(exc).__name__, str(exc)), "warnings": _messages(handler)}
@@ -134,7 +135,7 @@ def _decode_pool(key: Any, make) -> DecodePool:
 
 
 def decode_batch(batch: dict[str, np.ndarray], *, config: RunConfig, run_id: str, input_size: int | None,
-                 preparer: bytes | None) -> dict[str, list]:
+                 preparer: bytes | None, draft_keep: int = 2) -> dict[str, list]:
     """Decode (and prepare) the images of a Ray Data batch.
 
     Args:
@@ -142,6 +143,7 @@ def decode_batch(batch: dict[str, np.ndarray], *, config: RunConfig, run_id: str
         config: the run's config (``max_pixels``, ``allow_truncated``).
         run_id: names the run, so a worker process reuses its pool within a run only.
         input_size: the model's input side, for draft decoding.
+        draft_keep: the task's ``draft_keep`` (``Task.draft_keep``).
         preparer: ``model_free(task)`` pickled; ``None``: decode only (the actor prepares).
 
     Returns:
@@ -151,7 +153,7 @@ def decode_batch(batch: dict[str, np.ndarray], *, config: RunConfig, run_id: str
 
     def make() -> DecodePool:
         transform = pickle.loads(preparer).prepare if preparer is not None else None
-        return DecodePool(1, draft_size=input_size, max_pixels=config.max_pixels,
+        return DecodePool(1, draft_size=input_size, draft_keep=draft_keep, max_pixels=config.max_pixels,
                           allow_truncated=config.allow_truncated, transform=transform)
 
     pool = _decode_pool(run_id, make)

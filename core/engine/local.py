@@ -67,8 +67,8 @@ def local_batches(runner: Runner) -> Iterator[list[ImageRecord]]:
     """
     task, config, stats = runner.task, runner.config, runner.stats
     recovery = Recovery(task, runner.batch_size, auto=runner.device_choice.auto, events=stats.events)
-    pool = DecodePool(runner.workers, draft_size=task.input_size, max_pixels=config.max_pixels,
-                      lookup=store_lookup(task, config), allow_truncated=config.allow_truncated,
+    pool = DecodePool(runner.workers, draft_size=task.input_size, draft_keep=task.draft_keep,
+                      max_pixels=config.max_pixels, lookup=store_lookup(task, config), allow_truncated=config.allow_truncated,
                       transform=task.prepare)
     pending: deque[tuple[Path, Future]] = deque()
     path_iter = iter(runner.paths)

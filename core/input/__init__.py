@@ -18,7 +18,8 @@ from .decode import (
     read_head,
 )
 from .discover import IMAGE_EXTENSIONS, discover, is_hidden, is_image_name
-from .pool import DECODE_RECIPE, ISOLATED_EXTENSIONS, DecodePool, Sample, isolated_decode, needs_isolation
+from .pool import (DECODE_RECIPE, EXACT_DRAFT_KEEP, FAST_DRAFT_KEEP, ISOLATED_EXTENSIONS, DecodePool, Sample,
+                   isolated_decode, needs_isolation)
 from .preprocess import ImagePreprocessor
 
 __all__ = [
@@ -35,6 +36,8 @@ __all__ = [
     "read_head",
     "ISOLATED_EXTENSIONS",
     "DECODE_RECIPE",
+    "EXACT_DRAFT_KEEP",
+    "FAST_DRAFT_KEEP",
     "needs_isolation",
     "isolated_decode",
     "DecodePool",

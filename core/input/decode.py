@@ -110,6 +110,7 @@ def load_image(
     max_pixels: int | None = None,
     allow_truncated: bool = False,
     max_aspect_ratio: float | None = MAX_ASPECT_RATIO,
+    draft_keep: int = 2,
 ) -> DecodedImage:
     """Decode ``path`` into an 8-bit RGB image with its EXIF orientation applied.
 
@@ -143,6 +144,11 @@ def load_image(
             also accept a truncated file; use one value for a whole run.
         max_aspect_ratio: refuse images whose long side is more than this many times the short
             side, from the header before decoding (see ``MAX_ASPECT_RATIO``); ``None``: no limit.
+        draft_keep: the JPEG / HEIF draft keeps the short side at least ``draft_keep *
+            draft_size`` (2 above). 1 decodes straight to about the model's size, for a resize
+            that does not need the margin (``ImagePreprocessor(fast=True)``): the DCT scaling is
+            then 1/8 for a 12 MP photo at 224 px instead of 1/4 (measured in
+            scripts/bench_decode.py). The box reduction keeps ``2 * draft_size`` either way.
 
     Returns:
         A ``DecodedImage``; ``image.mode == "RGB"``.
@@ -163,7 +169,7 @@ def load_image(
     """
     path = Path(path)
     try:
-        return _load(path, draft_size, max_pixels, allow_truncated, max_aspect_ratio)
+        return _load(path, draft_size, max_pixels, allow_truncated, max_aspect_ratio, draft_keep)
     except ImageError:
         raise
     except MemoryError:
@@ -183,7 +189,7 @@ def load_image(
 
 
 def _load(path: Path, draft_size: int | None, max_pixels: int | None, allow_truncated: bool,
-          max_aspect_ratio: float | None) -> DecodedImage:
+          max_aspect_ratio: float | None, draft_keep: int = 2) -> DecodedImage:
     """``load_image`` without its exception mapping: open, check the header, decode, upright, RGB."""
     notes: list[str] = []
     with _open_regular_file(path) as fp:
@@ -195,13 +201,13 @@ def _load(path: Path, draft_size: int | None, max_pixels: int | None, allow_trun
         except Exception:  # counting frames walks the file; a broken later frame is not fatal
             frames = 1
         if draft_size and im.format in _DRAFT_FORMATS:
-            im.draft("RGB", (2 * draft_size, 2 * draft_size))
+            im.draft("RGB", (draft_keep * draft_size, draft_keep * draft_size))
         try:
             im.load()  # force the full decode here, so a truncated file fails here and not later
         except Exception as exc:
             if not (allow_truncated and _is_truncation(exc)):
                 raise
-            im = _load_truncated(fp, draft_size)
+            im = _load_truncated(fp, draft_size and draft_keep * draft_size)
             notes.append("file is truncated; decoded the part that is there")
 
     im, swapped, note = pixels.upright(im)
@@ -306,12 +312,13 @@ def _identify(fp) -> ImageFile.ImageFile:
         ) from None
 
 
-def _load_truncated(fp, draft_size: int | None) -> ImageFile.ImageFile:
-    """Re-open and decode a truncated file with Pillow's ``LOAD_TRUNCATED_IMAGES`` set."""
+def _load_truncated(fp, draft_side: int | None) -> ImageFile.ImageFile:
+    """Re-open and decode a truncated file with Pillow's ``LOAD_TRUNCATED_IMAGES`` set (drafted to
+    keep the short side >= ``draft_side`` px)."""
     fp.seek(0)
     im = _identify(fp)
-    if draft_size and im.format in _DRAFT_FORMATS:
-        im.draft("RGB", (2 * draft_size, 2 * draft_size))
+    if draft_side and im.format in _DRAFT_FORMATS:
+        im.draft("RGB", (draft_side, draft_side))
     with _TRUNCATED_LOCK:
         previous = ImageFile.LOAD_TRUNCATED_IMAGES
         ImageFile.LOAD_TRUNCATED_IMAGES = True

@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 #: a change there can change the pixels handed to a model, so no stored embedding made from the
 #: old pixels is served.
 DECODE_RECIPE = 1
+#: The ``draft_keep`` (``decode.load_image``) of the decode recipe ``DECODE_RECIPE`` names, and of
+#: the fast one a run uses by default (``ImagePreprocessor(fast=True)``; store keys say which).
+EXACT_DRAFT_KEEP, FAST_DRAFT_KEEP = 2, 1
 #: Extensions decoded in the isolated worker processes: native decoders with a crash history
 #: (libheif, libavif) or that write to stderr themselves (libtiff).
 ISOLATED_EXTENSIONS = frozenset({".heic", ".heif", ".avif", ".hif", ".tif", ".tiff"})
@@ -173,6 +176,7 @@ class DecodePool:
             processes for HEIF/AVIF/TIFF (spawned when the first such file comes; see
             ``needs_isolation``).
         draft_size: model input side in pixels, for draft decoding (``None``: full size).
+        draft_keep: the draft keeps the short side >= ``draft_keep * draft_size`` (``load_image``).
         max_pixels: refuse images with more pixels (``None``: Pillow's default limit).
         allow_truncated: decode truncated files as far as they go instead of failing.
         isolated_load: the function run in the worker process, through ``isolated_decode``
@@ -191,15 +195,15 @@ class DecodePool:
     """
 
     def __init__(self, workers: int, *, draft_size: int | None = None, max_pixels: int | None = None,
-                 allow_truncated: bool = False, isolated_load: Callable[..., DecodedImage] = load_image,
+                 allow_truncated: bool = False, draft_keep: int = EXACT_DRAFT_KEEP, isolated_load: Callable[..., DecodedImage] = load_image,
                  transform: Callable[[Any], Any] | None = None,
                  lookup: Callable[[Path], tuple[Any, Sample | None]] | None = None) -> None:
         self._transform = transform
         self._lookup = lookup
         self._load = partial(load_image, draft_size=draft_size, max_pixels=max_pixels,
-                             allow_truncated=allow_truncated)
+                             allow_truncated=allow_truncated, draft_keep=draft_keep)
         self._isolated = partial(isolated_decode, isolated_load, draft_size=draft_size,
-                                 max_pixels=max_pixels, allow_truncated=allow_truncated)
+                                 max_pixels=max_pixels, allow_truncated=allow_truncated, draft_keep=draft_keep)
         self._workers = max(1, int(workers))
         self._threads = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="wwts-decode")
         self._proc: ProcessPoolExecutor | None = None

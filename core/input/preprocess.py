@@ -25,6 +25,14 @@ module reproduces that backend's recipe, read from transformers 5.24:
 Because the rescale + normalize of an 8-bit value depends only on (channel, value), they are
 tabulated once per processor (256 values per channel) with the same float operations, so the
 output is bit-equal to transformers'.
+
+``fast=True`` (a run's default; ``--exact-pixels`` turns it off) changes one step: the resize
+makes only the pixels the center crop keeps (Pillow ``Image.resize(size, box=...)`` over the crop's
+region of the source, the same sampling positions and filter width) and lets Pillow box-reduce
+first where the image is over ``REDUCING_GAP`` times too big (``reducing_gap``, Pillow docs,
+``Image.resize``). With the decoder's 1x draft (``decode.load_image(draft_keep=1)``) it is what
+makes a near-free model reach decode speed; its distance from the exact recipe is measured in
+``scripts/bench_decode.py`` and bounded in tests/test_fast_pixels.py.
 """
 
 from __future__ import annotations
@@ -58,6 +66,10 @@ _DEFAULTS = {
 _IGNORED = {"image_processor_type", "feature_extractor_type", "processor_class", "_processor_class",
             "image_seq_length", "disable_grouping", "return_tensors", "device", "input_data_format", "pad_size"}
 _RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+#: ``reducing_gap`` of the fast resize: Pillow box-reduces by an integer factor first while the
+#: scale left stays >= this (Pillow docs, ``Image.resize``: 3.0 is "indistinguishable from fair
+#: resampling in most cases").
+REDUCING_GAP = 3.0
 
 
 def _processor_type(config: dict) -> str:
@@ -150,9 +162,11 @@ class ImagePreprocessor:
         settings: the resolved settings (config values over the class defaults).
     """
 
-    def __init__(self, settings: dict):
-        """Use ``from_config`` / ``from_folder``; ``settings`` is the resolved, checked dict."""
+    def __init__(self, settings: dict, *, fast: bool = False):
+        """Use ``from_config`` / ``from_folder``; ``settings`` is the resolved, checked dict;
+        ``fast``: the fast resize (module docstring), else bit-equal to transformers."""
         self.settings = settings
+        self.fast = fast
         self._resize = settings["size"] if settings["do_resize"] else None
         self._crop = settings["crop_size"] if settings["do_center_crop"] else None
         out = self._crop or (self._resize if self._resize and "height" in self._resize else None)
@@ -165,8 +179,12 @@ class ImagePreprocessor:
         self._table = _value_table(settings)
 
     @classmethod
-    def from_config(cls, config: dict) -> ImagePreprocessor:
+    def from_config(cls, config: dict, *, fast: bool = False, image_size: int | None = None) -> ImagePreprocessor:
         """The preprocessor for an image processor config dict.
+
+        ``fast``: the fast resize (module docstring). ``image_size``: another square input side in
+        pixels (``--image-size``): the resize's shortest edge (or height and width) and the crop
+        become ``image_size``; ``None`` keeps the config's.
 
         Raises:
             NotReproducible: for an ``image_processor_type`` other than (ChineseCLIP|CLIP|
@@ -190,7 +208,9 @@ class ImagePreprocessor:
             settings["crop_size"] = _size_dict(settings["crop_size"], "crop_size", True)
             if "height" not in settings["crop_size"]:
                 raise NotReproducible(f"crop_size={settings['crop_size']!r} needs height and width")
-        return cls(settings)
+        if image_size:
+            _resize_to(settings, int(image_size))
+        return cls(settings, fast=fast)
 
     @classmethod
     def from_folder(cls, folder) -> ImagePreprocessor:
@@ -230,14 +250,23 @@ class ImagePreprocessor:
             ValueError: an image that is not RGB while ``do_convert_rgb`` is off.
         """
         image = self._rgb(image)
+        crop = self._crop
         if self._resize is not None:
             height, width = self._resize_shape(image.height, image.width)
-            image = image.resize((width, height), resample=self.settings["resample"])
-        pixels = np.asarray(image).transpose(2, 0, 1)  # (3, H, W) uint8
-        if self._crop is not None:
-            pixels = _center_crop(pixels, self._crop["height"], self._crop["width"])
-        out = self._table[np.arange(3)[:, None, None], pixels]
-        return np.ascontiguousarray(out[None], dtype=np.float32)
+            box = _crop_box(image.size, (width, height), crop) if self.fast else None
+            if box is not None:  # resize straight to the crop: the crop below takes all of it
+                image = image.resize((crop["width"], crop["height"]), resample=self.settings["resample"],
+                                     box=box, reducing_gap=REDUCING_GAP)
+            else:
+                image = image.resize((width, height), resample=self.settings["resample"],
+                                     reducing_gap=REDUCING_GAP if self.fast else None)
+        pixels = np.asarray(image)  # (H, W, 3) uint8
+        if crop is not None:
+            pixels = _center_crop(pixels, crop["height"], crop["width"])
+        out = np.empty((1, 3) + pixels.shape[:2], dtype=np.float32)
+        for channel in range(3):  # the same values as table[c][pixels[c]]; np.take is faster
+            np.take(self._table[channel], pixels[:, :, channel], out=out[0, channel])
+        return out
 
     def _rgb(self, image: Image.Image) -> Image.Image:
         if not self.settings["do_convert_rgb"]:
@@ -260,16 +289,37 @@ class ImagePreprocessor:
         return (new_long, edge) if width <= height else (edge, new_long)
 
     def __repr__(self) -> str:
-        return f"ImagePreprocessor(input_size={self.input_size}, settings={self.settings!r})"
+        return f"ImagePreprocessor(input_size={self.input_size}, fast={self.fast}, settings={self.settings!r})"
+
+
+def _resize_to(settings: dict, side: int) -> None:
+    """Make ``settings`` give ``(side, side)`` inputs: the resize's shortest edge (or height and
+    width) and the crop become ``side``."""
+    if settings["size"] is not None:
+        settings["size"] = ({"shortest_edge": side} if "shortest_edge" in settings["size"]
+                            else {"height": side, "width": side})
+    if settings["crop_size"] is not None:
+        settings["crop_size"] = {"height": side, "width": side}
+
+
+def _crop_box(size: tuple[int, int], resized: tuple[int, int], crop: dict | None) -> tuple[float, ...] | None:
+    """The region of an image of ``size`` (w, h) that the center crop keeps of it resized to
+    ``resized`` (w, h), in source pixels ``(left, top, right, bottom)``; ``None`` without a crop or
+    when the crop is bigger than the resized image (it pads: the exact path does that)."""
+    if crop is None or resized[0] < crop["width"] or resized[1] < crop["height"]:
+        return None
+    left, top = (resized[0] - crop["width"]) // 2, (resized[1] - crop["height"]) // 2
+    sx, sy = size[0] / resized[0], size[1] / resized[1]
+    return (left * sx, top * sy, (left + crop["width"]) * sx, (top + crop["height"]) * sy)
 
 
 def _center_crop(pixels: np.ndarray, crop_h: int, crop_w: int) -> np.ndarray:
-    """``image_transforms.center_crop`` on (3, H, W): offset ``(side - crop) // 2``; a short side zero-padded."""
-    _, height, width = pixels.shape
+    """``image_transforms.center_crop`` on (H, W, 3): offset ``(side - crop) // 2``; a short side zero-padded."""
+    height, width = pixels.shape[:2]
     if height >= crop_h and width >= crop_w:
         top, left = (height - crop_h) // 2, (width - crop_w) // 2
-        return pixels[:, top:top + crop_h, left:left + crop_w]
-    out = np.zeros((pixels.shape[0], crop_h, crop_w), dtype=pixels.dtype)
+        return pixels[top:top + crop_h, left:left + crop_w]
+    out = np.zeros((crop_h, crop_w, pixels.shape[2]), dtype=pixels.dtype)
     src, dst = [], []
     for side, crop in ((height, crop_h), (width, crop_w)):
         if side >= crop:
@@ -280,5 +330,5 @@ def _center_crop(pixels: np.ndarray, crop_h: int, crop_w: int) -> np.ndarray:
             start = (crop - side + 1) // 2  # ceil((crop - side) / 2)
             src.append(slice(0, side))
             dst.append(slice(start, start + side))
-    out[:, dst[0], dst[1]] = pixels[:, src[0], src[1]]
+    out[dst[0], dst[1]] = pixels[src[0], src[1]]
     return out

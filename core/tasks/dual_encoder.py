@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 from .. import models
 from ..backends import build_towers, save_facts
-from ..errors import NotReproducible, describe
+from ..errors import NotReproducible, UsageError, describe
 from ..input import ImagePreprocessor
 from .task import pixel_maker, size_dict
 from .stored import processor_recipe
@@ -74,6 +74,8 @@ class DualEncoder:
         export: the verified saved export (``backends.load_export``), or ``None``.
         image: a tower known before ``build``: a ``torch`` export's image tower (a ``LazyTower``
             that loads the model on first use).
+        image_size: the run's image input side in pixels (``--image-size``: ``prepare`` makes
+            ``S = image_size`` and the towers run at it); ``None``: ``facts["input_size"]``.
 
     Attributes:
         image / text: the towers, after ``build``: ``encode(pixel_values (B, 3, S, S)) -> (B, D)``
@@ -82,8 +84,10 @@ class DualEncoder:
 
     def __init__(self, facts: dict[str, Any], *, prepare: Callable[[Any], Any], concat: Callable[[list], Any],
                  tokenize: Callable[..., dict[str, Any]], token_lengths: Callable[[list[str]], list[int]],
-                 model: Any = None, export: dict[str, Any] | None = None, image: Any = None) -> None:
+                 model: Any = None, export: dict[str, Any] | None = None, image: Any = None,
+                 image_size: int | None = None) -> None:
         self.facts = facts
+        self.image_size: int | None = image_size or facts.get("input_size")
         self.prepare, self.concat = prepare, concat
         self.tokenize, self.token_lengths = tokenize, token_lengths
         self.model, self.export = model, export
@@ -122,14 +126,14 @@ class DualEncoder:
             if self.text is None:
                 from ..backends import export_towers
 
-                image, self.text = export_towers(self.export, backend, self.facts.get("input_size"))
+                image, self.text = export_towers(self.export, backend, self.image_size)
                 self.image = image if image is not None else self.image
             return
         if self.image is not None and backend is not None and backend.name != "torch":
             return
         backend = text_beside_torch(self, backend, head)
         self.image, self.text = build_towers(
-            self.model, device, dtype, backend, input_size=self.facts.get("input_size"), prepare=self.prepare,
+            self.model, device, dtype, backend, input_size=self.image_size, prepare=self.prepare,
             tokens=lambda: dict(self.tokenize(example[:2], self.facts.get("text_max_length"), False)))
         if backend is not None and backend.text_backend != "torch":
             save_export(self, backend)
@@ -137,12 +141,21 @@ class DualEncoder:
                 drop_text_tower(self.model)
 
 
-def from_model(model: Any, processor: Any) -> DualEncoder:
+def from_model(model: Any, processor: Any, *, fast: bool = False, image_size: int | None = None) -> DualEncoder:
     """The ``DualEncoder`` of a model transformers loaded (float32, on the CPU) and its processor:
     pixels from ``base.pixel_maker`` (``pixel_values (1, 3, S, S)`` torch tensors, the same recipe
-    as a saved export's), tokens from its tokenizer, facts read from the weights and configurations."""
+    as a saved export's; ``fast``: its fast resize; ``image_size``: another side S, with
+    interpolated position embeddings), tokens from its tokenizer, facts read from the weights and
+    configurations.
+
+    Raises:
+        UsageError: ``image_size`` for a model that cannot interpolate (``check_image_size``) or
+            whose image processor wwts does not reproduce.
+    """
     import torch
 
+    if image_size:
+        check_image_size(model, image_size)
     image_processor = getattr(processor, "image_processor", processor)
     tokenizer = getattr(processor, "tokenizer", processor)
     bias = getattr(model, "logit_bias", None)
@@ -162,9 +175,34 @@ def from_model(model: Any, processor: Any) -> DualEncoder:
         return dict(tokenizer(texts, **kwargs))
 
     return DualEncoder(
-        facts, model=model, concat=torch.cat, tokenize=tokenize,
-        prepare=pixel_maker(image_processor),
+        facts, model=model, concat=torch.cat, tokenize=tokenize, image_size=image_size,
+        prepare=pixel_maker(image_processor, fast=fast, image_size=image_size),
         token_lengths=lambda texts: [len(ids) for ids in tokenizer(texts, truncation=False)["input_ids"]])
+
+
+def check_image_size(model: Any, image_size: int) -> None:
+    """Refuse ``--image-size`` for a model whose ``get_image_features`` has no
+    ``interpolate_pos_encoding`` (transformers 5: CLIP, Chinese-CLIP, SigLIP, AltCLIP have it;
+    SigLIP 2 takes any size through its own ``spatial_shapes`` instead), or whose patch size does
+    not divide ``image_size``.
+
+    Raises:
+        UsageError: one line naming the model type and what it lacks.
+    """
+    import inspect
+
+    model_type = getattr(getattr(model, "config", None), "model_type", None) or type(model).__name__
+    try:
+        takes = "interpolate_pos_encoding" in inspect.signature(model.get_image_features).parameters
+    except (TypeError, ValueError, AttributeError):
+        takes = False
+    if not takes:
+        raise UsageError(f"--image-size {image_size}: {model_type} models cannot interpolate their position "
+                         "embeddings to another input size (no interpolate_pos_encoding); run without it")
+    patch = getattr(getattr(model.config, "vision_config", None), "patch_size", None)
+    if isinstance(patch, int) and patch > 0 and image_size % patch:
+        raise UsageError(f"--image-size {image_size}: must be a multiple of the model's patch size, {patch} "
+                         f"(e.g. {image_size - image_size % patch or patch})")
 
 
 def _input_size(image_processor: Any, model_config: Any) -> int | None:
@@ -202,16 +240,16 @@ def drop_text_tower(model: Any) -> None:
             setattr(model, name, None)
 
 
-def numpy_inputs(image_recipe: dict[str, Any], folder: str | Path) -> tuple[ImagePreprocessor, Any]:
+def numpy_inputs(image_recipe: dict[str, Any], folder: str | Path, *, fast: bool = False) -> tuple[ImagePreprocessor, Any]:
     """The torch-free inputs of a model: its ``ImagePreprocessor`` (from the image processor's
-    configuration) and ``TextTokenizer`` (from the model folder).
+    configuration; ``fast``: its fast resize) and ``TextTokenizer`` (from the model folder).
 
     Raises:
         NotReproducible: settings or a tokenizer they do not
             reproduce (the run loads the model with transformers instead).
         KeyError: a configuration without a setting they need.
     """
-    return ImagePreprocessor.from_config(image_recipe), models.TextTokenizer.from_folder(Path(folder))
+    return ImagePreprocessor.from_config(image_recipe, fast=fast), models.TextTokenizer.from_folder(Path(folder))
 
 
 def text_beside_torch(encoder: DualEncoder, backend: Any, head: str | None) -> Any:

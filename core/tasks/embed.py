@@ -18,6 +18,7 @@ import numpy as np
 from .. import models
 from ..arrays import dtype_name
 from ..config import RunConfig
+from ..input import EXACT_DRAFT_KEEP, FAST_DRAFT_KEEP
 from ..output import EmbeddingRecord, ImageRecord
 from ..store import EmbeddingStore, NullStore, StoredEmbedding, StoreOpener
 from .task import Task
@@ -75,8 +76,13 @@ class EmbedTask(Task):
 
     @property
     def input_size(self) -> int | None:
-        """Side in pixels of the model's input (draft decoding)."""
-        return self.encoder.facts.get("input_size")
+        """Side in pixels of the image tower's input in this run (draft decoding)."""
+        return self.encoder.image_size
+
+    @property
+    def draft_keep(self) -> int:
+        """1 with the fast resize (the default), 2 with ``--exact-pixels`` (``Task.draft_keep``)."""
+        return EXACT_DRAFT_KEEP if self.config.exact_pixels else FAST_DRAFT_KEEP
 
     def example_prompts(self) -> list[str]:
         """Prompts the text tower is exported with when a backend converts it."""
@@ -142,8 +148,13 @@ class EmbedTask(Task):
         return "; try --dtype float32" if reduced else ""
 
     def run_info(self) -> dict[str, Any]:
-        """``{"model_key"}``: the canonical JSON of the model key the embeddings belong to."""
-        return {"model_key": self.model_key_text()}
+        """``{"model_key"}``: the canonical JSON of the model key the embeddings belong to, and
+        ``pixel_info``."""
+        return {"model_key": self.model_key_text(), **self.pixel_info()}
+
+    def pixel_info(self) -> dict[str, Any]:
+        """``{"image_size": S px, "pixels": "fast" | "exact"}``: how this run made ``pixel_values``."""
+        return {"image_size": self.input_size, "pixels": "exact" if self.config.exact_pixels else "fast"}
 
     def model_key_text(self) -> str | None:
         """The model key of the embeddings this task computes now: the store's, or (``--no-store``)

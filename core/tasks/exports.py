@@ -78,7 +78,7 @@ def from_export(config: RunConfig, backend: Any, dtype: str,
         return None
     facts = export["facts"]
     try:
-        preprocessor, tokenizer = numpy_inputs(facts["image_recipe"], folder)
+        preprocessor, tokenizer = numpy_inputs(facts["image_recipe"], folder, fast=not config.exact_pixels)
     except (NotReproducible, KeyError) as exc:
         log.info("loading the model with transformers: %s", exc)
         return None

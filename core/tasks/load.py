@@ -17,7 +17,7 @@ from typing import Any
 
 from .. import models
 from ..config import RunConfig
-from ..errors import ModelLoadError
+from ..errors import ModelLoadError, UsageError
 from ..hardware import HOST_CPU
 from .task import Task
 from .dual_encoder import from_model
@@ -62,16 +62,20 @@ def load_task(config: RunConfig, device: Any, dtype: Any) -> Task:
         from .image_classification import is_image_classifier, load_image_classifier
 
         if is_image_classifier(model_config):
+            if config.image_size:
+                raise UsageError(f"--image-size: {name!r} is a closed-set image classifier; --image-size "
+                                 "is for dual encoders (CLIP, Chinese-CLIP, SigLIP)")
             return load_image_classifier(config, name, device, dtype)
     check_architecture(name, model_config)
     if not config.head:
         check_text_hygiene(config)  # before the weights load: --strict-labels stops here
-    return _head(config)(config, from_model(*load_dual_encoder(config, name)), device, dtype)
+    encoder = from_model(*load_dual_encoder(config, name), fast=not config.exact_pixels, image_size=config.image_size)
+    return _head(config)(config, encoder, device, dtype)
 
 
 def load_task_from_export(config: RunConfig, backend: Any, dtype: str | None = None) -> ZeroShotTask | None:
     """The torch-free zero-shot task of this run, or ``None`` when the run must load the model with
-    transformers: not a plain classify run (search, embed), the backend is torch with its text tower
+    transformers: not a plain classify run (search, embed), ``--image-size``, the backend is torch with its text tower
     on torch (or ``dtype``, the torch image tower's, is unknown, or the run has no store), or no
     usable export (``exports.from_export``).
 
@@ -82,8 +86,8 @@ def load_task_from_export(config: RunConfig, backend: Any, dtype: str | None = N
         ModelLoadError: the model is not cached and cannot be downloaded (``models.resolve``).
         UsageError: an unknown ``--vocab``; with ``--strict-labels``, duplicate or contained labels.
     """
-    if config.head or config.task != "classify" or backend is None:
-        return None
+    if config.head or config.task != "classify" or backend is None or config.image_size:
+        return None  # --image-size: the model is loaded (a saved export runs the model's own size)
     if backend.name == "torch" and (backend.text_backend != "openvino" or dtype is None or not config.store):
         return None  # without the store every photo needs torch's image tower: load the model now
     dtype = dtype if backend.name == "torch" else "float32"

@@ -47,13 +47,18 @@ def processor_recipe(processor: Any) -> dict[str, Any]:
 def store_parts(task: Any) -> dict[str, Any]:
     """The model-key parts of a dual-encoder task on its current device and dtype (the opener adds
     the weights' identity). JSON-ready: the task's ``dtype``, ``config``, ``image_encoder`` and its
-    ``encoder``'s facts (``model_type``, ``input_size``, ``image_recipe``: ``processor_recipe`` of its
-    image processor), so a transformers-loaded model and its saved export build the same key."""
+    ``encoder``'s facts (``model_type``, ``image_recipe``: ``processor_recipe`` of its image
+    processor) and run's ``image_size`` (``--image-size``, else the model's), so a
+    transformers-loaded model and its saved export build the same key; ``pixels: fast-1`` unless
+    ``--exact-pixels`` (the exact recipe keeps the keys stores made before the fast one)."""
     facts = task.encoder.facts
-    return {"model_type": task.encoder.model_type, "dtype": dtype_name(task.dtype),
-            "quantize": task.config.quantize, "backend": encoder_name(task.image_encoder),
-            "input_size": facts.get("input_size"),
-            "preprocess": facts["image_recipe"], "decode_recipe": DECODE_RECIPE}
+    parts = {"model_type": task.encoder.model_type, "dtype": dtype_name(task.dtype),
+             "quantize": task.config.quantize, "backend": encoder_name(task.image_encoder),
+             "input_size": task.encoder.image_size,
+             "preprocess": facts["image_recipe"], "decode_recipe": DECODE_RECIPE}
+    if not task.config.exact_pixels:  # the fast resize and 1x draft: other pixels, another store
+        parts["pixels"] = "fast-1"
+    return parts
 
 
 def text_settings(task: Any) -> str:

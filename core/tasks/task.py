@@ -22,24 +22,29 @@ from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 from ..config import RunConfig
-from ..errors import NotReproducible
-from ..input import ImagePreprocessor
+from ..errors import NotReproducible, UsageError
+from ..input import EXACT_DRAFT_KEEP, ImagePreprocessor
 from ..output import ImageRecord
 
 if TYPE_CHECKING:  # a torch-free run (OpenVINO, ONNX Runtime) imports this module too
     import torch
 
 
-def pixel_maker(image_processor: Any) -> Callable[[Any], Any]:
+def pixel_maker(image_processor: Any, *, fast: bool = False, image_size: int | None = None) -> Callable[[Any], Any]:
     """One RGB image → ``pixel_values (1, 3, S, S)`` float32 torch tensor, for a model loaded with
     transformers: wwts' ``core.input.ImagePreprocessor`` (Pillow + NumPy, bit-equal to
-    transformers' processors for the families it reproduces: tests/test_preprocess.py), the one
-    path every backend uses; transformers' ``image_processor`` itself for the settings and
-    families it refuses (``errors.NotReproducible``). The callable pickles (a Ray decode task
-    runs it)."""
+    transformers' processors for the families it reproduces: tests/test_preprocess.py; with
+    ``fast``, its fast resize; ``image_size``: another input side S), the one path every backend
+    uses; transformers' ``image_processor`` itself for the settings and families it refuses
+    (``errors.NotReproducible``). The callable pickles (a Ray decode task runs it).
+
+    Raises:
+        UsageError: ``image_size`` with an image processor ``ImagePreprocessor`` refuses."""
     try:
-        preprocessor = ImagePreprocessor.from_config(image_processor.to_dict())
-    except (NotReproducible, AttributeError, KeyError, TypeError, ValueError):
+        preprocessor = ImagePreprocessor.from_config(image_processor.to_dict(), fast=fast, image_size=image_size)
+    except (NotReproducible, AttributeError, KeyError, TypeError, ValueError) as exc:
+        if image_size:
+            raise UsageError(f"--image-size: this model's image processor is not one wwts resizes ({exc})") from None
         return functools.partial(_processor_pixels, image_processor)
     return functools.partial(_preprocessor_pixels, preprocessor)
 
@@ -94,6 +99,13 @@ class Task(ABC):
         ``None`` when unknown; the engine then decodes at full resolution.
         """
         return None
+
+    @property
+    def draft_keep(self) -> int:
+        """The decode pool's ``draft_keep`` (``input.load_image``): the short side JPEG drafts keep,
+        in multiples of ``input_size``. 2, the margin transformers' full resize needs; a head whose
+        pixels use the fast resize (``ImagePreprocessor(fast=True)``) says 1."""
+        return EXACT_DRAFT_KEEP
 
     def setup(self) -> None:
         """Work done once per run after the model is on its device (e.g. label text features).

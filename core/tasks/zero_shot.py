@@ -157,10 +157,12 @@ class ZeroShotTask(EmbedTask):
 
     def run_info(self) -> dict[str, Any]:
         """The label settings of this run: ``labels``, ``prompt`` (the template, or the list of
-        templates of an ensemble), ``top_k``, ``vocab``, ``multi_label``, ``threshold``..."""
+        templates of an ensemble), ``top_k``, ``vocab``, ``multi_label``, ``threshold``..., and
+        ``pixel_info`` (image size, fast or exact pixels)."""
         templates = self.label_set.templates
         prompt = templates[0] if len(templates) == 1 else list(templates)
-        return label_run_info(self.config, self.labels, self.top_k, prompt, self.label_set.vocab)
+        return {**label_run_info(self.config, self.labels, self.top_k, prompt, self.label_set.vocab),
+                **self.pixel_info()}
 
 
 def shorten(text: str, width: int = 40) -> str:
