@@ -828,6 +828,9 @@ def main(argv: list[str] | None = None) -> int:
             checks += hashing_lines(sorted(cls_dir.glob("*.jpg")), clip)
         except Exception as exc:  # the timing rows stand without it
             checks.append(f"- hashing rate not measured: {exc}")
+        from bench_decode import bench_lines
+
+        checks += bench_lines(work, clip, args.quick)
         checks += auto_dtype_check([("classify", w_def, w_fp, w_bf)]
                                    + ([("caption", c_def, c_fp, c_bf)] if with_caption else []))
     noisy = [r for r in rows if r.others is not None and r.others > NOISY]

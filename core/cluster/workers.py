@@ -161,7 +161,7 @@ def decode_batch(batch: dict[str, np.ndarray], *, config: RunConfig, run_id: str
     samples = []
     for fut in futures:
         try:
-            samples.append(pickle.dumps(("ok", fut.result()), protocol=pickle.HIGHEST_PROTOCOL))
+            samples.append(pickle.dumps(("ok", pool.result(fut)), protocol=pickle.HIGHEST_PROTOCOL))
         except ImageError as exc:
             samples.append(pickle.dumps(("error", exc.category, str(exc.args[0]))))
     return {"path": list(batch["path"]), "sample": samples}

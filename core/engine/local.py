@@ -111,7 +111,7 @@ def _next_chunk(runner: Runner, pool: DecodePool, pending: deque,
     while pending and len(chunk) < runner.batch_size:
         path, fut = pending.popleft()
         try:
-            chunk.append((path, fut.result()))
+            chunk.append((path, pool.result(fut)))  # the model's thread decodes while it waits
         except ImageError as exc:
             chunk.append((path, exc))
         _submit_more(runner, pool, pending, path_iter)

