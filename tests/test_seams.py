@@ -166,7 +166,7 @@ def test_process_batch_gives_the_engines_records_without_a_run(tiny_clip, sample
     task = load_task(config, CPU, torch.float32)  # no Run, no CLI, no writer
     task.to(CPU, torch.float32)
     items = []
-    with DecodePool(2, draft_size=task.input_size, transform=task.prepare) as pool:
+    with DecodePool(2, draft_size=task.input_size, draft_keep=task.draft_keep, transform=task.prepare) as pool:
         for path, future in [(p, pool.submit(p)) for p in paths]:
             try:
                 items.append((path, future.result()))
