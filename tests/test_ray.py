@@ -260,7 +260,8 @@ def test_decode_step_and_model_actor_make_the_engines_records_with_or_without_th
     local = list(engine.start(config))
     for preparer in (probed["preparer"], None):
         decoded = workers.decode_batch(batch, config=config, run_id=str(preparer is None),
-                                       input_size=probed["input_size"], preparer=preparer)
+                                       input_size=probed["input_size"], preparer=preparer,
+                                       draft_keep=probed["draft_keep"])
         actor = workers.ModelActor(config, prepared=preparer is not None)
         out = actor({"path": np.array(decoded["path"]), "sample": np.array(decoded["sample"], dtype=object)})
         records = [pickle.loads(blob) for blob in out["record"]]
