@@ -33,8 +33,9 @@ def test_search_ranks_every_image_by_similarity_computing_only_missing_embedding
 
 
 def test_search_scores_are_the_models_cosine_similarity(tiny_clip, photos, tmp_path):
+    # --exact-pixels: the reference below is transformers' processor on the full image
     result = wwts("search", "一张猫的照片。", photos, "--top", 3, "--model", tiny_clip, "--out", tmp_path / "s.csv",
-                  *COMMON)
+                  "--exact-pixels", *COMMON)
     assert result.exit_code == 0, result.output
     lines = (tmp_path / "s.csv").read_text(encoding="utf-8-sig").splitlines()
     assert lines[0] == "path,score,width,height,error" and len(lines) == 4
