@@ -29,6 +29,7 @@ from .options import Backend, BackendOpt, ClassifyDeviceOpt
 from .options import ExactPixelsOpt, ImageSizeOpt
 from .conversions_commands import conversions_app
 from .results_commands import REPORT_EXAMPLES, REPORT_HELP, SORT_EXAMPLES, SORT_HELP, report, sort
+from .console import DataConsole, log_to
 from .run_loop import exit_on_error, run_records
 from .sinks import ResultsSink
 from .search_commands import embed, search
@@ -62,7 +63,10 @@ def _main(
     show_version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
                                                help="Print the version and exit.")] = False,
 ) -> None:
-    """Options that come before the command (``wwts --version``)."""
+    """Options that come before the command (``wwts --version``); the ``wwts`` loggers' warnings go
+    to stderr from here on, so a warning raised while the options are read (a GB18030 labels file)
+    is a ``warning:`` line like the engine's."""
+    log_to(DataConsole(stderr=True))
 
 
 def _label_fields(params: dict[str, Any]) -> dict[str, Any]:
