@@ -49,8 +49,9 @@ def resnest_folder(tmp_path_factory) -> Path:
     return modelscope_folder(tmp_path_factory.mktemp("ms") / "general")
 
 
-def run(paths_or_folder, *args, out: Path):
-    result = classify(paths_or_folder, "--out", out, "--dtype", "float32", "--top-k", "5", *args)
+def run(paths_or_folder, *args, out: Path, backend: str = "torch"):
+    """``wwts classify`` on torch unless ``backend`` says otherwise; the records and run section."""
+    result = classify(paths_or_folder, "--out", out, "--dtype", "float32", "--top-k", "5", "--backend", backend, *args)
     assert result.exit_code == 0, result.output
     return json.loads(out.read_text(encoding="utf-8"))
 
@@ -101,7 +102,7 @@ def test_module_prefixed_keys_load(resnest_folder, sample_images, tmp_path):
 
 def test_head_and_labels_mismatch_is_exit_2(sample_images, tmp_path):
     folder = modelscope_folder(tmp_path / "bad", labels=LABELS[:3])
-    result = classify(sample_images / "coffee.jpg", "--model", folder)
+    result = classify(sample_images / "coffee.jpg", "--model", folder, "--backend", "torch")
     assert result.exit_code == 2
     assert "head has 5 classes but meta_info.txt lists 3" in " ".join(result.output.split())
 
@@ -109,7 +110,7 @@ def test_head_and_labels_mismatch_is_exit_2(sample_images, tmp_path):
 def test_pickled_whole_model_is_refused(sample_images, tmp_path):
     folder = modelscope_folder(tmp_path / "pickled")
     torch.save(tiny_resnest(), folder / "pytorch_model.pt")  # the whole module, pickled
-    result = classify(sample_images / "coffee.jpg", "--model", folder)
+    result = classify(sample_images / "coffee.jpg", "--model", folder, "--backend", "torch")
     text = " ".join(result.output.split())
     assert result.exit_code == 2 and "pickled whole model" in text and "arbitrary code" in text
     assert "state_dict" in text
@@ -171,7 +172,7 @@ def test_pickled_whole_model_pt_in_a_seed_folder_is_refused(sample_images, tmp_p
     torch.save(tiny_resnest(), folder / "model.pt")
     (folder / "labels.txt").write_text("\n".join(LABELS), encoding="utf-8")
     (folder / "preprocessor_config.json").write_text('{"size": 224, "default_to_square": true}', encoding="utf-8")
-    result = classify(sample_images / "coffee.jpg", "--model", folder)
+    result = classify(sample_images / "coffee.jpg", "--model", folder, "--backend", "torch")
     assert result.exit_code == 2 and "arbitrary code" in " ".join(result.output.split())
 
 
@@ -206,3 +207,26 @@ def test_preprocessing_equals_the_pipeline_recipe_on_real_photos(sample_images, 
         ours = MODELSCOPE_TRANSFORM(load_image(path).image)
         assert ours.shape == (1, 3, 224, 224)
         assert np.array_equal(ours, reference.numpy()), path.name
+
+
+@pytest.mark.own_conversions
+def test_backends_agree_with_torch_and_convert_once(resnest_folder, sample_images, tmp_path):
+    from wwts.core import backends
+
+    images = [sample_images / n for n in ("coffee.jpg", "rocket.jpg", "chelsea.png")]
+    reference = run(*images, "--model", resnest_folder, out=tmp_path / "torch.json")
+    for backend in ("openvino", "onnxruntime"):
+        pytest.importorskip(backend)
+        for attempt in range(2):  # the second run reads the cached conversion
+            doc = run(*images, "--model", resnest_folder, out=tmp_path / f"{backend}{attempt}.json", backend=backend)
+            assert doc["run"]["closed_set"] and doc["run"]["computed_by"] == f"{backend} float32"
+            for a, b in zip(doc["results"], reference["results"]):
+                assert a["label"] == b["label"]
+                assert np.allclose([t["score"] for t in a["top_k"]], [t["score"] for t in b["top_k"]], atol=1e-4)
+    converted = sorted(p.name.split("-")[1] for p in (backends.cache_root() / "closed-set").iterdir())
+    assert converted == ["onnxruntime", "openvino"]
+    doc = run(*images, "--model", resnest_folder, "--quantize", "int8", out=tmp_path / "int8.json",
+              backend="onnxruntime")
+    assert doc["run"]["computed_by"] == "onnxruntime int8"
+    for rec in doc["results"]:
+        assert abs(sum(t["score"] for t in rec["top_k"]) - 1) < 1e-3

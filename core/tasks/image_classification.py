@@ -21,6 +21,7 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
+import numpy as np
 import torch
 
 from .. import models
@@ -30,6 +31,7 @@ from ..labels import apply_label_map, text_issues
 from ..output import ClassifyResult
 from .task import Task, pixel_maker, size_dict
 from .label_setup import build_records, label_run_info, report_issues
+from .classifier_runtime import runtime_logits
 
 
 def is_image_classifier(model_config: Any) -> bool:
@@ -58,6 +60,8 @@ class ImageClassificationTask(Task):
 
     name = "classify"
     record_type = ClassifyResult
+    #: The run's ``backends.BackendChoice`` (set by the plan before ``to``); ``None``: torch.
+    backend: Any = None
 
     def __init__(self, config: RunConfig, classifier: models.ClosedSetModel, device: torch.device,
                  dtype: torch.dtype) -> None:
@@ -72,7 +76,8 @@ class ImageClassificationTask(Task):
         self.labels = apply_label_map(unique, config.label_map)
         self.top_k = min(config.top_k, len(self.labels))
         self._pixels = classifier.transform
-        self._session: Any = None
+        self._runtime: Any = None
+        self._where: str | None = None
 
     @property
     def input_size(self) -> int | None:
@@ -80,18 +85,13 @@ class ImageClassificationTask(Task):
         return self.classifier.draft_size
 
     def setup(self) -> None:
-        """An ONNX folder's model opens its ONNX Runtime session once (CPU, the run's threads)."""
-        if self.classifier.kind == "onnx" and self._session is None:
-            import onnxruntime as ort
-
-            options = ort.SessionOptions()
-            if self.config.threads:
-                options.intra_op_num_threads = int(self.config.threads)
-            self._session = ort.InferenceSession(str(self.classifier.onnx_path), sess_options=options,
-                                                 providers=["CPUExecutionProvider"])
+        """Open the runtime the backend names, once (``classifier_runtime.runtime_logits``: an ONNX
+        folder on OpenVINO or ONNX Runtime, a torch module converted for them and cached)."""
+        if self._runtime is None and self._where is None:
+            self._runtime, self._where = runtime_logits(self.classifier, self.backend)
 
     def to(self, device: torch.device, dtype: torch.dtype) -> None:
-        """Move the torch module (an ONNX model stays on ONNX Runtime's CPU provider)."""
+        """Move the torch module (a runtime's model stays on the CPU)."""
         if self.model is not None:
             self.model.to(device)
         self.device, self.dtype = device, dtype
@@ -108,9 +108,8 @@ class ImageClassificationTask(Task):
 
     def logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """``(B, 3, S, S)`` → ``(B, C)`` logits over all the model's classes."""
-        if self._session is not None:
-            feed = {self._session.get_inputs()[0].name: pixel_values.detach().float().cpu().numpy()}
-            return torch.from_numpy(self._session.run(None, feed)[0])
+        if self._runtime is not None:
+            return torch.from_numpy(self._runtime(np.ascontiguousarray(pixel_values.detach().float().cpu().numpy())))
         out = self.model(pixel_values)
         return getattr(out, "logits", out)
 
@@ -136,7 +135,7 @@ class ImageClassificationTask(Task):
         """``labels`` (the names answered, mapped), ``top_k``, the multi-label / abstain settings,
         and, when the model's label list repeats names, ``duplicate_labels``."""
         info = label_run_info(self.config, self.labels, self.top_k)
-        info.update(prompt=None, vocab=None, closed_set=True)
+        info.update(prompt=None, vocab=None, closed_set=True, computed_by=self._where)
         if self.duplicates:
             info["duplicate_labels"] = (f"{self.duplicates} names occur more than once in the model's label list: "
                                         "each is reported once, its probabilities summed")

@@ -1,0 +1,163 @@
+"""Where a closed-set classifier's logits are computed: its torch module, OpenVINO or ONNX Runtime.
+
+The run's backend (``backends.BackendChoice``, chosen by the plan as for any classify run) decides:
+
+- an ONNX folder (``model.onnx``) runs on OpenVINO when the backend is ``openvino`` (OpenVINO reads
+  ONNX directly), else on ONNX Runtime (it has no torch module);
+- a torch module (ModelScope's ResNeSt, a TorchScript ``model.pt``) runs on torch for ``torch``,
+  else is converted once (OpenVINO IR, ``openvino.convert_model``; ONNX, ``torch.onnx.export``)
+  into ``backends.cache_root()/closed-set/``, keyed by the weights file's path, size and
+  modification time and the runtime's version, and read from there on later runs;
+- ``--quantize int8``: ONNX Runtime's dynamic int8 (``onnxruntime.quantization.quantize_dynamic``,
+  weights int8 per channel), cached beside the float32 model. OpenVINO runs float32 (its int8 is
+  NNCF's, with calibration images: not done for closed-set models yet).
+
+OpenVINO computes in float32 (``INFERENCE_PRECISION_HINT=f32``) so that every backend answers
+like torch float32; ``logits`` take ``(B, 3, S, S)`` float32 and give ``(B, C)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .. import backends, models
+
+log = logging.getLogger(__name__)
+
+Logits = Callable[[np.ndarray], np.ndarray]
+
+
+def runtime_logits(classifier: models.ClosedSetModel, choice: Any) -> tuple[Logits | None, str]:
+    """``(logits, where)``: the function computing the logits off torch, or ``None`` for the torch
+    module; ``where`` says what runs them (for the run section)."""
+    name = getattr(choice, "name", "torch")
+    int8 = bool(getattr(choice, "int8", False)) and name == "onnxruntime"
+    threads = getattr(choice, "threads", None)
+    if classifier.kind != "onnx" and (name == "torch" or classifier.module is None):
+        return None, "torch"
+    if name == "openvino":
+        path = classifier.onnx_path if classifier.kind == "onnx" else _converted(classifier, "openvino")
+        return _openvino(path, threads), "openvino float32"
+    path = classifier.onnx_path if classifier.kind == "onnx" else _converted(classifier, "onnxruntime")
+    if int8:
+        path = _quantized(path, classifier)
+    return _onnxruntime(path, threads), f"onnxruntime {'int8' if int8 else 'float32'}"
+
+
+def _weights_file(classifier: models.ClosedSetModel) -> Path:
+    folder = Path(classifier.folder)
+    return folder / ("pytorch_model.pt" if classifier.kind == "modelscope" else
+                     "model.onnx" if classifier.kind == "onnx" else "model.pt")
+
+
+def _cache_dir(classifier: models.ClosedSetModel, runtime: str) -> Path:
+    """``cache_root()/closed-set/<key>-<runtime>-<version>``: the key hashes the weights file's
+    resolved path, size and modification time (a changed file is converted again)."""
+    weights = _weights_file(classifier).resolve()
+    stat = weights.stat()
+    key = hashlib.blake2b(f"{weights}|{stat.st_size}|{stat.st_mtime_ns}".encode(), digest_size=10).hexdigest()
+    version = _version(runtime)
+    return backends.cache_root() / "closed-set" / f"{key}-{runtime}-{version}"
+
+
+def _version(runtime: str) -> str:
+    if runtime == "openvino":
+        import openvino as ov
+
+        return ov.get_version().split("-")[0]
+    import onnxruntime as ort
+
+    return ort.__version__
+
+
+def _converted(classifier: models.ClosedSetModel, runtime: str) -> Path:
+    """The torch module converted for ``runtime`` (``model.xml`` or ``model.onnx``), from the
+    cache or converted now (written to a temporary folder, then renamed into place)."""
+    where = _cache_dir(classifier, runtime)
+    target = where / ("model.xml" if runtime == "openvino" else "model.onnx")
+    if target.is_file():
+        return target
+    import torch
+
+    size = classifier.transform.input_size
+    example = torch.zeros(1, 3, size, size)
+    tmp = where.with_name(f"{where.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    start = time.perf_counter()
+    module = classifier.module.float().eval()
+    if runtime == "openvino":
+        import openvino as ov
+
+        with torch.no_grad():
+            converted = ov.convert_model(module, example_input=example)
+        converted.reshape([-1, 3, size, size])
+        ov.save_model(converted, str(tmp / "model.xml"), compress_to_fp16=False)
+    else:
+        _export_onnx(module, example, tmp / "model.onnx")
+    shutil.rmtree(where, ignore_errors=True)
+    os.replace(tmp, where)
+    log.warning("model %s converted for %s in %.1f s (cached in %s)", classifier.name, runtime,
+                time.perf_counter() - start, where)
+    return target
+
+
+def _export_onnx(module: Any, example: Any, path: Path) -> None:
+    """``torch.onnx.export`` (dynamo) with a dynamic batch axis, weights inside the file."""
+    import contextlib
+    import io
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(module, (example,), input_names=["pixel_values"], output_names=["logits"],
+                                    dynamic_shapes=({0: torch.export.Dim.AUTO},), dynamo=True,
+                                    external_data=False, verbose=False)
+        program.save(str(path))
+
+
+def _quantized(path: Path, classifier: models.ClosedSetModel) -> Path:
+    """ONNX Runtime dynamic int8 of ``path`` (cached beside it, or under the cache for a user's
+    ``model.onnx``, which wwts never writes beside)."""
+    where = _cache_dir(classifier, "onnxruntime") if classifier.kind == "onnx" else path.parent
+    target = where / "model-int8.onnx"
+    if target.is_file():
+        return target
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    where.mkdir(parents=True, exist_ok=True)
+    tmp = where / f"model-int8.onnx.tmp{os.getpid()}"
+    quantize_dynamic(str(path), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
+    os.replace(tmp, target)
+    return target
+
+
+def _openvino(path: Path, threads: int | None) -> Logits:
+    import openvino as ov
+
+    config = {"INFERENCE_PRECISION_HINT": "f32"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    compiled = ov.Core().compile_model(str(path), "CPU", config)
+    return lambda pixels: np.asarray(compiled(pixels)[0])
+
+
+def _onnxruntime(path: Path, threads: int | None) -> Logits:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = int(threads)
+    session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda pixels: session.run(None, {name: pixels})[0]
