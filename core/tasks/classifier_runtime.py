@@ -4,6 +4,7 @@ The run's backend (``backends.BackendChoice``, chosen by the plan as for any cla
 
 - an ONNX folder (``model.onnx``) runs on OpenVINO when the backend is ``openvino`` (OpenVINO reads
   ONNX directly), else on ONNX Runtime (it has no torch module);
+- a transformers ``...ForImageClassification`` checkpoint runs on torch, whatever the backend;
 - a torch module (ModelScope's ResNeSt, a TorchScript ``model.pt``) runs on torch for ``torch``,
   else is converted once (OpenVINO IR, ``openvino.convert_model``; ONNX, ``torch.onnx.export``)
   into ``backends.cache_root()/closed-set/``, keyed by the weights file's path, size and
@@ -44,8 +45,8 @@ def runtime_logits(classifier: models.ClosedSetModel, choice: Any) -> tuple[Logi
     name = getattr(choice, "name", "torch")
     int8 = bool(getattr(choice, "int8", False)) and name == "onnxruntime"
     threads = getattr(choice, "threads", None)
-    if classifier.kind != "onnx" and (name == "torch" or classifier.module is None):
-        return None, "torch"
+    if classifier.kind == "transformers" or (classifier.kind != "onnx" and name == "torch"):
+        return None, "torch"  # a transformers checkpoint runs on torch, whatever the backend (as before)
     if name == "openvino":
         path = classifier.onnx_path if classifier.kind == "onnx" else _converted(classifier, "openvino")
         return _openvino(path, threads), "openvino float32"
