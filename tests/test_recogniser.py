@@ -60,7 +60,7 @@ def logits_by_hand(folder: Path, path: Path) -> torch.Tensor:
     """ModelScope's pipeline by hand: its transform on one decoded photo, the model, one image."""
     model = models.load_closed_set("by-hand", folder)
     with torch.inference_mode():
-        return model.module(torch.from_numpy(model.transform(load_image(path).image)))[0]
+        return model.torch_module()(torch.from_numpy(model.transform(load_image(path).image)))[0]
 
 
 def test_modelscope_folder_classifies_with_duplicates_summed(resnest_folder, sample_images, tmp_path):
@@ -156,7 +156,7 @@ def seed_folder(folder: Path, kind: str, model: ResNeSt) -> Path:
 @pytest.mark.parametrize("kind", ["onnx", "torchscript"])
 def test_seed_style_folders_agree_with_the_state_dict(kind, resnest_folder, sample_images, tmp_path):
     pytest.importorskip("onnxruntime") if kind == "onnx" else None
-    folder = seed_folder(tmp_path / kind, kind, models.load_closed_set("x", resnest_folder).module)
+    folder = seed_folder(tmp_path / kind, kind, models.load_closed_set("x", resnest_folder).torch_module())
     assert models.folder_kind(folder) == kind
     images = [sample_images / n for n in ("coffee.jpg", "rocket.jpg", "chelsea.png")]
     seed = run(*images, "--model", folder, out=tmp_path / "seed.json")

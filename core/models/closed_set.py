@@ -47,9 +47,13 @@ class ClosedSetModel:
         labels: the C class names in class order (as the files write them; duplicates kept).
         transform: one RGB image → ``pixel_values (1, 3, S, S)`` float32 (NumPy).
         module: the torch module (``(B, 3, S, S)`` → ``(B, C)`` logits, or an output with
-            ``.logits``), ``None`` for ``onnx``.
+            ``.logits``), ``None`` for ``onnx`` and until ``torch_module`` builds it (``build``).
         sigmoid: scores are a sigmoid per class (a multi-label model), not a softmax.
         draft_size: side in pixels the decoder may reduce photos to (the resize side).
+        head: ``(weight (C, D), bias (C,))`` float32 of the linear classifier on the pooled
+            ``(B, D)`` feature (the module's ``features``), when the model splits so (ResNeSt:
+            D = 2048); read memory-mapped, the rest of the weights untouched. ``None``: logits only.
+        build: makes ``module`` (reads the whole checkpoint), run by ``torch_module`` when needed.
     """
 
     name: str
@@ -60,6 +64,18 @@ class ClosedSetModel:
     module: Any = None
     sigmoid: bool = False
     draft_size: int | None = None
+    head: tuple[Any, Any] | None = None
+    build: Callable[[], Any] | None = None
+
+    def torch_module(self) -> Any:
+        """The torch module, built now on first use (``build``); ``None`` for an ``onnx`` folder.
+
+        Raises:
+            ModelLoadError: the checkpoint does not fit the architecture.
+        """
+        if self.module is None and self.build is not None:
+            self.module = self.build()
+        return self.module
 
     @property
     def onnx_path(self) -> Path:
@@ -172,9 +188,11 @@ def load_closed_set(name: str, folder: str | Path) -> ClosedSetModel:
     kind = folder_kind(folder)
     if kind == "modelscope":
         labels = read_meta_info(folder / MODELSCOPE_LABELS)
-        module = _resnest_module(folder / MODELSCOPE_WEIGHTS, len(labels), name)
-        return ClosedSetModel(name, str(folder), kind, labels, MODELSCOPE_TRANSFORM, module,
-                              draft_size=MODELSCOPE_TRANSFORM.draft_size)
+        state = _resnest_state(folder / MODELSCOPE_WEIGHTS, len(labels), name)
+        return ClosedSetModel(name, str(folder), kind, labels, MODELSCOPE_TRANSFORM,
+                              draft_size=MODELSCOPE_TRANSFORM.draft_size,
+                              head=(state["fc.weight"].float(), state["fc.bias"].float()),
+                              build=lambda: _resnest_module(folder / MODELSCOPE_WEIGHTS, state))
     if kind is None:
         raise ModelLoadError(f"model folder {folder} holds no closed-set classifier ({MODELSCOPE_WEIGHTS} + "
                              f"{MODELSCOPE_LABELS}, or model.onnx / model.pt + labels.txt / label_map.json)")
@@ -184,8 +202,10 @@ def load_closed_set(name: str, folder: str | Path) -> ClosedSetModel:
 
 
 def _state_dict(path: Path) -> dict[str, Any]:
-    """``path``'s tensors, read with ``weights_only=True``; a ``state_dict`` entry unwrapped and a
-    ``module.`` prefix (``DataParallel``) removed, as ModelScope's pipeline does.
+    """``path``'s tensors, read with ``weights_only=True`` and memory-mapped (a tensor's bytes are
+    read when used; a checkpoint in torch's legacy format, which cannot be mapped, is read whole);
+    a ``state_dict`` entry unwrapped and a ``module.`` prefix (``DataParallel``) removed, as
+    ModelScope's pipeline does.
 
     Raises:
         ModelLoadError: unreadable, or a pickled whole model (loading it would run code).
@@ -195,7 +215,12 @@ def _state_dict(path: Path) -> dict[str, Any]:
     import torch
 
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):
+                raise
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise ModelLoadError(f"{path} is a pickled whole model, not a state dict: loading it would run arbitrary "
                              f"code from the file, so wwts does not; {_CONVERT_HINT}") from None
@@ -208,28 +233,37 @@ def _state_dict(path: Path) -> dict[str, Any]:
     return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
 
 
-def _resnest_module(path: Path, classes: int, name: str) -> Any:
-    """ModelScope's ResNeSt with the checkpoint's weights, eval mode, float32 on the CPU. The block
-    counts and stem width are read from the keys (ResNeSt-101: ``[3, 4, 23, 3]``, 64), the class
-    count from the head ``fc.weight``, which must equal ``classes`` (the labels').
+def _resnest_state(path: Path, classes: int, name: str) -> dict[str, Any]:
+    """The checkpoint's tensors (memory-mapped, ``_state_dict``), checked to be ModelScope's ResNeSt
+    with a head of ``classes`` classes (the labels') before any module is built.
 
     Raises:
-        ModelLoadError: see ``_state_dict``; no ``fc.weight``; a head / labels mismatch; keys or
-            shapes that are not ResNeSt's.
+        ModelLoadError: see ``_state_dict``; no ``fc.weight`` / ``fc.bias``; a head / labels mismatch.
     """
-    from .resnest import ResNeSt
-
     state = _state_dict(path)
     head = state.get("fc.weight")
-    if head is None or head.ndim != 2 or "conv1.0.weight" not in state:
+    if head is None or head.ndim != 2 or "fc.bias" not in state or "conv1.0.weight" not in state:
         raise ModelLoadError(f"{path} is not a ResNeSt state dict (no fc.weight / conv1.0.weight): "
                              "ModelScope's general recognition checkpoint was expected")
     if head.shape[0] != classes:
         raise ModelLoadError(f"model {name!r}: the checkpoint's head has {head.shape[0]} classes but "
                              f"{MODELSCOPE_LABELS} lists {classes}: the two files are not from one model")
+    return state
+
+
+def _resnest_module(path: Path, state: dict[str, Any]) -> Any:
+    """ModelScope's ResNeSt with the checked ``state`` (``_resnest_state``), eval mode, float32 on
+    the CPU. The block counts and stem width are read from the keys (ResNeSt-101: ``[3, 4, 23, 3]``,
+    64), the class count from the head ``fc.weight``.
+
+    Raises:
+        ModelLoadError: keys or shapes that are not ResNeSt's.
+    """
+    from .resnest import ResNeSt
+
     layers = [1 + max((int(k.split(".")[1]) for k in state if k.startswith(f"layer{i}.")), default=-1)
               for i in range(1, 5)]
-    model = ResNeSt(layers, head.shape[0], stem_width=int(state["conv1.0.weight"].shape[0]))
+    model = ResNeSt(layers, state["fc.weight"].shape[0], stem_width=int(state["conv1.0.weight"].shape[0]))
     try:
         model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     except RuntimeError as exc:

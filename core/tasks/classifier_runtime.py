@@ -17,7 +17,9 @@ The run's backend (``backends.BackendChoice``, chosen by the plan as for any cla
   NNCF's, with calibration images: not done for closed-set models yet).
 
 OpenVINO computes in float32 (``INFERENCE_PRECISION_HINT=f32``) so that every backend answers
-like torch float32; ``logits`` take ``(B, 3, S, S)`` float32 and give ``(B, C)``.
+like torch float32. A model with a linear head on a pooled feature (ModelScope's ResNeSt) runs up
+to the feature on the backend (``(B, 3, S, S)`` → ``(B, D)``) and the head in torch, so the
+feature can be stored (``image_classification``); others give ``(B, C)`` logits.
 """
 
 from __future__ import annotations
@@ -39,21 +41,66 @@ log = logging.getLogger(__name__)
 Logits = Callable[[np.ndarray], np.ndarray]
 
 
-def runtime_logits(classifier: models.ClosedSetModel, choice: Any) -> tuple[Logits | None, str]:
-    """``(logits, where)``: the function computing the logits off torch, or ``None`` for the torch
-    module; ``where`` says what runs them (for the run section)."""
+class ClosedSetTower:
+    """What computes a closed-set model's image output: ``encode(pixel_values (B, 3, S, S))`` →
+    ``(B, D)`` float32 NumPy pooled features when the model splits into tower + linear head
+    (``ClosedSetModel.head``: the head then runs in ``ImageClassificationTask``), else ``(B, C)`` logits.
+
+    Attributes:
+        features: ``encode`` gives features (the head is applied after), not logits.
+        where: what runs it, for the run section and store keys (``torch``, ``openvino float32``...).
+        backend: the runtime's name (``torch``, ``openvino``, ``onnxruntime``).
+        store_name: the tower's name in embedding-store keys (``where``).
+    """
+
+    def __init__(self, run: Callable[[Any], Any], features: bool, where: str) -> None:
+        self._run, self.features, self.where = run, features, where
+        self.backend = where.split()[0]
+        self.store_name = where
+
+    def encode(self, pixel_values: Any) -> np.ndarray:
+        """``(B, 3, S, S)`` (torch tensor or NumPy) → ``(B, D)`` or ``(B, C)`` float32 NumPy."""
+        if self.backend != "torch" and hasattr(pixel_values, "detach"):
+            pixel_values = np.ascontiguousarray(pixel_values.detach().float().cpu().numpy())
+        out = self._run(pixel_values)
+        out = getattr(out, "logits", out)
+        if hasattr(out, "detach"):
+            out = out.detach().float().cpu().numpy()
+        return np.asarray(out, dtype=np.float32)
+
+
+def image_tower(classifier: models.ClosedSetModel, choice: Any) -> ClosedSetTower:
+    """The tower of ``classifier`` on the run's backend ``choice`` (see the module docstring); the
+    torch module is built (``ClosedSetModel.torch_module``) only to run on torch or to convert."""
     name = getattr(choice, "name", "torch")
     int8 = bool(getattr(choice, "int8", False)) and name == "onnxruntime"
     threads = getattr(choice, "threads", None)
+    split = classifier.head is not None
     if classifier.kind == "transformers" or (classifier.kind != "onnx" and name == "torch"):
-        return None, "torch"  # a transformers checkpoint runs on torch, whatever the backend (as before)
+        module = classifier.torch_module()  # a transformers checkpoint runs on torch, whatever the backend
+        return ClosedSetTower(module.features if split else module, split, "torch")
     if name == "openvino":
         path = classifier.onnx_path if classifier.kind == "onnx" else _converted(classifier, "openvino")
-        return _openvino(path, threads), "openvino float32"
+        return ClosedSetTower(_openvino(path, threads), split, "openvino float32")
     path = classifier.onnx_path if classifier.kind == "onnx" else _converted(classifier, "onnxruntime")
     if int8:
         path = _quantized(path, classifier)
-    return _onnxruntime(path, threads), f"onnxruntime {'int8' if int8 else 'float32'}"
+    return ClosedSetTower(_onnxruntime(path, threads), split, f"onnxruntime {'int8' if int8 else 'float32'}")
+
+
+def _features_module(module: Any) -> Any:
+    """``module.features`` (``(B, 3, S, S)`` → ``(B, D)``) as a module of its own, to convert."""
+    import torch
+
+    class Features(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = module
+
+        def forward(self, x: Any) -> Any:
+            return self.inner.features(x)
+
+    return Features().eval()
 
 
 def _weights_file(classifier: models.ClosedSetModel) -> Path:
@@ -67,7 +114,9 @@ def _cache_dir(classifier: models.ClosedSetModel, runtime: str) -> Path:
     resolved path, size and modification time (a changed file is converted again)."""
     weights = _weights_file(classifier).resolve()
     stat = weights.stat()
-    key = hashlib.blake2b(f"{weights}|{stat.st_size}|{stat.st_mtime_ns}".encode(), digest_size=10).hexdigest()
+    output = "features" if classifier.head is not None else "logits"
+    key = hashlib.blake2b(f"{weights}|{stat.st_size}|{stat.st_mtime_ns}|{output}".encode(),
+                          digest_size=10).hexdigest()
     version = _version(runtime)
     return backends.cache_root() / "closed-set" / f"{key}-{runtime}-{version}"
 
@@ -84,7 +133,9 @@ def _version(runtime: str) -> str:
 
 def _converted(classifier: models.ClosedSetModel, runtime: str) -> Path:
     """The torch module converted for ``runtime`` (``model.xml`` or ``model.onnx``), from the
-    cache or converted now (written to a temporary folder, then renamed into place)."""
+    cache or converted now (written to a temporary folder, then renamed into place). A model that
+    splits (``ClosedSetModel.head``) is converted up to its pooled feature; the torch module is
+    built only here, when the cache lacks the conversion."""
     where = _cache_dir(classifier, runtime)
     target = where / ("model.xml" if runtime == "openvino" else "model.onnx")
     if target.is_file():
@@ -97,7 +148,9 @@ def _converted(classifier: models.ClosedSetModel, runtime: str) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     start = time.perf_counter()
-    module = classifier.module.float().eval()
+    module = classifier.torch_module().float().eval()
+    if classifier.head is not None:
+        module = _features_module(module)
     if runtime == "openvino":
         import openvino as ov
 

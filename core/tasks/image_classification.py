@@ -14,24 +14,33 @@ model (万物识别, ResNeSt-101 over 54,092 Chinese labels), or from a seed-sty
   probabilities summed (the run section says how many names that concerns).
 - ``--label-map FILE.json`` shows the labels under other names; ``--vocab`` and prompts do not apply.
 - ``--multi-label --threshold T`` lists every class whose score is >= T; ``--min-score`` abstains.
+- A model with a linear head on a pooled feature (ModelScope's ResNeSt: 2048-d) keeps that feature
+  in the embedding store (``core.store``, through ``stored.image_embeddings`` as the dual encoders
+  do): a later run over the same photos with other ``--labels`` or ``--top-k`` decodes no photo
+  and runs only the head. The store key holds the weights' identity, the backend and precision
+  that computed the feature and the preprocessing recipe (``closed_set_parts``).
 """
 
 from __future__ import annotations
 
 import difflib
+from dataclasses import asdict
 from typing import Any
 
-import numpy as np
 import torch
 
 from .. import models
 from ..config import RunConfig
+from ..arrays import dtype_name
 from ..errors import UsageError
+from ..input import DECODE_RECIPE
 from ..labels import LabelIssue, apply_label_map, text_issues
 from ..output import ClassifyResult
+from ..store import EmbeddingStore, NullStore, StoredEmbedding
 from .task import Task, pixel_maker, size_dict
 from .label_setup import build_records, label_run_info, report_issues
-from .classifier_runtime import runtime_logits
+from .classifier_runtime import ClosedSetTower, image_tower
+from .stored import collate_stored, image_embeddings
 
 
 #: Label count up to which ``--label-map`` collisions are found with ``labels.text_issues``.
@@ -49,7 +58,7 @@ class ImageClassificationTask(Task):
     """A closed-set classifier on the classify engine.
 
     ``prepare``: one image → ``pixel_values (1, 3, S, S)`` float32 (the model's transform).
-    ``collate``: → ``{"pixel_values": (B, 3, S, S)}``.
+    ``collate``: → ``{"pixel_values": (M, 3, S, S)}`` (store hits in ``"stored"``).
     ``forward``: → ``(B, G)`` float32 scores over the G distinct names answered (softmax over the
     classes, or over the ``--labels`` subset; sigmoid for a multi-label model), duplicates summed.
     ``postprocess``: → B records (``label``, ``score``, ``top_k``, ``labels``).
@@ -60,12 +69,17 @@ class ImageClassificationTask(Task):
         classes: ``(K,)`` class indices scored (all C, or the ``--labels`` subset's).
         groups: ``(K,)`` the name (0..G-1) each scored class counts for.
         duplicates: how many names occur more than once among the scored classes.
+        image_encoder: the ``ClosedSetTower`` (made by ``setup`` on the run's backend).
+        store: the ``EmbeddingStore`` of pooled features (``NullStore``: none, or a model
+            without a separate head).
+        store_opener: set by the engine when the run uses the store.
     """
 
     name = "classify"
     record_type = ClassifyResult
     #: The run's ``backends.BackendChoice`` (set by the plan before ``to``); ``None``: torch.
     backend: Any = None
+    store_opener: Any = None
 
     def __init__(self, config: RunConfig, classifier: models.ClosedSetModel, device: torch.device,
                  dtype: torch.dtype) -> None:
@@ -80,8 +94,9 @@ class ImageClassificationTask(Task):
         self.labels = apply_label_map(list(group_of), config.label_map)
         self.top_k = min(config.top_k, len(self.labels))
         self._pixels = classifier.transform
-        self._runtime: Any = None
-        self._where: str | None = None
+        self.image_encoder: ClosedSetTower | None = None
+        self.store: EmbeddingStore = NullStore()
+        self._head = _subset_head(classifier.head, self.classes)
 
     @property
     def input_size(self) -> int | None:
@@ -89,40 +104,50 @@ class ImageClassificationTask(Task):
         return self.classifier.draft_size
 
     def setup(self) -> None:
-        """Open the runtime the backend names, once (``classifier_runtime.runtime_logits``: an ONNX
-        folder on OpenVINO or ONNX Runtime, a torch module converted for them and cached)."""
-        if self._runtime is None and self._where is None:
-            self._runtime, self._where = runtime_logits(self.classifier, self.backend)
+        """Make the tower the backend names, once (``classifier_runtime.image_tower``: an ONNX folder
+        on OpenVINO or ONNX Runtime, a torch module converted for them and cached), and open the
+        store of the model key (``closed_set_parts``) when the engine gave a ``store_opener`` and
+        the tower gives features."""
+        if self.image_encoder is None:
+            self.image_encoder = image_tower(self.classifier, self.backend)
+            self.model = self.classifier.module if self.image_encoder.backend == "torch" else None
+        if self.store_opener is not None and self.image_encoder.features:
+            self.store = self.store_opener.open(self.classifier.folder, closed_set_parts(self))
 
     def to(self, device: torch.device, dtype: torch.dtype) -> None:
-        """Move the torch module (a runtime's model stays on the CPU)."""
-        if self.model is not None:
-            self.model.to(device)
+        """Make the tower (``setup``) and move a torch module (a runtime's model stays on the CPU)."""
         self.device, self.dtype = device, dtype
         self.setup()
+        if self.model is not None:
+            self.model.to(device)
 
     def prepare(self, image: Any) -> torch.Tensor:
         """One RGB image → ``pixel_values (1, 3, S, S)`` float32."""
         pixels = self._pixels(image)
         return pixels if isinstance(pixels, torch.Tensor) else torch.from_numpy(pixels)
 
-    def collate(self, items: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        """B ``(1, 3, S, S)`` tensors → ``{"pixel_values": (B, 3, S, S)}``."""
-        return {"pixel_values": torch.cat(items)}
+    def collate(self, items: list[Any]) -> dict[str, Any]:
+        """B ``(1, 3, S, S)`` tensors → ``{"pixel_values": (M, 3, S, S)}``; items that are a
+        ``core.store.StoredEmbedding`` (a feature read from the store, never decoded) are given in
+        ``"stored"`` instead (``stored.collate_stored``)."""
+        return collate_stored(items, StoredEmbedding, torch.cat)
 
-    def logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, S, S)`` → ``(B, C)`` logits over all the model's classes."""
-        if self._runtime is not None:
-            return torch.from_numpy(self._runtime(np.ascontiguousarray(pixel_values.detach().float().cpu().numpy())))
-        out = self.model(pixel_values)
-        return getattr(out, "logits", out)
+    def class_logits(self, inputs: dict[str, Any]) -> torch.Tensor:
+        """``(B, K)`` float32 logits of the scored classes: the head on the ``(B, D)`` pooled
+        features (from the store, or the tower: ``stored.image_embeddings``), or the tower's
+        ``(B, C)`` logits of a model without a separate head, indexed by ``classes``."""
+        if self._head is None:
+            logits = torch.from_numpy(self.image_encoder.encode(inputs["pixel_values"]))
+            return logits[:, self.classes]
+        feats = image_embeddings(self, inputs.get("pixel_values"), inputs.get("keys"), inputs.get("stored"))
+        weight, bias = self._head
+        return torch.nn.functional.linear(torch.from_numpy(feats), weight, bias)
 
     def forward(self, inputs: dict[str, Any]) -> torch.Tensor:
         """``pixel_values (B, 3, S, S)`` → ``(B, G)`` float32 scores (see the class docstring),
         computed in float32 outside autocast."""
-        logits = self.logits(inputs["pixel_values"])
         with torch.autocast(device_type=self.device.type, enabled=False):
-            logits = logits.float()[:, self.classes.to(logits.device)]
+            logits = self.class_logits(inputs).float()
             scores = logits.sigmoid() if self.classifier.sigmoid else logits.softmax(dim=-1)
             if len(self.labels) == scores.shape[1]:
                 return scores
@@ -139,11 +164,36 @@ class ImageClassificationTask(Task):
         """``labels`` (the names answered, mapped), ``top_k``, the multi-label / abstain settings,
         and, when the model's label list repeats names, ``duplicate_labels``."""
         info = label_run_info(self.config, self.labels, self.top_k)
-        info.update(prompt=None, vocab=None, closed_set=True, computed_by=self._where)
+        info.update(prompt=None, vocab=None, closed_set=True,
+                    computed_by=getattr(self.image_encoder, "where", None))
         if self.duplicates:
             info["duplicate_labels"] = (f"{self.duplicates} names occur more than once in the model's label list: "
                                         "each is reported once, its probabilities summed")
         return info
+
+
+def closed_set_parts(task: ImageClassificationTask) -> dict[str, Any]:
+    """The model-key parts of a closed-set task's stored features (the opener adds the weights'
+    identity): the model kind, what computed the features (``torch``, ``openvino float32``,
+    ``onnxruntime int8``...) and in which dtype (torch's autocast), ``--quantize``, the input
+    size, the whole transform recipe and wwts' decode-recipe version. JSON-ready."""
+    tower = task.image_encoder
+    transform = task.classifier.transform
+    return {"model_type": f"closed-set/{task.classifier.kind}", "backend": tower.store_name,
+            "dtype": dtype_name(task.dtype) if tower.backend == "torch" else "float32",
+            "quantize": task.config.quantize, "input_size": getattr(transform, "input_size", None),
+            "preprocess": asdict(transform), "decode_recipe": DECODE_RECIPE}
+
+
+def _subset_head(head: tuple[Any, Any] | None, classes: torch.Tensor) -> tuple[Any, Any] | None:
+    """The head's rows of the scored ``classes`` (``(K, D)``, ``(K,)``); all C rows as they are
+    (memory-mapped, not copied) when every class is scored."""
+    if head is None:
+        return None
+    weight, bias = head
+    if len(classes) == weight.shape[0] and torch.equal(classes, torch.arange(len(classes))):
+        return weight, bias
+    return weight.index_select(0, classes), bias.index_select(0, classes)
 
 
 def select_classes(names: list[str], wanted: Any) -> torch.Tensor:
