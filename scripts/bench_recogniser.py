@@ -158,6 +158,12 @@ def recogniser_lines(models_dir: Path, photos_dir: Path, work: Path, limit: int 
         shutil.rmtree(work / "recogniser-cache" / "default", ignore_errors=True)
         row("ResNeSt-101: wwts default, a machine's first run", classify(resnest, "rs-default.json"), base)
         row("ResNeSt-101: wwts default, later run", classify(resnest, "rs-default-2.json"), base)
+        stored = [a for a in classify(resnest, "rs-store-1.json") if a != "--no-store"]
+        stored += ["--store", str(work / "recogniser-store")]
+        shutil.rmtree(work / "recogniser-store", ignore_errors=True)
+        row("ResNeSt-101: wwts default, embedding store, first run", stored, base)
+        row("ResNeSt-101: wwts default, store holds the features, --top-k 3 (head only)",
+            [*stored, "--top-k", "3"], base)  # the last --top-k counts
         for backend in ("openvino", "onnxruntime"):
             shutil.rmtree(work / "recogniser-cache" / backend, ignore_errors=True)
             row(f"ResNeSt-101: wwts --backend {backend}, first run (converts)",
@@ -170,7 +176,8 @@ def recogniser_lines(models_dir: Path, photos_dir: Path, work: Path, limit: int 
         reference = lite0_reference(lite0, photos)
         for name, extra in (("onnxruntime float32", ("--backend", "onnxruntime")),
                             ("openvino float32", ("--backend", "openvino")),
-                            ("onnxruntime int8 (dynamic)", ("--backend", "onnxruntime", "--quantize", "int8"))):
+                            ("onnxruntime int8 (dynamic)", ("--backend", "onnxruntime", "--quantize", "int8")),
+                            ("openvino int8 (NNCF static, quantized in this run)", ("--backend", "openvino", "--quantize", "int8"))):
             out = f"lite0-{name.split()[0]}-{name.split()[1]}.json"
             r = run(classify(lite0, out, *extra), env)
             note = agreement(work / out, reference) if r["rc"] == 0 else f"FAILED {r['tail']}"

@@ -230,3 +230,10 @@ def test_backends_agree_with_torch_and_convert_once(resnest_folder, sample_image
     assert doc["run"]["computed_by"] == "onnxruntime int8"
     for rec in doc["results"]:
         assert abs(sum(t["score"] for t in rec["top_k"]) - 1) < 1e-3
+    pytest.importorskip("nncf")
+    for attempt in range(2):  # NNCF static int8 on the run's photos, then from the cache
+        doc = run(*images, "--model", resnest_folder, "--quantize", "int8", out=tmp_path / f"ov-int8{attempt}.json",
+                  backend="openvino")
+        assert doc["run"]["computed_by"] == "openvino int8"
+        assert all(abs(sum(t["score"] for t in rec["top_k"]) - 1) < 1e-3 for rec in doc["results"])
+    assert any(p.name.startswith("model-int8-nncf") for p in (backends.cache_root() / "closed-set").rglob("*.xml"))

@@ -36,6 +36,8 @@ EXPECTED = {
     "flower.jpg": {"雏菊"},
     "china.jpg": {"宫殿", "修道院"},
 }
+#: Largest |dp| over the top-3 allowed for each backend's int8 (measured well below: see the test).
+INT8_MAX_DP = {"onnxruntime": 0.5, "openvino": 0.35}
 
 
 @pytest.fixture(scope="module")
@@ -82,14 +84,18 @@ def torch_probabilities(exporter, lite0, photos) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.parametrize("backend,extra", [("onnxruntime", ()), ("openvino", ()),
-                                           ("onnxruntime", ("--quantize", "int8"))])
+                                           ("onnxruntime", ("--quantize", "int8")),
+                                           ("openvino", ("--quantize", "int8"))])
 def test_every_backend_agrees_with_torch_float32(backend, extra, exporter, lite0, sample_images, exif_samples,
                                                  tmp_path):
     """float32 backends: top-1 equal to torch float32 on every photo, max |dp| over the top-3
-    within 1e-4. ONNX Runtime's dynamic int8 moves real activations much more (measured on this
-    CPU, 12 photos: max |dp| 0.32, the espresso 0.95 → 0.73): only the confident photos' top-1
-    (torch p > 0.9) must hold; `make bench` reports the measured agreement."""
+    within 1e-4. int8 moves real activations much more (measured on this CPU, these 12 photos:
+    ONNX Runtime's dynamic int8 max |dp| 0.32, the espresso 0.95 → 0.73; OpenVINO's NNCF static
+    int8, calibrated on them, less): only the confident photos' top-1 (torch p > 0.9) must hold,
+    and max |dp| within ``INT8_MAX_DP``; `make bench` reports the measured agreement."""
     pytest.importorskip(backend)
+    if extra and backend == "openvino":
+        pytest.importorskip("nncf")
     photos = [sample_images / n for n in EXPECTED] + sorted((exif_samples / "jpg").glob("*.jpg"))[:6]
     reference, labels = torch_probabilities(exporter, lite0, photos)
     got = records(photos, lite0, tmp_path, "--backend", backend, *extra)
@@ -102,4 +108,4 @@ def test_every_backend_agrees_with_torch_float32(backend, extra, exporter, lite0
         worst = max([worst] + [abs(t["score"] - summed[t["label"]]) for t in got[name]["top_k"]])
         if not extra or summed[best] > 0.9:
             assert got[name]["label"] == best, (name, got[name]["top_k"], best)
-    assert worst <= (1e-4 if not extra else 0.5), worst
+    assert worst <= (1e-4 if not extra else INT8_MAX_DP[backend]), worst
