@@ -140,7 +140,7 @@ def seed_folder(folder: Path, kind: str, model: ResNeSt) -> Path:
     if kind == "onnx":
         program = torch.onnx.export(model, (example,), input_names=["pixel_values"], output_names=["logits"],
                                     dynamic_shapes=({0: torch.export.Dim.AUTO},), dynamo=True,
-                                    external_data=False, verbose=False)
+                                    external_data=False, verbose=False, optimize=False)  # 2-3x faster here
         program.save(str(folder / "model.onnx"))
         (folder / "labels.txt").write_text("\n".join(LABELS) + "\n", encoding="utf-8")
     else:
