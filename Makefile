@@ -36,7 +36,11 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
+# First a real ImageNet classifier that needs no hub (EfficientNet-Lite0 from PyPI, exported once),
+# then Chinese-CLIP (the hub or a local copy).
 demo: $(STAMP)
+	$(PY) scripts/export_efficientnet_lite0.py --out models/efficientnet-lite0
+	$(VENV)/bin/wwts classify sample_images --model models/efficientnet-lite0 --top-k 3
 	$(VENV)/bin/wwts classify sample_images --labels 人,车,动物,猫,咖啡,火箭,花,建筑 --top-k 3
 
 doctor: $(STAMP)

@@ -883,6 +883,11 @@ def main(argv: list[str] | None = None) -> int:
             print("\nimage tower alone, batch 8, pre-made tensors:\n" + "\n".join(tower_lines))
         print("\nhardware ceiling (matmul rate measured in this run):\n" + "\n".join(ceiling))
 
+    recogniser: list[str] = []  # issue 23: ResNeSt-101 (54,092 classes) and the real EfficientNet-Lite0
+    if not only_gate:
+        from bench_recogniser import recogniser_lines
+
+        recogniser = [*recogniser_lines(models, cls_dir, work), ""]
     facts, facts_src = machine_facts(python)
     if args.report:
         report = args.report
@@ -928,6 +933,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         *gate_lines,
         "",
+        *recogniser,
         *([] if only_gate else [
             "## Hardware ceiling (measured in this run)",
             "",

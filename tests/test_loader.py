@@ -91,8 +91,8 @@ def test_classify_refuses_a_captioning_checkpoint(tiny_blip, sample_images, tmp_
 
 
 def test_classify_refuses_labels_for_an_image_classifier(sample_images, tmp_path):
-    """A closed-set classifier runs with its own id2label (tests/test_labels.py); labels for it
-    are refused before its weights load."""
+    """A closed-set classifier runs with its own id2label (tests/test_labels.py); ``--labels`` may
+    only name some of its classes (tests/test_recogniser.py), others are refused in one line."""
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
     folder = tmp_path / "vit"
@@ -102,7 +102,7 @@ def test_classify_refuses_labels_for_an_image_classifier(sample_images, tmp_path
     ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
     result = classify(sample_images, "--labels", "人,车", "-m", folder)
     assert result.exit_code == 2, result.output
-    assert "closed-set image classifier" in result.stderr and "--label-map" in result.stderr
+    assert "closed-set model has no class '人'" in result.stderr and "LABEL_0" in result.stderr
 
 
 # -- pickle weights -------------------------------------------------------------------------------

@@ -34,8 +34,10 @@ __all__ = [
     "export_path", "export_towers", "load_export", "plan_backend", "save_facts", "TorchTower", "as_features",
     "backend_facts", "Conversion", "cache_root", "clear_conversions", "list_conversions", "onnxruntime_providers",
     "openvino_device_names", "openvino_devices", "resolve_openvino_device", "BACKENDS", "INSTALL", "BackendChoice",
-    "auto_backend", "auto_backends", "auto_text_backend", "installed", "is_x86",
+    "auto_backend", "auto_backends", "auto_text_backend", "installed", "is_x86", "quantize_static",
+    "calibration_arrays",
 ]
 
 # the torch tower loads torch with it (core/lazy.py): a run on a saved conversion never asks
-__getattr__ = lazy_exports(__name__, {"TorchTower": "torch", "as_features": "torch"})
+__getattr__ = lazy_exports(__name__, {"TorchTower": "torch", "as_features": "torch",
+                                      "quantize_static": "openvino", "calibration_arrays": "openvino"})

@@ -96,7 +96,7 @@ def saved_tower(model: torch.nn.Module, folder: str, fields: dict[str, Any], exa
         CONVERSIONS[tower] += 1
         extra = {"parameters": tower_parameters(model, tower)}
         if calibration is not None:
-            ov_model, extra["calibration"] = _quantize(ov_model, calibration)
+            ov_model, extra["calibration"] = quantize_static(ov_model, calibration)
         ov.save_model(ov_model, tmp / "model.xml", compress_to_fp16=False)
         log.warning("%s tower ready for OpenVINO in %.1f s", tower, time.perf_counter() - t0)
         return extra
@@ -105,16 +105,22 @@ def saved_tower(model: torch.nn.Module, folder: str, fields: dict[str, Any], exa
                               weights_folder=folder, version=version())
 
 
-def _quantize(ov_model: Any, calibration: Callable[[], list[np.ndarray]]) -> tuple[Any, str]:
+def quantize_static(ov_model: Any, calibration: Callable[[], list[np.ndarray]], *,
+                    transformer: bool = True) -> tuple[Any, str]:
     """NNCF static int8 of ``ov_model`` on the arrays ``calibration()`` gives
-    (``pixel_values (1, 3, S, S)`` each). Returns the model and which images calibrated it."""
+    (``pixel_values (1, 3, S, S)`` each), with NNCF's transformer recipe (``ModelType.TRANSFORMER``)
+    or, ``transformer=False``, its default (CNN) one. Returns the model and which images calibrated it.
+
+    Raises:
+        ValueError: no calibration image could be read.
+    """
     import nncf
 
     items = calibration()
     if not items:
         raise ValueError("no image could be read to calibrate int8")
     quantized = nncf.quantize(ov_model, nncf.Dataset(items), subset_size=len(items),
-                              model_type=nncf.ModelType.TRANSFORMER)
+                              model_type=nncf.ModelType.TRANSFORMER if transformer else None)
     return quantized, f"{len(items)} images"
 
 

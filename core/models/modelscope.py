@@ -5,8 +5,10 @@ hub id (``--model ORG/NAME`` and the default models) come from there. The model 
 ModelScope's own cache (``MODELSCOPE_CACHE``, default ``~/.cache/modelscope``), laid out as
 ``modelscope.snapshot_download`` lays it (``models/ORG--NAME/snapshots/master/``; the older
 ``models/ORG/NAME`` layout with dots written ``___`` is read too), and is read from there first
-with no network call. Only repositories in transformers format (a ``config.json``) are taken:
-ModelScope's own pipeline repositories (``configuration.json`` only) are refused with one line.
+with no network call. Repositories in transformers format (a ``config.json``) are taken, and
+ModelScope's general recognition model (``pytorch_model.pt`` + ``meta_info.txt``, read by
+``closed_set``); other ModelScope pipeline repositories (``configuration.json`` only) are refused
+with one line.
 Offline mode (``HF_HUB_OFFLINE=1``) is wwts' switch for both hubs: ModelScope is then not
 contacted either.
 """
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelLoadError, describe
+from .closed_set import MODELSCOPE_LABELS, MODELSCOPE_WEIGHTS, folder_kind
 from .registry import parse_model_name
 
 PREFIX = "modelscope:"
@@ -90,7 +93,7 @@ def _transformers_folder(folder: str, repo: str) -> str:
     Raises:
         ModelLoadError: it does not.
     """
-    if not (Path(folder) / "config.json").is_file():
+    if not (Path(folder) / "config.json").is_file() and folder_kind(folder) != "modelscope":
         raise ModelLoadError(f"ModelScope model {repo!r} is not in transformers format (no config.json in {folder}): "
                              "wwts loads transformers models only, not ModelScope pipeline models")
     return folder
@@ -169,11 +172,11 @@ def _download(snapshot_download: Any, repo: str, cache: str) -> str:
                  for f in HubApi().get_model_files(repo, recursive=True)]
     except Exception as exc:
         raise ModelLoadError(f"no ModelScope model {repo!r}, or it cannot be listed ({describe(exc)})") from None
-    if "config.json" not in files:
+    if "config.json" not in files and not {MODELSCOPE_WEIGHTS, MODELSCOPE_LABELS} <= set(files):
         raise ModelLoadError(f"ModelScope model {repo!r} is not in transformers format (no config.json): wwts "
                              "loads transformers models only, not ModelScope pipeline models")
     ignore = ["*.h5", "*.msgpack", "*.onnx", "*.tflite", "*.gguf", "onnx/*", "flax_model*", "tf_model*"]
-    if any(str(f).endswith(".safetensors") for f in files):
+    if any(str(f).endswith(".safetensors") for f in files) and MODELSCOPE_WEIGHTS not in files:
         ignore += ["*.bin", "*.pt", "*.pth"]
     import logging
 

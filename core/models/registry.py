@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ModelLoadError
+from .closed_set import folder_kind
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,13 @@ DEFAULT_MODELS: dict[str, ModelSpec] = {
     ),
 }
 
+#: Short names for models whose full name is long (``--model general-recognition``).
+MODEL_ALIASES: dict[str, str] = {
+    # ModelScope's 万物识别 (general recognition): ResNeSt-101 over 54,092 Chinese labels
+    "general-recognition": "modelscope:damo/cv_resnest101_general_recognition",
+    "万物识别": "modelscope:damo/cv_resnest101_general_recognition",
+}
+
 
 def default_model(task: str, lang: str = "en") -> str:
     """Hub id of the default model for ``task`` (``caption`` with ``lang="zh"`` → Chinese default).
@@ -70,12 +78,13 @@ def model_for(task: str, lang: str = "en", model: str | None = None) -> str:
         model: hub id or local folder the user named, or ``None`` / ``""``.
 
     Returns:
-        A hub id or a local folder name (not resolved or checked here).
+        A hub id or a local folder name (not resolved or checked here); a short name of
+        ``MODEL_ALIASES`` becomes the name it stands for.
 
     Raises:
         KeyError: no ``model`` and ``task`` has no default model.
     """
-    return model or default_model(task, lang)
+    return MODEL_ALIASES.get(model, model) if model else default_model(task, lang)
 
 
 def parse_model_name(name: str) -> tuple[str, bool]:
@@ -89,8 +98,10 @@ def parse_model_name(name: str) -> tuple[str, bool]:
     p = Path(expanded)
     looks_like_path = name.startswith((".", "/", "~", "\\")) or name.count("/") > 1 or ":" in name
     if p.is_dir():
-        if not (p / "config.json").is_file():
-            raise ModelLoadError(f"model folder {name} has no config.json: not a transformers model folder")
+        if not (p / "config.json").is_file() and folder_kind(p) is None:
+            raise ModelLoadError(f"model folder {name} has no config.json: not a transformers model folder "
+                                 "(nor a closed-set classifier: pytorch_model.pt + meta_info.txt, or "
+                                 "model.onnx / model.pt + labels.txt + preprocessor_config.json)")
         return str(p.resolve()), True
     if p.exists() or looks_like_path:
         raise ModelLoadError(f"model folder {name} does not exist or is not a folder")

@@ -5,7 +5,8 @@ value and a head over it.
   export of an earlier run (``load_task_from_export``: no torch, no transformers), else loaded with
   transformers (``load_task``, converted for OpenVINO / ONNX Runtime on first use), under the
   zero-shot (``ZeroShotTask``), search (``SearchTask``) or embed (``EmbedTask``) head;
-- a closed-set classifier (``AutoModelForImageClassification``): ``ImageClassificationTask``;
+- a closed-set classifier (``AutoModelForImageClassification``, ModelScope's general recognition
+  model, an ONNX / TorchScript folder): ``ImageClassificationTask``;
 - a caption model: ``CaptionTask``.
 
 torch and transformers are imported by the functions that load with them, never at import time.
@@ -57,6 +58,12 @@ def load_task(config: RunConfig, device: Any, dtype: Any) -> Task:
 
         return caption.load_task(config, device, dtype)
     name = models.model_for("classify", config.lang, config.model)
+    if not config.head:
+        folder = models.resolve(name)
+        if models.folder_kind(folder):  # ModelScope's general recognition, an ONNX / TorchScript folder
+            from .image_classification import load_image_classifier
+
+            return load_image_classifier(config, name, device, dtype, folder)
     model_config = models.load_config(name, trust_remote_code=config.trust_remote_code)
     if not config.head:
         from .image_classification import is_image_classifier, load_image_classifier
