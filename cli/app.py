@@ -170,6 +170,8 @@ def caption(
     retry_failed: RetryOpt = False,
     quantize: QuantizeOpt = None,
     ray: RayOpt = None,
+    store: StoreDirOpt = None,
+    no_store: NoStoreOpt = False,
 ) -> None:
     """Caption images (help text: the decorator's ``help``)."""
     params = dict(locals())

@@ -696,8 +696,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def caption(name: str, out: str, *extra: str) -> tuple[Row, Path]:
         j = runs / out
+        store = [] if "--store" in extra or "--no-store" in extra else ["--no-store"]  # as classify's rows
         return Row(name, [*wwts, "caption", str(cap_dir), "--max-new-tokens", str(CAPTION_TOKENS),
-                          "--model", str(blip), "--out", str(j), "--quiet", *extra]), j
+                          "--model", str(blip), "--out", str(j), "--quiet", *store, *extra]), j
 
     seed = Row("seed classify (1 image/call, prompts re-encoded)",
                [python, seed_py, "--mode", "classify", "--model", str(clip), "--labels", labels, str(cls_dir)])
@@ -751,6 +752,10 @@ def main(argv: list[str] | None = None) -> int:
                 *ov_store_plan, *prompt_plan]
         if with_caption:
             plan += [(c_seed, None), c_def, c_fp, c_bf, c_q8]
+            from bench_caption import caption_store_lines, caption_store_rows
+
+            caption_store_plan = caption_store_rows(caption, work / "caption-store", CAPTION_TOKENS)
+            plan += caption_store_plan
     for row, out in plan:
         print(f"running {row.name} ...", file=sys.stderr, flush=True)
         run_row(row, env, args.repeat, args.timeout, out, args.idle_wait, args.retries)
@@ -821,6 +826,8 @@ def main(argv: list[str] | None = None) -> int:
     if not only_gate:
         checks += backend_checks(backend_plan, seed, pipe, w_fp)
         checks += store_checks(store_plan, w_def, compare_classify)
+        if with_caption:
+            checks += caption_store_lines(caption_store_plan)
         ov_cached = next(r for r, _ in backend_plan if r.name == "wwts classify openvino-int8: conversion cached")
         checks += store_checks(ov_store_plan, ov_cached, compare_classify, "openvino-int8")
         checks += ensemble_lines([r for r, _ in prompt_plan])
