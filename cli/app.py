@@ -155,6 +155,7 @@ def caption(
     repetition_penalty: RepetitionPenaltyOpt = None,
     model: CaptionModelOpt = None,
     device: DeviceOpt = "auto",
+    backend: BackendOpt = Backend.auto,
     dtype: DTypeOpt = DType.auto,
     batch_size: BatchOpt = None,
     threads: ThreadsOpt = None,

@@ -130,6 +130,8 @@ def auto_backend(device: str, task: str, int8: bool, *, torch_device: Callable[[
             OpenVINO is installed.
         cpu_has_amx: True when the CPU has AMX-BF16 (``hardware.cpu_features()``).
     """
+    if task == "caption":
+        return auto_caption_backend(device, int8)
     if task != "classify":
         return "torch", f"auto: {task} runs on PyTorch"
     ov = installed("openvino")
@@ -153,6 +155,13 @@ def auto_backend(device: str, task: str, int8: bool, *, torch_device: Callable[[
                          f"neither is installed: {INSTALL['openvino']} (or {INSTALL['onnxruntime']})")
     why = "not an x86 CPU" if ov else f"OpenVINO is not installed ({INSTALL['openvino']} may be faster)"
     return "torch", f"auto: PyTorch ({why})"
+
+
+def auto_caption_backend(device: str, int8: bool) -> tuple[str, str]:
+    """``(backend, reason)`` of ``--backend auto`` for caption: torch (the issue 24 measurements,
+    README "Backends", decide whether OpenVINO's BLIP towers replace it here; the coordinator joins
+    this with classify's size rule)."""
+    return "torch", "auto: caption runs on PyTorch"
 
 
 #: Added to the ``auto`` reason when the text tower runs on OpenVINO beside torch's image tower.
@@ -194,6 +203,9 @@ def check_request(backend: str, task: str, int8: bool) -> None:
     Raises:
         UsageError: one line saying what to use instead.
     """
+    if task == "caption" and backend == "openvino":
+        require(backend)
+        return
     if task != "classify" and backend not in ("auto", "torch"):
         raise UsageError(f"--backend {backend}: {task} runs on torch only (--backend torch or auto)")
     if task == "classify" and backend == "torch" and int8:

@@ -29,10 +29,10 @@ from typing import Any, NamedTuple
 
 import torch
 
-from .. import models
+from .. import backends, models
 from ..arrays import dtype_name
 from ..config import RunConfig
-from ..errors import ModelLoadError
+from ..errors import ModelLoadError, UsageError
 from ..output import CaptionResult
 from ..store import StoredCaption
 from .task import Task, size_dict
@@ -100,9 +100,7 @@ def load_task(config: RunConfig, device: torch.device, dtype: torch.dtype) -> Ca
         trust_remote_code=config.trust_remote_code,
         model_kwargs={"dtype": _load_dtype(family, device, dtype)},
     )
-    task = CaptionTask(config, model, processor, device, dtype, family=family, prompt=prompt)
-    task.store = open_caption_store(config, "torch", dtype_name(dtype))
-    return task
+    return CaptionTask(config, model, processor, device, dtype, family=family, prompt=prompt)
 
 
 # --- the task --------------------------------------------------------------------------------
@@ -120,6 +118,8 @@ class CaptionTask(Task):
 
     name = "caption"
     record_type = CaptionResult
+    #: The run's ``backends.BackendChoice`` (set by the engine before ``to``); ``None``: torch.
+    backend: Any = None
 
     def __init__(self, config: RunConfig, model: torch.nn.Module, processor: Any, device: torch.device,
                  dtype: torch.dtype, *, family: str, prompt: str | None) -> None:
@@ -141,8 +141,31 @@ class CaptionTask(Task):
         #: BLIP greedy runs wwts' shrinking-batch loop (``caption_generate``); the rest ``generate``.
         self.own_greedy = (family == "blip" and c.num_beams == 1 and c.min_new_tokens is None
                            and c.repetition_penalty is None)
-        #: The run's ``store.CaptionStore`` (``None``: ``--no-store``, or the weights cannot be identified).
+        #: The run's ``store.CaptionStore`` (opened by ``setup``; ``None``: ``--no-store``, or the
+        #: weights cannot be identified).
         self.store: Any = None
+        self._store_opened = False
+        #: BLIP's towers on OpenVINO (``backends.build_caption_runtime``), made by ``setup``.
+        self.runtime: Any = None
+
+    def setup(self) -> None:
+        """Open the caption store (once) and, on ``--backend openvino``, convert or load BLIP's towers.
+
+        Raises:
+            UsageError: ``--backend openvino`` for another family than BLIP, or with beams,
+                ``--min-new-tokens`` or ``--repetition-penalty`` (those run on torch).
+        """
+        on = self.backend.name if self.backend is not None else "torch"
+        if not self._store_opened:
+            self.store, self._store_opened = open_caption_store(self.config, on, dtype_name(self.dtype)), True
+        if on != "openvino" or self.runtime is not None:
+            return
+        if not self.own_greedy:
+            raise UsageError("--backend openvino runs BLIP's greedy captions only; other caption families, "
+                             "--num-beams, --min-new-tokens and --repetition-penalty run on --backend torch")
+        self.runtime = backends.build_caption_runtime(
+            self.model, backends.model_folder(self.model), self.input_size or 384,
+            device=self.backend.device, dtype=self.backend.dtype, threads=self.backend.threads)
 
     # -- set-up helpers
 
@@ -298,7 +321,12 @@ class CaptionTask(Task):
             prompt_length = input_ids.shape[1] if input_ids is not None else 0
         else:
             prompt_length = 1  # encoder-decoder: the decoder start token
-        if self.own_greedy:
+        if self.runtime is not None:
+            ids = inputs.get("input_ids")
+            sequences = torch.from_numpy(self.runtime.generate(inputs["pixel_values"].float().numpy(),
+                                                               None if ids is None else ids.numpy(),
+                                                               max_new_tokens=self.config.max_new_tokens))
+        elif self.own_greedy:
             sequences = blip_greedy(self.model, **inputs, max_new_tokens=self.config.max_new_tokens)
         else:
             sequences = self.model.generate(**inputs, **self.generate_kwargs)
