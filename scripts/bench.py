@@ -752,10 +752,11 @@ def main(argv: list[str] | None = None) -> int:
                 *ov_store_plan, *prompt_plan]
         if with_caption:
             plan += [(c_seed, None), c_def, c_fp, c_bf, c_q8]
-            from bench_caption import caption_store_lines, caption_store_rows
+            from bench_caption import caption_backend_lines, caption_backend_rows, caption_store_lines, caption_store_rows
 
             caption_store_plan = caption_store_rows(caption, work / "caption-store", CAPTION_TOKENS)
-            plan += caption_store_plan
+            caption_backend_plan = caption_backend_rows(caption, work / "conversion-caches" / "caption-openvino")
+            plan += caption_store_plan + caption_backend_plan
     for row, out in plan:
         print(f"running {row.name} ...", file=sys.stderr, flush=True)
         run_row(row, env, args.repeat, args.timeout, out, args.idle_wait, args.retries)
@@ -828,6 +829,7 @@ def main(argv: list[str] | None = None) -> int:
         checks += store_checks(store_plan, w_def, compare_classify)
         if with_caption:
             checks += caption_store_lines(caption_store_plan)
+            checks += caption_backend_lines(caption_backend_plan, c_seed, c_fp)
         ov_cached = next(r for r, _ in backend_plan if r.name == "wwts classify openvino-int8: conversion cached")
         checks += store_checks(ov_store_plan, ov_cached, compare_classify, "openvino-int8")
         checks += ensemble_lines([r for r, _ in prompt_plan])

@@ -9,6 +9,11 @@ Rows (whole processes, bench.py's caption photos and model, default dtype, its n
   no model loaded, no torch imported (``tasks/caption_store.py: StoredCaptionTask``);
 - ``caption store: other --max-new-tokens`` -- the same store with one token fewer: recomputes.
 
+Backend rows (``caption_backend_rows``): ``wwts caption --backend openvino`` on a machine's first
+run (converts BLIP's two towers into a fresh conversion cache) and with the conversion saved; their
+captions against ``--dtype float32`` on torch (token for token: equal captions) and their speed
+against the seed's one-at-a-time ``generate``.
+
 Targets (the issue): second run >= 20x faster than the first (wall, whole process); its captions
 equal the first run's; another ``--max-new-tokens`` recomputes every photo (``cached`` 0).
 
@@ -41,6 +46,32 @@ def caption_store_rows(caption: Callable, store_dir: Path, tokens: int) -> list:
     other = caption(f"wwts caption, caption store: --max-new-tokens {tokens - 1}", "wwts-caption-store-other.json",
                     *store, "--max-new-tokens", str(tokens - 1))
     return [first, second, other]
+
+
+def caption_backend_rows(caption: Callable, cache: Path) -> list:
+    """``[(Row, out)]``: OpenVINO's first run (an emptied conversion cache ``cache``) and its run
+    with the conversion saved there, both ``--no-store`` (bench.py's ``caption`` adds it)."""
+    first = caption("wwts caption --backend openvino, a machine's first run (converts)",
+                    "wwts-caption-openvino-first.json", "--backend", "openvino")
+    first[0].cmd = ["sh", "-c", 'rm -rf "$0" && exec env XDG_CACHE_HOME="$0" "$@"', str(cache), *first[0].cmd]
+    cached = caption("wwts caption --backend openvino (conversion saved)", "wwts-caption-openvino.json",
+                     "--backend", "openvino")
+    cached[0].cmd = ["env", f"XDG_CACHE_HOME={cache}", *cached[0].cmd]
+    return [first, cached]
+
+
+def caption_backend_lines(rows: list, seed, fp32) -> list[str]:
+    """Target lines of ``caption_backend_rows``' rows: captions equal torch float32's, speed vs the seed."""
+    lines = []
+    for row, _ in rows:
+        if row.error or not row.wall_s:
+            lines.append(f"- {row.name}: not measured ({row.error})")
+            continue
+        same = sum(_captions(row.data).get(k) == v for k, v in _captions(fp32.data).items()) if not fp32.error else 0
+        speed = f"{seed.wall_s / row.wall_s:.2f}x the seed" if seed.wall_s else "seed not measured"
+        lines.append(f"- {row.name}: {row.wall_s:.1f} s = {speed} (target >= 3x); captions = torch float32 "
+                     f"{same}/{row.images} (target: all): {'PASS' if same == row.images else 'FAIL'}")
+    return lines
 
 
 def _captions(data: dict) -> dict[str, str]:

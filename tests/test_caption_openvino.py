@@ -99,3 +99,25 @@ def test_openvino_refuses_beams_in_one_line(blip, six, tmp_path):
     result = CliRunner().invoke(app, ["caption", str(six), "--model", str(blip[0]), "--backend", "openvino",
                                       "--num-beams", "2", "--no-store", "--out", str(tmp_path / "c.json")])
     assert result.exit_code != 0 and "--backend torch" in result.output and "Traceback" not in result.output
+
+
+def test_the_caption_store_serves_an_openvino_run_apart_from_torch(blip, six, tmp_path, monkeypatch):
+    from wwts.core import models
+
+    runner = CliRunner()
+
+    def run(backend: str) -> dict:
+        out = tmp_path / "c.json"
+        result = runner.invoke(app, ["caption", str(six), "--model", str(blip[0]), "--backend", backend,
+                                     "--max-new-tokens", "4", "--store", str(tmp_path / "store"), "--overwrite",
+                                     "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        return json.loads(out.read_text(encoding="utf-8"))
+
+    first = run("openvino")
+    torch_run = run("torch")  # another backend: its own store file, computed
+    assert torch_run["run"]["cached"] == 0 and torch_run["run"]["store"] != first["run"]["store"]
+    monkeypatch.setattr(models, "load", lambda *a, **k: (_ for _ in ()).throw(AssertionError("model loaded")))
+    second = run("openvino")
+    assert second["run"]["cached"] == len(second["results"]) and second["results"] == [
+        {**r, "cached": True} for r in first["results"]]

@@ -59,6 +59,8 @@ def open_caption_store(config: RunConfig, backend: str, dtype: str) -> CaptionSt
     name = models.model_for("caption", config.lang, config.model)
     folder = models.resolve(name)
     store_dir = Path(config.store_dir) if config.store_dir else default_store_dir()
+    if backend != "torch":  # the runtime's precision follows --dtype (OpenVINO: f32 unless asked)
+        dtype = f"{dtype}/{config.dtype}"
     store = StoreOpener(store_dir, name).open(folder, caption_key_parts(folder, backend, dtype, config.quantize))
     if not isinstance(store, SqliteStore):
         return None
