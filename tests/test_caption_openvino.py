@@ -121,3 +121,32 @@ def test_the_caption_store_serves_an_openvino_run_apart_from_torch(blip, six, tm
     second = run("openvino")
     assert second["run"]["cached"] == len(second["results"]) and second["results"] == [
         {**r, "cached": True} for r in first["results"]]
+
+
+@pytest.mark.parametrize("x86, openvino, device, int8, kind, want", [
+    (True, True, "auto", False, "cpu", "openvino"),
+    (True, True, "cpu", True, "cpu", "torch"),  # --quantize int8: torch's dynamic int8
+    (True, True, "auto", False, "cuda", "torch"),  # an accelerator
+    (True, False, "auto", False, "cpu", "torch"),  # no OpenVINO
+    (False, True, "auto", False, "cpu", "torch"),  # not an x86 CPU
+])
+def test_caption_auto_rule(monkeypatch, x86, openvino, device, int8, kind, want):
+    from wwts.core.backends import select
+
+    monkeypatch.setattr(select, "is_x86", lambda: x86)
+    monkeypatch.setattr(select, "installed", lambda name: openvino or name == "torch")
+    name, reason = select.auto_backend(device, "caption", int8, torch_device=lambda: kind,
+                                       openvino_devices=lambda: ["CPU"])
+    assert name == want and reason.startswith("auto")
+
+
+def test_auto_keeps_what_openvino_does_not_run_on_torch(blip, six, tmp_path, monkeypatch):
+    """Beams under ``--backend auto`` on a machine whose auto pick is OpenVINO: torch, no error."""
+    from wwts.core.backends import select
+
+    monkeypatch.setattr(select, "auto_caption_backend", lambda *a: ("openvino", "auto: pinned"))
+    out = tmp_path / "c.json"
+    result = CliRunner().invoke(app, ["caption", str(six), "--model", str(blip[0]), "--num-beams", "2",
+                                      "--max-new-tokens", "4", "--no-store", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert all(r["caption"] is not None for r in json.loads(out.read_text(encoding="utf-8"))["results"])

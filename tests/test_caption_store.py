@@ -1,6 +1,7 @@
 """The caption store through ``wwts caption`` on a tiny random BLIP (offline): a second run over the
 same photos generates nothing and loads no model; other generation settings or another model
-compute their own captions; a changed photo is captioned again, alone."""
+compute their own captions; a changed photo is captioned again, alone. On torch (the counts are of
+its generation calls); tests/test_caption_openvino.py has the store on OpenVINO."""
 
 from __future__ import annotations
 
@@ -60,7 +61,7 @@ def calls(monkeypatch):
 
 def _run(photos, model, out, *extra):
     result = runner.invoke(app, ["caption", str(photos), "--model", str(model), "--out", str(out),
-                                 "--max-new-tokens", "5", "--overwrite", *extra])
+                                 "--max-new-tokens", "5", "--overwrite", "--backend", "torch", *extra])
     assert result.exit_code == 0, result.output
     doc = json.loads(out.read_text(encoding="utf-8"))
     return {r["path"]: r["caption"] for r in doc["results"]}, doc["run"]

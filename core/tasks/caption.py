@@ -156,6 +156,10 @@ class CaptionTask(Task):
                 ``--min-new-tokens`` or ``--repetition-penalty`` (those run on torch).
         """
         on = self.backend.name if self.backend is not None else "torch"
+        if on == "openvino" and not self.own_greedy and self.backend.reason.startswith("auto"):
+            on = "torch"  # --backend auto: what OpenVINO does not run stays on torch
+            self.backend = replace(self.backend, name="torch", reason="auto: PyTorch runs this caption family "
+                                   "or setting (OpenVINO runs BLIP's greedy captions)")
         if not self._store_opened:
             self.store, self._store_opened = open_caption_store(self.config, on, dtype_name(self.dtype)), True
         if on != "openvino" or self.runtime is not None:
