@@ -9,7 +9,9 @@
 - ``StoredCaptionTask``: the task of a run whose photos all have their caption stored (checked by
   the path index alone, ``CaptionStore.holds``): it loads no model, imports no torch, and serves
   each photo from the store; a photo that turns out not to be there after all (changed meanwhile)
-  loads the real task then, once, and is captioned by it.
+  loads the real task then, once, and is captioned by it (decoded at full resolution: this task
+  does not know the model's input size, so such a photo skips the draft decode a fresh run uses,
+  and its caption may differ from a fresh run's).
 """
 
 from __future__ import annotations
@@ -69,8 +71,10 @@ def open_caption_store(config: RunConfig, backend: str, dtype: str) -> CaptionSt
 
 def stored_caption_task(config: RunConfig, backend: str, dtype: str, paths: Sequence[Path],
                         load: Callable[[], Task]) -> StoredCaptionTask | None:
-    """A ``StoredCaptionTask`` when the caption store holds every one of ``paths`` (path index only),
-    else ``None`` (the run loads the model; the store is opened again by it)."""
+    """A ``StoredCaptionTask`` when the caption store holds every one of ``paths`` (path index only;
+    at least one), else ``None`` (the run loads the model; the store is opened again by it)."""
+    if not paths:  # a Ray actor's plan (its photos come later): nothing to check, load the model
+        return None
     store = open_caption_store(config, backend, dtype)
     if store is None or not store.holds(paths):
         return None
