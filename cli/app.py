@@ -162,6 +162,7 @@ def caption(
     repetition_penalty: RepetitionPenaltyOpt = None,
     model: CaptionModelOpt = None,
     device: DeviceOpt = "auto",
+    backend: BackendOpt = Backend.auto,
     dtype: DTypeOpt = DType.auto,
     batch_size: BatchOpt = None,
     threads: ThreadsOpt = None,
@@ -177,6 +178,8 @@ def caption(
     retry_failed: RetryOpt = False,
     quantize: QuantizeOpt = None,
     ray: RayOpt = None,
+    store: StoreDirOpt = None,
+    no_store: NoStoreOpt = False,
 ) -> None:
     """Caption images (help text: the decorator's ``help``)."""
     params = dict(locals())

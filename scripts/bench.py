@@ -696,8 +696,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def caption(name: str, out: str, *extra: str) -> tuple[Row, Path]:
         j = runs / out
+        store = [] if "--store" in extra or "--no-store" in extra else ["--no-store"]  # as classify's rows
         return Row(name, [*wwts, "caption", str(cap_dir), "--max-new-tokens", str(CAPTION_TOKENS),
-                          "--model", str(blip), "--out", str(j), "--quiet", *extra]), j
+                          "--model", str(blip), "--out", str(j), "--quiet", *store, *extra]), j
 
     seed = Row("seed classify (1 image/call, prompts re-encoded)",
                [python, seed_py, "--mode", "classify", "--model", str(clip), "--labels", labels, str(cls_dir)])
@@ -738,8 +739,8 @@ def main(argv: list[str] | None = None) -> int:
                  [python, seed_py, "--mode", "caption", "--model", str(blip), "--max-new-tokens",
                   str(CAPTION_TOKENS), str(cap_dir)])
     c_def = caption(f"wwts caption (default dtype, {CAPTION_TOKENS} tokens)", "wwts-caption.json")
-    c_fp = caption(f"wwts caption --dtype float32 ({CAPTION_TOKENS} tokens)", "wwts-caption-fp32.json",
-                   "--dtype", "float32")
+    c_fp = caption(f"wwts caption --backend torch --dtype float32 ({CAPTION_TOKENS} tokens)", "wwts-caption-fp32.json",
+                   "--backend", "torch", "--dtype", "float32")  # the reference (auto may pick OpenVINO)
     c_bf = caption(f"wwts caption --dtype bfloat16 ({CAPTION_TOKENS} tokens)", "wwts-caption-bf16.json",
                    "--dtype", "bfloat16")
     c_q8 = caption(f"wwts caption --quantize int8 ({CAPTION_TOKENS} tokens)", "wwts-caption-int8.json",
@@ -750,7 +751,16 @@ def main(argv: list[str] | None = None) -> int:
         plan = [(seed, None), (pipe, None), w_first, w_def, w_fp, w_bf, w_q8, *backend_plan, *store_plan,
                 *ov_store_plan, *prompt_plan]
         if with_caption:
-            plan += [(c_seed, None), c_def, c_fp, c_bf, c_q8]
+            from bench_caption import caption_backend_lines, caption_backend_rows, caption_store_lines, caption_store_rows
+
+            # OpenVINO's rows first: the default row (auto: OpenVINO on an x86 CPU) then finds its conversion saved
+            caption_cache = work / "conversion-caches" / "caption-openvino"
+            caption_backend_plan = caption_backend_rows(caption, caption_cache)
+            c_def[0].cmd = ["env", f"XDG_CACHE_HOME={caption_cache}", *c_def[0].cmd]
+            caption_store_plan = caption_store_rows(caption, work / "caption-store", CAPTION_TOKENS)
+            for row, _ in caption_store_plan:
+                row.cmd = ["env", f"XDG_CACHE_HOME={caption_cache}", *row.cmd]
+            plan += [(c_seed, None), *caption_backend_plan, c_def, c_fp, c_bf, c_q8, *caption_store_plan]
     for row, out in plan:
         print(f"running {row.name} ...", file=sys.stderr, flush=True)
         run_row(row, env, args.repeat, args.timeout, out, args.idle_wait, args.retries)
@@ -821,6 +831,9 @@ def main(argv: list[str] | None = None) -> int:
     if not only_gate:
         checks += backend_checks(backend_plan, seed, pipe, w_fp)
         checks += store_checks(store_plan, w_def, compare_classify)
+        if with_caption:
+            checks += caption_store_lines(caption_store_plan)
+            checks += caption_backend_lines(caption_backend_plan, c_seed, c_fp)
         ov_cached = next(r for r, _ in backend_plan if r.name == "wwts classify openvino-int8: conversion cached")
         checks += store_checks(ov_store_plan, ov_cached, compare_classify, "openvino-int8")
         checks += ensemble_lines([r for r, _ in prompt_plan])

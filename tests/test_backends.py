@@ -120,7 +120,7 @@ def test_openvino_never_touches_cuda(tiny_clip, sample_images, monkeypatch):
 
 def test_auto_rule():
     cpu = dict(torch_device=lambda: "cpu", openvino_devices=lambda: ["CPU"])
-    assert auto_backend("auto", "caption", False, **cpu)[0] == "torch"
+    assert auto_backend("auto", "caption", True, **cpu)[0] == "torch"  # float caption: test_caption_openvino.py
     assert auto_backend("GPU.1", "classify", False, torch_device=lambda: pytest.fail("probed torch"),
                         openvino_devices=lambda: ["CPU"])[0] == "openvino"
     name, reason = auto_backend("auto", "classify", False, torch_device=lambda: "cuda",

@@ -22,6 +22,9 @@ def wwts_log(caplog, monkeypatch):
         yield caplog
 
 
+#: The schema version this wwts writes (read before any test adds a step).
+NOW = migrations.schema_version()
+
 def _key():
     return model_key("tiny", {"weights": {"files": "x"}, "dtype": "float32"})
 
@@ -33,13 +36,13 @@ def _version(path) -> int:
 
 @pytest.fixture
 def v1_file(tmp_path):
-    """A store file as this wwts writes it today (schema 1), holding one image and one label."""
+    """A store file as this wwts writes it today (schema 2: captions table), holding one image and one label."""
     path = tmp_path / _key().filename  # where open_store looks for this key's file
     store = SqliteStore(path, _key())
     store.remember("h1", 40, 30)
     store.put({"h1": np.array([0.6, 0.8], dtype=np.float32), TextKey("一张猫的照片。", "猫", "{}"): np.ones(2)})
     store.close()
-    assert _version(path) == migrations.schema_version() == 1
+    assert _version(path) == migrations.schema_version() == NOW
     return path
 
 
@@ -58,7 +61,7 @@ def v2(monkeypatch):
 
 def test_an_older_file_is_upgraded_in_place_keeps_its_rows_and_each_step_runs_once(v1_file, v2):
     store = SqliteStore(v1_file, _key())
-    assert v2 == [1] and _version(v1_file) == 2
+    assert v2 == [1] and _version(v1_file) == NOW + 1
     assert store.get(["h1"])["h1"].tolist() == pytest.approx([0.6, 0.8])
     assert TextKey("一张猫的照片。", "猫", "{}") in store.get([TextKey("一张猫的照片。", "猫", "{}")])
     assert store.stats()["photos"] == 1 and store.stats()["texts"] == 1
@@ -72,7 +75,7 @@ def test_an_older_file_is_upgraded_in_place_keeps_its_rows_and_each_step_runs_on
 
 def test_a_new_file_runs_every_migration_once(tmp_path, v2):
     SqliteStore(tmp_path / "new.sqlite", _key()).close()
-    assert v2 == [1] and _version(tmp_path / "new.sqlite") == 2
+    assert v2 == [1] and _version(tmp_path / "new.sqlite") == NOW + 1
 
 
 def test_a_failing_migration_leaves_the_file_as_it_was(v1_file, monkeypatch):
@@ -85,20 +88,20 @@ def test_a_failing_migration_leaves_the_file_as_it_was(v1_file, monkeypatch):
         SqliteStore(v1_file, _key())
     with sqlite3.connect(v1_file) as conn:
         assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'half'").fetchone() is None
-    assert _version(v1_file) == 1
+    assert _version(v1_file) == NOW
 
 
 def test_maintenance_reads_an_older_file_without_upgrading_it(v1_file, v2):
     store = SqliteStore(v1_file, None)  # wwts store info / prune
     assert store.stats()["photos"] == 1
     store.close()
-    assert v2 == [] and _version(v1_file) == 1
+    assert v2 == [] and _version(v1_file) == NOW
 
 
 def test_a_newer_file_is_refused_and_left_as_it_was(v1_file, wwts_log):
     with sqlite3.connect(v1_file) as conn:
         conn.execute("PRAGMA user_version = 7")
-    with pytest.raises(StoreFileError, match="newer wwts .schema 7, this one reads 1") as caught:
+    with pytest.raises(StoreFileError, match=f"newer wwts .schema 7, this one reads {NOW}") as caught:
         SqliteStore(v1_file, _key())
     assert caught.value.kind == "newer"
     assert isinstance(open_store(v1_file.parent, _key()), NullStore)  # a run goes on without a store

@@ -12,6 +12,8 @@
 - ``openvino`` / ``onnxruntime``: conversion, int8, and the towers on those runtimes.
 - ``export``: one artifact per model and runtime in the user cache: the converted towers and the
   facts scoring needs, keyed by the weights' identity (the store's), verified, listed, cleared.
+- ``caption_towers`` / ``caption_runtime``: BLIP's vision tower and text decoder (with its key/value
+  cache) converted for OpenVINO, saved in the export, and the greedy loop over them.
 - ``facts``: what ``wwts doctor`` shows about them (``backend_facts``).
 - ``build``: ``plan_backend`` (before the model loads), ``build_towers`` (after), and the
   torch-free start on a saved export (``load_export`` / ``export_towers``, ``save_facts``).
@@ -22,7 +24,7 @@ neither.
 
 from ..lazy import lazy_exports
 from .tower import LazyTower, RuntimeTower, Tower, l2_normalize, normalized, tower_name
-from .build import build_towers, export_path, export_towers, load_export, plan_backend, save_facts
+from .build import build_towers, export_path, export_towers, load_export, model_folder, plan_backend, save_facts
 from .export import Conversion, cache_root, clear_conversions, list_conversions
 from .facts import backend_facts
 from .devices import onnxruntime_providers, openvino_device_names, openvino_devices, resolve_openvino_device
@@ -35,9 +37,10 @@ __all__ = [
     "backend_facts", "Conversion", "cache_root", "clear_conversions", "list_conversions", "onnxruntime_providers",
     "openvino_device_names", "openvino_devices", "resolve_openvino_device", "BACKENDS", "INSTALL", "BackendChoice",
     "auto_backend", "auto_backends", "auto_text_backend", "installed", "is_x86", "quantize_static",
-    "calibration_arrays",
+    "calibration_arrays", "build_caption_runtime", "model_folder",
 ]
 
 # the torch tower loads torch with it (core/lazy.py): a run on a saved conversion never asks
 __getattr__ = lazy_exports(__name__, {"TorchTower": "torch", "as_features": "torch",
-                                      "quantize_static": "openvino", "calibration_arrays": "openvino"})
+                                      "quantize_static": "openvino", "calibration_arrays": "openvino",
+                                      "build_caption_runtime": "caption_runtime"})

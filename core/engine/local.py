@@ -39,7 +39,7 @@ def task_settings(task: Task) -> dict[str, Any]:
     if hasattr(task, "store_opener"):
         info["store"] = store_path(task)
     encoder = getattr(task, "image_encoder", None)
-    info["backend"] = getattr(encoder, "backend", "torch")
+    info["backend"] = getattr(encoder, "backend", None) or getattr(getattr(task, "backend", None), "name", "torch")
     if getattr(encoder, "precision", None):
         info["dtype"] = encoder.precision
     if getattr(task, "backend", None) is not None:

@@ -22,7 +22,7 @@ from ..arrays import dtype_name
 from ..config import RunConfig
 from ..errors import UsageError
 from ..input import IMAGE_EXTENSIONS, discover
-from ..tasks import Task, load_task, load_task_from_export, store_holds
+from ..tasks import Task, load_task, load_task_from_export, store_holds, stored_caption_task
 from .local import local_runner
 from .runner import Runner, now
 from .store_lookup import attach_store
@@ -98,6 +98,8 @@ def _choose_backend(config: RunConfig, paths: list[Path], threads: int) -> tuple
                                     torch_device=torch_device)
     if backend.name != "torch" or (not proven and backend.text_backend != "torch"):
         return backend, None
+    if config.task == "caption" and not proven and torch_device() == "cpu" and not proven:
+        return backend, None  # a CPU-only machine (torch_device proved nothing): a run the caption store serves needs no torch
     return backend, proven[-1] if proven else devices.select_device(config.device)
 
 
@@ -133,7 +135,7 @@ def start(config: RunConfig, *, paths: list[Path] | None = None,
     cpu_dtype = None  # torch's dtype on the CPU, decided without torch (a run that may not need it)
     if choice is None and backend.name == "torch":
         batch = config.batch_size or devices.default_batch_size(devices.HOST_CPU, config.task)
-        cpu_dtype = devices.cpu_dtype_without_torch(config.dtype, batch, threads)
+        cpu_dtype = "float32" if config.quantize else devices.cpu_dtype_without_torch(config.dtype, batch, threads)
         if cpu_dtype is None:  # e.g. bf16 never calibrated here: torch measures it
             choice = devices.select_device(config.device)
     if choice is None:  # OpenVINO / ONNX Runtime: their own device names, the CPU makes the inputs
@@ -163,6 +165,9 @@ def start(config: RunConfig, *, paths: list[Path] | None = None,
     with loading(plan) if loading is not None else nullcontext():
         t0 = time.perf_counter()
         task = _load_compiled(config, backend, dtype_name(dtype), paths) if choice.device is devices.HOST_CPU else None
+        if task is None and config.task == "caption" and choice.device is devices.HOST_CPU:
+            task = stored_caption_task(config, backend.name, dtype_name(dtype), paths,
+                                       lambda: _load_torch(config, choice, dtype, backend, threads)[0])
         if task is None:
             task, choice = _load_torch(config, choice, dtype, backend, threads)
         load_s = time.perf_counter() - t0

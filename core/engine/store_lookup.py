@@ -22,7 +22,7 @@ from .. import models
 from ..config import RunConfig
 from ..errors import ImageError
 from ..input import DecodedImage, Sample
-from ..store import StoredEmbedding, StoredImage, StoreOpener, content_hash, default_store_dir
+from ..store import StoredImage, StoreOpener, content_hash, default_store_dir
 from ..tasks import Task
 
 log = logging.getLogger("wwts")
@@ -70,7 +70,7 @@ def store_lookup(task: Task, config: RunConfig) -> Lookup | None:
             if found is None or not _usable(found, config):
                 return key, None
             decoded = DecodedImage(None, found.width, found.height, found.frames, found.note)
-            return key, Sample(decoded, StoredEmbedding(found.vector), key, cached=True)
+            return key, Sample(decoded, found.stored(), key, cached=True)
         return lookup
     if config.head == "embed":
         def hash_only(path: Path) -> tuple[Any, Sample | None]:

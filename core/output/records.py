@@ -90,9 +90,15 @@ class ClassifyResult(ImageRecord):
 
 @dataclass
 class CaptionResult(ImageRecord):
-    """Caption of one image (``None`` on error); the prompt and special tokens are not included."""
+    """Caption of one image (``None`` on error); the prompt and special tokens are not included.
+
+    Attributes:
+        cached: ``True`` when the caption was read from the caption store (the file was not
+            decoded), ``False`` when it was generated; ``None`` on error. JSON/JSONL only.
+    """
 
     caption: str | None = None
+    cached: bool | None = None
 
     csv_fields: ClassVar[tuple[str, ...]] = ("path", "caption", "width", "height", "error")
 

@@ -9,18 +9,23 @@
 - ``sqlite``: ``SqliteStore``, one SQLite file (WAL) per model key.
 - ``files``: the store folder, ``open_store`` (corrupt files set aside), ``StoreOpener``, and what
   ``wwts store info|prune|clear`` do.
+- ``captions``: ``CaptionStore``, captions by content hash + generation settings in a caption
+  model's store file.
 - ``parquet``: embeddings to Parquet (``wwts embed``; needs pyarrow).
 """
 
-from .interface import EmbeddingStore, NullStore, StoredEmbedding, StoredImage, TextKey, encode_through
+from .interface import (EmbeddingStore, NullStore, StoredCaption, StoredEmbedding, StoredImage, TextKey,
+                        encode_through)
 from .parquet import ParquetExport, require_pyarrow
 from .files import (StoreOpener, clear_stores, default_store_dir, open_store, prune_stores, set_aside,
                     store_files)
 from .hashing import content_hash, file_facts
 from .keys import ModelKey, model_key, weights_identity
 from .sqlite import APPLICATION_ID, SqliteStore, StoreFileError
+from .captions import CaptionStore, caption_settings
 
 __all__ = ["EmbeddingStore", "NullStore", "encode_through", "StoredEmbedding", "StoredImage", "TextKey", "content_hash",
            "file_facts", "ModelKey", "model_key", "weights_identity", "SqliteStore", "StoreFileError",
            "APPLICATION_ID", "StoreOpener", "default_store_dir", "open_store", "set_aside",
-           "store_files", "prune_stores", "clear_stores", "ParquetExport", "require_pyarrow"]
+           "store_files", "prune_stores", "clear_stores", "ParquetExport", "require_pyarrow",
+           "CaptionStore", "StoredCaption", "caption_settings"]

@@ -42,21 +42,39 @@ class StoredEmbedding:
 
 
 @dataclass(frozen=True)
+class StoredCaption:
+    """What stands for an image's model inputs when its caption was read from the store before
+    decoding (``captions.CaptionStore``): the caption model is not run for it.
+
+    Attributes:
+        text: the caption as a fresh run would write it.
+    """
+
+    text: str
+
+
+@dataclass(frozen=True)
 class StoredImage:
-    """An image found in the store: its embedding and the facts its record needs.
+    """An image found in the store: its embedding (or caption) and the facts its record needs.
 
     Attributes:
         key: the content hash of the file's bytes.
-        vector: ``(D,)`` float32 embedding, L2-normalised.
+        vector: ``(D,)`` float32 embedding, L2-normalised (``None`` for a caption).
         width, height: pixels after EXIF orientation; frames: frame count; note: the decoder's remark.
+        caption: the stored caption (``CaptionStore.lookup``); ``None`` for an embedding.
     """
 
     key: str
-    vector: np.ndarray
+    vector: np.ndarray | None
     width: int
     height: int
     frames: int = 1
     note: str | None = None
+    caption: str | None = None
+
+    def stored(self) -> StoredEmbedding | StoredCaption:
+        """What stands for the image's model inputs: its ``StoredCaption`` or ``StoredEmbedding``."""
+        return StoredEmbedding(self.vector) if self.caption is None else StoredCaption(self.caption)
 
 
 @runtime_checkable

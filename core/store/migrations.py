@@ -21,6 +21,12 @@ Tables after version 1:
 - ``paths(path, size, mtime_ns, hash, seen)``: the path index, so a file whose resolved path, size
   and mtime are unchanged is not even read again.
 - ``texts(text, settings, label, embedding, dim, created)``: label prompt features.
+
+Version 2 adds:
+
+- ``captions(hash, settings, caption, width, height, frames, note, created)``: one caption per
+  file content and generation settings (``--max-new-tokens``, beams, prompt...; canonical JSON) in
+  a caption model's store file (``captions.CaptionStore``).
 """
 
 from __future__ import annotations
@@ -43,8 +49,15 @@ def _tables(conn: sqlite3.Connection) -> None:
                  "PRIMARY KEY (text, settings))")
 
 
+def _captions(conn: sqlite3.Connection) -> None:
+    """Version 2: the captions table, keyed by content hash and generation settings."""
+    conn.execute("CREATE TABLE IF NOT EXISTS captions (hash TEXT NOT NULL, settings TEXT NOT NULL, "
+                 "caption TEXT NOT NULL, width INTEGER, height INTEGER, frames INTEGER, note TEXT, "
+                 "created REAL NOT NULL, PRIMARY KEY (hash, settings))")
+
+
 #: The schema's steps, oldest first: ``MIGRATIONS[i]`` takes version ``i`` to ``i + 1``.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_tables]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_tables, _captions]
 
 
 def schema_version() -> int:

@@ -25,7 +25,7 @@ from .task import Task, size_dict
 __all__ = ["Task", "size_dict", "DualEncoder", "EmbedTask", "ZeroShotTask", "SearchTask", "check_architecture",
            "ImageClassificationTask", "is_image_classifier", "CaptionTask",
            "CaptionFamily", "FAMILIES", "detect_family", "resolve_prompt", "load_task", "load_task_from_export",
-           "store_holds"]
+           "store_holds", "stored_caption_task"]
 
 # torch and transformers load with the first of these a run asks for that needs them (core/lazy.py)
 __getattr__ = lazy_exports(__name__, {
@@ -34,4 +34,4 @@ __getattr__ = lazy_exports(__name__, {
     "DualEncoder": "dual_encoder", "EmbedTask": "embed", "ZeroShotTask": "zero_shot", "SearchTask": "search",
     "check_architecture": "load", "ImageClassificationTask": "image_classification",
     "is_image_classifier": "image_classification", "load_task": "load", "load_task_from_export": "load",
-    "store_holds": "exports"})
+    "store_holds": "exports", "stored_caption_task": "caption_store"})

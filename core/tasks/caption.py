@@ -25,15 +25,19 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
-from .. import models
+from .. import backends, models
+from ..arrays import dtype_name
 from ..config import RunConfig
-from ..errors import ModelLoadError
+from ..errors import ModelLoadError, UsageError
 from ..output import CaptionResult
+from ..store import StoredCaption
 from .task import Task, size_dict
+from .caption_generate import blip_greedy
+from .caption_store import open_caption_store
 from .caption_families import (CHAT_MAX_PIXELS, CHAT_PROMPTS, FAMILIES, FAMILY_NAMES, detect_family,
                                is_encoder_decoder, processor_class, resolve_prompt)
 
@@ -41,6 +45,15 @@ __all__ = ["CHAT_MAX_PIXELS", "CHAT_PROMPTS", "CaptionTask", "detect_family", "l
            "resolve_prompt"]
 
 log = logging.getLogger(__name__)
+
+
+class Generated(NamedTuple):
+    """``CaptionTask.forward``'s output (see there)."""
+
+    sequences: torch.Tensor | None
+    prompt_length: int
+    stored: list[str | None] | None = None
+    keys: list[str | None] | None = None
 
 
 def _load_dtype(family: str, device: torch.device, dtype: torch.dtype) -> torch.dtype:
@@ -105,6 +118,8 @@ class CaptionTask(Task):
 
     name = "caption"
     record_type = CaptionResult
+    #: The run's ``backends.BackendChoice`` (set by the engine before ``to``); ``None``: torch.
+    backend: Any = None
 
     def __init__(self, config: RunConfig, model: torch.nn.Module, processor: Any, device: torch.device,
                  dtype: torch.dtype, *, family: str, prompt: str | None) -> None:
@@ -122,6 +137,39 @@ class CaptionTask(Task):
         self._chat_text = self._build_chat_text() if family == "chat" else None
         self._prefix_ids = self._build_git_prefix() if family == "git" else None
         self.generate_kwargs = self._build_generate_kwargs()
+        c = config
+        #: BLIP greedy runs wwts' shrinking-batch loop (``caption_generate``); the rest ``generate``.
+        self.own_greedy = (family == "blip" and c.num_beams == 1 and c.min_new_tokens is None
+                           and c.repetition_penalty is None)
+        #: The run's ``store.CaptionStore`` (opened by ``setup``; ``None``: ``--no-store``, or the
+        #: weights cannot be identified).
+        self.store: Any = None
+        self._store_opened = False
+        #: BLIP's towers on OpenVINO (``backends.build_caption_runtime``), made by ``setup``.
+        self.runtime: Any = None
+
+    def setup(self) -> None:
+        """Open the caption store (once) and, on ``--backend openvino``, convert or load BLIP's towers.
+
+        Raises:
+            UsageError: ``--backend openvino`` for another family than BLIP, or with beams,
+                ``--min-new-tokens`` or ``--repetition-penalty`` (those run on torch).
+        """
+        on = self.backend.name if self.backend is not None else "torch"
+        if on == "openvino" and not self.own_greedy and self.backend.reason.startswith("auto"):
+            on = "torch"  # --backend auto: what OpenVINO does not run stays on torch
+            self.backend = replace(self.backend, name="torch", reason="auto: PyTorch runs this caption family "
+                                   "or setting (OpenVINO runs BLIP's greedy captions)")
+        if not self._store_opened:
+            self.store, self._store_opened = open_caption_store(self.config, on, dtype_name(self.dtype)), True
+        if on != "openvino" or self.runtime is not None:
+            return
+        if not self.own_greedy:
+            raise UsageError("--backend openvino runs BLIP's greedy captions only; other caption families, "
+                             "--num-beams, --min-new-tokens and --repetition-penalty run on --backend torch")
+        self.runtime = backends.build_caption_runtime(
+            self.model, backends.model_folder(self.model), self.input_size or 384,
+            device=self.backend.device, dtype=self.backend.dtype, threads=self.backend.threads)
 
     # -- set-up helpers
 
@@ -206,7 +254,19 @@ class CaptionTask(Task):
         """The image itself: every family's processor runs on the whole mini-batch in ``collate``."""
         return image
 
-    def collate(self, images: list) -> dict[str, torch.Tensor]:
+    def collate(self, items: list) -> dict[str, Any]:
+        """B RGB PIL images (or ``StoredCaption`` s read from the caption store before decoding) →
+        CPU tensors for ``generate`` (``_collate_images``), plus ``stored``: B entries, the stored
+        caption or ``None`` for an image given as pixels (only when some item was stored)."""
+        if not items:
+            raise ValueError("collate needs at least one image")
+        images = [item for item in items if not isinstance(item, StoredCaption)]
+        inputs: dict[str, Any] = self._collate_images(images) if images else {}
+        if len(images) < len(items):
+            inputs["stored"] = [item.text if isinstance(item, StoredCaption) else None for item in items]
+        return inputs
+
+    def _collate_images(self, images: list) -> dict[str, torch.Tensor]:
         """B RGB PIL images → CPU tensors for ``generate``.
 
         Returns:
@@ -214,8 +274,6 @@ class CaptionTask(Task):
             ``image_grid_thw (B, 3)``) plus, for prompted families, ``input_ids`` and
             ``attention_mask`` ``(B, L)`` (chat prompts left padded to the longest row).
         """
-        if not images:
-            raise ValueError("collate needs at least one image")
         n = len(images)
         if self.family == "chat":
             # One image per sample, nested so that processors which group images by sample
@@ -234,18 +292,24 @@ class CaptionTask(Task):
             inputs = self.processor(images=images, text=[self.prompt or ""] * n, padding=True, return_tensors="pt")
         return {k: v for k, v in dict(inputs).items() if isinstance(v, torch.Tensor)}
 
-    def forward(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-        """One ``generate`` call for the whole batch.
+    def forward(self, inputs: dict[str, Any]) -> Generated:
+        """Captions the batch's images given as pixels: BLIP greedy runs ``caption_generate.blip_greedy``
+        (a finished row leaves the batch), every other case one ``generate`` call for the batch.
 
         Floating inputs are cast to the weights' dtype when the model was loaded in half precision.
+        ``inputs["stored"]`` (captions read from the store) and ``inputs["keys"]`` (content hashes)
+        are handed on to ``postprocess``.
 
         Returns:
-            ``(sequences, prompt_length)``: ``(B, prompt_length + new tokens)`` token ids from
-            ``generate`` (padded with the pad id after each row's end-of-sequence token), still on
-            the model's device, and how many leading columns repeat the prompt (or the decoder
-            start token).
+            ``Generated``: ``sequences (M, prompt_length + new tokens)`` token ids (padded with the
+            pad id after each row's end-of-sequence token; ``None`` when M = 0), still on the
+            model's device, how many leading columns repeat the prompt (or the decoder start
+            token), and the ``stored`` / ``keys`` lists.
         """
         inputs = dict(inputs)
+        stored, keys = inputs.pop("stored", None), inputs.pop("keys", None)
+        if "pixel_values" not in inputs:
+            return Generated(None, 0, stored, keys)
         weight_dtype = next(self.model.parameters()).dtype
         for key, value in inputs.items():
             if value.is_floating_point() and value.dtype != weight_dtype:
@@ -261,22 +325,40 @@ class CaptionTask(Task):
             prompt_length = input_ids.shape[1] if input_ids is not None else 0
         else:
             prompt_length = 1  # encoder-decoder: the decoder start token
-        sequences = self.model.generate(**inputs, **self.generate_kwargs)
+        if self.runtime is not None:
+            ids = inputs.get("input_ids")
+            sequences = torch.from_numpy(self.runtime.generate(inputs["pixel_values"].float().numpy(),
+                                                               None if ids is None else ids.numpy(),
+                                                               max_new_tokens=self.config.max_new_tokens))
+        elif self.own_greedy:
+            sequences = blip_greedy(self.model, **inputs, max_new_tokens=self.config.max_new_tokens)
+        else:
+            sequences = self.model.generate(**inputs, **self.generate_kwargs)
         if not isinstance(sequences, torch.Tensor):  # a generation_config with return_dict_in_generate
             sequences = sequences.sequences
-        return sequences, prompt_length
+        return Generated(sequences, prompt_length, stored, keys)
 
-    def postprocess(self, outputs: tuple[torch.Tensor, int], bases: list[CaptionResult]) -> list[CaptionResult]:
-        """Decode the new tokens: each base record with its ``caption``, in input order.
+    def postprocess(self, outputs: Generated | tuple, bases: list[CaptionResult]) -> list[CaptionResult]:
+        """Decode the new tokens: each base record with its ``caption``, in input order; the new
+        captions go in the caption store (when the run has one and the images their keys).
 
         The prompt and special tokens are left out; whitespace runs become one space; stripped.
         """
-        sequences, prompt_length = outputs
-        new_tokens = sequences[:, prompt_length:].cpu()
-        texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-        return [replace(base, caption=" ".join(text.split())) for base, text in zip(bases, texts)]
+        outputs = Generated(*outputs)
+        texts: list[str] = []
+        if outputs.sequences is not None:
+            new_tokens = outputs.sequences[:, outputs.prompt_length:].cpu()
+            texts = [" ".join(t.split()) for t in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        fresh = iter(texts)
+        captions = [s if s is not None else next(fresh) for s in outputs.stored] if outputs.stored else texts
+        if self.store is not None and outputs.keys is not None:
+            self.store.put({key: text for key, text, s in zip(outputs.keys, captions, outputs.stored or [None] * len(captions))
+                            if key is not None and s is None})
+        return [replace(base, caption=text) for base, text in zip(bases, captions)]
 
     def run_info(self) -> dict[str, Any]:
-        """``{"prompt", "max_new_tokens", "num_beams", "family"}`` of this run."""
+        """``{"prompt", "max_new_tokens", "num_beams", "family", "store"}`` of this run (``store``:
+        the caption store's file, ``None`` without one)."""
         return {"prompt": self.prompt, "max_new_tokens": self.config.max_new_tokens,
-                "num_beams": self.config.num_beams, "family": self.family}
+                "num_beams": self.config.num_beams, "family": self.family,
+                "store": str(self.store.path) if self.store is not None else None}

@@ -1,0 +1,157 @@
+"""BLIP captions on OpenVINO: the two towers of ``caption_towers.py`` converted with
+``openvino.convert_model``, saved in the model's OpenVINO export (``export.py``: sub-folders
+``caption-image-float`` and ``caption-step-float``, verified on every load, converted again when
+corrupt or stale), compiled, and driven by a NumPy greedy loop whose batch shrinks as captions end.
+
+Precision: float32 (``INFERENCE_PRECISION_HINT f32``) unless ``--dtype bfloat16`` / ``float16``
+asks otherwise, so that the captions are torch float32's token for token (tests/test_caption_openvino.py;
+``scripts/bench_caption.py`` on the bench photos). ``CaptionRuntime.generate`` returns what
+``caption_generate.blip_greedy`` returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from . import export
+
+log = logging.getLogger(__name__)
+
+#: The two towers' names in the export.
+TOWERS = ("caption-image", "caption-step")
+#: Conversions made in this process (read by tests).
+CONVERSIONS = {"caption": 0}
+
+
+class CaptionRuntime:
+    """BLIP's compiled towers and the greedy loop over them.
+
+    Args:
+        image: ``pixel_values (B, 3, S, S)`` → ``(keys, values)`` ``(L, B, H, P, d)``.
+        step: ``BlipDecoderStep``'s inputs by name → ``(logits (B, V), keys, values)``.
+        bos, eos, pad: BLIP's ``text_config`` ``bos_token_id``, ``sep_token_id``, ``pad_token_id``.
+    """
+
+    def __init__(self, image: Callable, step: Callable, *, bos: int, eos: int, pad: int) -> None:
+        self.image, self.step = image, step
+        self.bos, self.eos, self.pad = bos, eos, pad
+
+    def generate(self, pixel_values: np.ndarray, input_ids: np.ndarray | None = None, *,
+                 max_new_tokens: int) -> np.ndarray:
+        """``(B, L - 1 + N)`` token ids, as ``caption_generate.blip_greedy``: ``[bos] prefix`` (the
+        prompt ``input_ids (B, L)`` without its ``[CLS]`` and ``[SEP]``, the same for every row),
+        then the new tokens, rows padded after their end-of-sequence token."""
+        keys, values = self.image(np.ascontiguousarray(pixel_values, dtype=np.float32))
+        batch = keys.shape[1]
+        prompt = np.full((batch, 1), self.bos, dtype=np.int64)
+        if input_ids is not None:
+            prompt = np.concatenate([prompt, np.asarray(input_ids, dtype=np.int64)[:, 1:-1]], axis=1)
+        shape = list(keys.shape)
+        shape[3] = 1  # one masked slot: the cache is never empty (caption_towers' docstring)
+        past_k, past_v = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+        mask = np.zeros((batch, 1), np.int64)
+        state = [keys, values, past_k, past_v, mask]
+        for j in range(prompt.shape[1]):  # the prompt, one token a step
+            logits, state = self._advance(prompt[:, j:j + 1], j, state)
+        out = np.full((batch, max_new_tokens), self.pad, dtype=np.int64)
+        alive, steps = np.arange(batch), 0
+        for step in range(max_new_tokens):
+            tokens = logits.argmax(axis=-1)
+            out[alive, step] = tokens
+            steps = step + 1
+            ended = tokens == self.eos
+            if ended.all() or step + 1 == max_new_tokens:
+                break
+            if ended.any():
+                keep = np.flatnonzero(~ended)
+                alive, tokens = alive[keep], tokens[keep]
+                state = [s[:, keep] for s in state[:4]] + [state[4][keep]]
+            logits, state = self._advance(tokens[:, None], prompt.shape[1] + step, state)
+        return np.concatenate([prompt, out[:, :steps]], axis=1)
+
+    def _advance(self, ids: np.ndarray, position: int, state: list) -> tuple[np.ndarray, list]:
+        """One decoder step at ``position`` for the rows in ``state``."""
+        keys, values, past_k, past_v, mask = state
+        mask = np.concatenate([mask, np.ones((mask.shape[0], 1), np.int64)], axis=1)
+        logits, past_k, past_v = self.step({
+            "input_ids": np.ascontiguousarray(ids, dtype=np.int64),
+            "position_ids": np.full(ids.shape, position, dtype=np.int64), "attention_mask": mask,
+            "past_keys": past_k, "past_values": past_v, "cross_keys": keys, "cross_values": values})
+        return logits, [keys, values, past_k, past_v, mask]
+
+
+def _compiled_call(compiled: Any) -> Callable:
+    """A compiled model as ``inputs → tuple of output arrays`` (one reused infer request)."""
+    request = compiled.create_infer_request()
+    outputs = list(compiled.outputs)
+
+    def call(inputs: Any) -> tuple:
+        request.infer(inputs if isinstance(inputs, dict) else {0: inputs})
+        return tuple(np.array(request.get_tensor(o).data) for o in outputs)
+    return call
+
+
+def saved_towers(model: Any, folder: str, input_size: int) -> dict[str, dict[str, Any]]:
+    """The two towers' verified ``export.json`` entries (with ``dir``), converting first those that
+    are missing, stale or corrupt (announced in one line each).
+
+    Raises:
+        OSError: ``folder`` is not a model folder; whatever ``openvino.convert_model`` raises.
+    """
+    from .openvino import version
+
+    where = export.export_dir(folder, "openvino", version())
+    entries = {}
+    for name in TOWERS:
+        fields = {"tower": name, "precision": "float", "input_size": input_size, "family": "blip"}
+        entry = export.verified(where, f"{name}-float", fields)
+        if entry is None:
+            log.warning("converting BLIP's %s tower for OpenVINO (first run only; saved in %s)", name, export.cache_root())
+            entry = export.build_tower(where, f"{name}-float", fields, _writer(model, name, input_size),
+                                       weights_folder=folder, version=version())
+        entries[name] = entry
+    return entries
+
+
+def _writer(model: Any, name: str, input_size: int) -> Callable[[Path], dict]:
+    def write(tmp: Path) -> dict:
+        import openvino as ov
+        import torch
+
+        from .caption_towers import BlipDecoderStep, BlipImageTower, examples
+
+        t0 = time.perf_counter()
+        image_example, step_example = examples(model, input_size)
+        module = BlipImageTower(model) if name == "caption-image" else BlipDecoderStep(model)
+        example = image_example if name == "caption-image" else step_example
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the tracer's warnings: shapes stay dynamic
+            ov_model = ov.convert_model(module.eval(), example_input=example)
+        ov.save_model(ov_model, tmp / "model.xml", compress_to_fp16=False)
+        CONVERSIONS["caption"] += 1
+        log.warning("%s tower ready for OpenVINO in %.1f s", name, time.perf_counter() - t0)
+        return {}
+    return write
+
+
+def build_caption_runtime(model: Any, folder: str, input_size: int, *, device: str = "CPU", dtype: str = "auto",
+          threads: int | None = None) -> CaptionRuntime:
+    """BLIP's ``CaptionRuntime`` on OpenVINO ``device`` (converted or loaded from the export, compiled).
+
+    Raises:
+        OSError: ``folder`` is not a model folder; whatever the exporter or OpenVINO raise.
+    """
+    from .openvino import PRECISION_HINTS, compile_model
+
+    entries = saved_towers(model, folder, input_size)
+    hint = PRECISION_HINTS.get(dtype, "f32")
+    image, step = (_compiled_call(compile_model(Path(entries[n]["dir"]) / "model.xml", device, hint, threads))
+                   for n in TOWERS)
+    text = model.config.text_config
+    return CaptionRuntime(image, step, bos=text.bos_token_id, eos=text.sep_token_id, pad=text.pad_token_id)
