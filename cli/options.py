@@ -102,7 +102,8 @@ TrustOpt = Annotated[bool, typer.Option("--trust-remote-code", rich_help_panel=M
                                         help="Allow a model's own Python code (off by default).")]
 QuantizeOpt = Annotated[Optional[Quantize], typer.Option("--quantize", case_sensitive=False, rich_help_panel=MODEL,
                                                          help=f"{_spelled(QUANTIZE)}: classify: the backend's int8 "
-                                                              "(OpenVINO NNCF, ONNX Runtime dynamic); caption: "
+                                                              "(OpenVINO NNCF, ONNX Runtime dynamic; none: never, "
+                                                              "not even --backend auto's checked int8); caption: "
                                                               "torch's dynamic int8 (CPU only).")]
 OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", rich_help_panel=OUTPUT,
                                                 help="Write results to .csv, .json or .jsonl (else a table).")]

@@ -69,6 +69,11 @@ class BackendChoice:
         calibration_paths: images NNCF calibrates int8 on (the run's first ones).
         text: the text tower's backend when it differs from ``name`` (``openvino`` beside a torch
             image tower on the CPU, see ``auto_text_backend``); empty: ``name``.
+        gate: held-out photos the int8 gate checks an int8 image tower on against float before
+            the run uses it (``int8_gate``; set when ``--backend auto``'s size rule chose int8 and
+            this model's int8 was never checked on this machine); empty: no check.
+        model: the model's key in this machine's run records (``hardware.speeds``; set by the
+            size rule, so the gate's verdict is remembered); empty: none.
     """
 
     name: str
@@ -80,6 +85,8 @@ class BackendChoice:
     providers: tuple[str, ...] = ()
     calibration_paths: tuple[Path, ...] = field(default=(), compare=False)
     text: str = ""
+    gate: tuple[Path, ...] = field(default=(), compare=False)
+    model: str = ""
 
     @property
     def text_backend(self) -> str:

@@ -19,6 +19,7 @@ from typing import Any, Callable, Hashable, Sequence
 import numpy as np
 
 from ..arrays import as_numpy, dtype_name
+from ..backends.tower import quantized
 from ..input import DECODE_RECIPE
 from ..store import TextKey, encode_through
 
@@ -50,8 +51,10 @@ def store_parts(task: Any) -> dict[str, Any]:
     ``encoder``'s facts (``model_type``, ``input_size``, ``image_recipe``: ``processor_recipe`` of its
     image processor), so a transformers-loaded model and its saved export build the same key."""
     facts = task.encoder.facts
+    # an int8 conversion that --backend auto chose keys like --quantize int8: precisions never mix
+    quantize = task.config.quantize if task.config.quantize == "int8" else quantized(task.image_encoder)
     return {"model_type": task.encoder.model_type, "dtype": dtype_name(task.dtype),
-            "quantize": task.config.quantize, "backend": encoder_name(task.image_encoder),
+            "quantize": quantize, "backend": encoder_name(task.image_encoder),
             "input_size": facts.get("input_size"),
             "preprocess": facts["image_recipe"], "decode_recipe": DECODE_RECIPE}
 
