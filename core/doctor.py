@@ -202,9 +202,15 @@ def plan_facts(*, recalibrate: bool = False) -> dict:
 
 def backend_section(plan: dict) -> dict:
     """``core.backends.backend_facts`` for the device the plan section proved (torch imported here)."""
-    from . import backends
+    from pathlib import Path
 
-    return backends.backend_facts(plan.get("device"))
+    from . import backends, models
+    from .config import RunConfig
+    from .engine.plan import model_key
+
+    config = RunConfig(task="classify", inputs=(Path("."),), labels=("-",))
+    key = model_key(config) or models.model_for("classify", config.lang, None)  # its folder when on disk
+    return backends.backend_facts(plan.get("device"), key, int(plan.get("threads") or 1))
 
 
 def model_facts(cache_dir: str | None = None, *, check_hub: bool = True, hub_timeout: float = HUB_TIMEOUT_S) -> dict:

@@ -144,3 +144,13 @@ def test_an_agreeing_int8_is_kept_and_the_store_keeps_precisions_apart(int8_pays
     again, _ = _run(tiny_clip, photos, **store)
     assert again.info()["quantize"] == "int8" and again.stats.cached == len(records)
     assert not again.task.image_encoder.backend == "torch"
+
+
+@needs_nncf
+def test_doctor_says_what_auto_does_for_100_and_10000_photos(cpu, tiny_clip):
+    from wwts.core.backends.facts import backend_facts
+
+    sized = backend_facts("cpu", str(tiny_clip), 2)["auto"]["sized"]
+    assert sized["100"]["backend"] == "torch" and "finishes 100 photos first" in sized["100"]["reason"]
+    assert (sized["10000"]["backend"], sized["10000"]["int8"]) == ("openvino", True)
+    assert "repay converting" in sized["10000"]["reason"]
