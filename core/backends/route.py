@@ -24,15 +24,17 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 #: ``path: (images/s, load_s from a saved conversion or without one, load_s of a converting run)``
-#: when this machine has no record of the path. Measured with ``make bench`` (whole processes,
-#: full-size random-weight Chinese-CLIP ViT-B/16, batch 8, 2 threads, 92 photos) on the 2-core AMD
-#: EPYC Zen 4 VM (AVX2, no AVX-512) of issue 22, busy with other work; AMX rows from the
-#: Sapphire Rapids-class VM of ``select``'s docstring (92 photos: torch bf16 10.7 s whole process).
+#: for a path this machine never ran. Derived from issue 22's table (``make bench``, whole processes,
+#: full-size random-weight Chinese-CLIP ViT-B/16, 92 photos, batch 8, on a 2-core AVX512-VNNI Xeon
+#: VM without bf16/AMX): OpenVINO f32 from a saved conversion 14.6 s, converting 36.8 s; NNCF int8
+#: saved 7.4 s, converting and calibrating 76.8 s; the HF pipeline (torch float32, which re-encodes
+#: the prompts per image) 27.9 s. torch bf16 from the AMX VM of ``select``'s docstring (10.7 s),
+#: ONNX Runtime's dynamic int8 from its 12-15 images/s there. Each machine's own runs replace them.
 PRIORS: dict[str, tuple[float, float, float]] = {
     "torch/float32": (4.0, 6.0, 6.0),
     "torch/bfloat16": (10.0, 6.0, 6.0),
-    "openvino/float": (8.0, 1.5, 30.0),
-    "openvino/int8": (14.0, 1.5, 90.0),
+    "openvino/float": (8.0, 3.0, 25.0),
+    "openvino/int8": (14.0, 1.5, 70.0),
     "onnxruntime/int8": (12.0, 1.5, 60.0),
 }
 

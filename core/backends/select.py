@@ -27,6 +27,10 @@ store), so its speed hardly matters; what matters is that a later run with new l
 are all in the store needs neither torch nor the image tower (``tasks.compiled``): 4.3 s → about
 1 s to re-label the 92 bench photos on the AMX machine (``make bench``).
 
+For a classify run on a CPU that rule 5 (or rule 4's text tower) would send to OpenVINO, the engine
+then applies the size rule (``route``, ``build.size_rule``): convert only when the photos this model
+processes on this machine repay the conversion, else start at once on what finishes first.
+
 A backend asked for by name and not installed is one ``UsageError`` line saying what to install.
 """
 
