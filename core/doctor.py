@@ -206,10 +206,12 @@ def backend_section(plan: dict) -> dict:
 
     from . import backends, models
     from .config import RunConfig
-    from .engine.plan import model_key
 
-    config = RunConfig(task="classify", inputs=(Path("."),), labels=("-",))
-    key = model_key(config) or models.model_for("classify", config.lang, None)  # its folder when on disk
+    name = models.model_for("classify", RunConfig(task="classify", inputs=(Path("."),), labels=("-",)).lang, None)
+    try:
+        key = str(models.resolve(name))  # its folder when on disk: the key of the engine's run records
+    except Exception:  # not cached: the hub id (no records, no saved conversion)
+        key = name
     return backends.backend_facts(plan.get("device"), key, int(plan.get("threads") or 1))
 
 

@@ -98,11 +98,11 @@ def size_rule(choice: BackendChoice, model: str, images: int, paths: Sequence[Pa
     checked here gets ``gate`` photos. The reason says the pick and why."""
     import importlib.util
 
-    from ..hardware import cpu_dtype_without_torch, speeds
+    from ..hardware import cpu_dtype_without_torch, model_record
     from . import int8_gate, route
 
     threads = choice.threads or 1
-    record = speeds.model_record(model, threads)
+    record = model_record(model, threads)
     verdict = record["int8"].get("passed")
     amx = devices.cpu_has_amx()
     runtimes = [] if amx else ["openvino/float"]  # select's rule 4: torch bf16 beats OpenVINO f32 on AMX
@@ -222,7 +222,7 @@ def _gated(model: torch.nn.Module, choice: BackendChoice, tokens: Mapping[str, A
     (``hardware.speeds.record_int8``: a refused int8 is not tried again)."""
     import numpy as np
 
-    from ..hardware import speeds
+    from ..hardware import record_int8
     from . import int8_gate, openvino
     from .tower import normalized
 
@@ -233,7 +233,7 @@ def _gated(model: torch.nn.Module, choice: BackendChoice, tokens: Mapping[str, A
     pixels = np.concatenate(openvino.calibration_arrays(choice.gate, prepare, input_size))
     features = normalized(np.asarray(text.encode(labels()))) if labels is not None else None
     verdict = int8_gate.compare(float_image, int8_image, pixels, features)
-    speeds.record_int8(choice.model or model_folder(model), choice.threads or 1, verdict.as_record())
+    record_int8(choice.model or model_folder(model), choice.threads or 1, verdict.as_record())
     if verdict.passed:
         log.warning("%s: this run and later ones use int8 (remembered for this model on this machine)", verdict.line())
         return int8_image, text

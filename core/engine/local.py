@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .. import hardware as devices
-from ..backends.tower import quantized
+from ..backends import quantized
 from ..config import RunConfig
 from ..errors import ImageError
 from ..input import DecodePool, Sample

@@ -93,8 +93,6 @@ def record_run(run: Runner, backend: backends.BackendChoice, converted: bool, th
     """Add a finished local classify run on the CPU to this machine's records (``hardware.speeds``):
     its photos (those not served by the embedding store), steady images/s and load seconds, under
     the path it ran (``openvino/int8``, ``torch/float32``...)."""
-    from ..hardware import speeds
-
     task, stats = run.task, run.stats
     encoder = getattr(task, "image_encoder", None)
     if not backend.model or encoder is None or stats.images == 0:
@@ -104,7 +102,7 @@ def record_run(run: Runner, backend: backends.BackendChoice, converted: bool, th
     else:
         path = f"{backend.name}/{backends.quantized(encoder) or 'float'}"
     fresh = max(0, stats.images - stats.cached)
-    speeds.record_run(backend.model, threads, path, images=fresh,
+    devices.record_run(backend.model, threads, path, images=fresh,
                       images_per_s=stats.steady_images_per_s if stats.cached == 0 else 0.0,
                       load_s=stats.load_s, converted=converted)
 

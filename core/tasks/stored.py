@@ -19,7 +19,7 @@ from typing import Any, Callable, Hashable, Sequence
 import numpy as np
 
 from ..arrays import as_numpy, dtype_name
-from ..backends.tower import quantized
+from ..backends import quantized
 from ..input import DECODE_RECIPE
 from ..store import TextKey, encode_through
 
