@@ -46,6 +46,14 @@ def test_this_machines_records_decide_and_name_the_conversion_time():
     assert pick.path == "openvino/float" and "finishes 20 photos first" in why
 
 
+def test_a_slow_machines_records_scale_the_priors_it_has_no_record_for():
+    record = {"torch/float32": {"images_per_s": 0.4, "load_s": 60.0}}  # 10x slower than the priors' machine
+    assert route.pace(record) == pytest.approx(0.1)
+    torch_route, float_route = route.routes_for("float32", ["openvino/float"], {}, record)
+    assert float_route.images_per_s == pytest.approx(0.8) and float_route.start_s == pytest.approx(250.0)
+    assert not float_route.recorded and torch_route.recorded
+
+
 def test_small_runs_repeated_convert_once_their_sum_repays_it():
     routes = route.routes_for("float32", ["openvino/float"], {}, {})
     now, conv = routes

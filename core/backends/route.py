@@ -13,13 +13,15 @@ the conversion and calibration when not saved) and images/s after it. ``choose``
    makes small runs repeated many times convert in the end, once their sum would have repaid it.
 
 The figures are this machine's records (``hardware.speeds``: each classify run records its load
-seconds and steady images/s per path) and, for a path never run here, ``PRIORS``. A caller that
+seconds and steady images/s per path) and, for a path never run here, ``PRIORS`` scaled by how fast
+this machine ran the paths it recorded against them (``pace``). A caller that
 adds another kind of run (captions) gives its own routes to ``choose``; ``routes_for`` builds a
 classify run's.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -82,15 +84,26 @@ class Route:
         return self.start_s + images / self.images_per_s
 
 
-def route(path: str, saved: bool, record: Mapping[str, Any]) -> Route:
+def pace(record: Mapping[str, Any]) -> float:
+    """How fast this machine runs against the machine of ``PRIORS``: the geometric mean, over the
+    paths it recorded images/s for, of recorded / prior images/s (1.0 without records). A missing
+    figure is its prior scaled by it, so a slow (or busy) machine's measured PyTorch rate is not
+    weighed against a fast machine's OpenVINO prior."""
+    ratios = [float(r["images_per_s"]) / PRIORS[p][0] for p, r in record.items()
+              if p in PRIORS and isinstance(r, dict) and (r.get("images_per_s") or 0) > 0]
+    return float(math.prod(ratios) ** (1 / len(ratios))) if ratios else 1.0
+
+
+def route(path: str, saved: bool, record: Mapping[str, Any], scale: float = 1.0) -> Route:
     """The ``Route`` of ``path`` (``openvino/int8``...) from this machine's record of the model
-    (``hardware.speeds.model_record``'s ``paths``), each missing figure from ``PRIORS``."""
+    (``hardware.speeds.model_record``'s ``paths``), each missing figure from ``PRIORS`` at this
+    machine's ``pace`` (``scale``: images/s times it, seconds divided by it)."""
     backend, precision = path.split("/")
     rate, load, convert = PRIORS[path]
     mine = record.get(path) or {}
     start = mine.get("load_s") if saved or backend == "torch" else mine.get("convert_s")
-    return Route(backend, precision, float(start if start is not None else (load if saved else convert)),
-                 float(mine.get("images_per_s") or rate), saved or backend == "torch",
+    return Route(backend, precision, float(start if start is not None else (load if saved else convert) / scale),
+                 float(mine.get("images_per_s") or rate * scale), saved or backend == "torch",
                  recorded=bool(mine.get("images_per_s")) and start is not None)
 
 
@@ -99,7 +112,9 @@ def routes_for(torch_precision: str, runtimes: Sequence[str], saved: Mapping[str
     """A classify run's routes on this CPU: PyTorch at ``torch_precision`` and each of ``runtimes``
     (``openvino/float``, ``openvino/int8``, ``onnxruntime/int8``: what is installed and allowed),
     ``saved`` saying which of those have a saved conversion here."""
-    return [route(f"torch/{torch_precision}", True, record)] + [route(p, bool(saved.get(p)), record) for p in runtimes]
+    scale = pace(record)
+    return [route(f"torch/{torch_precision}", True, record, scale)] + \
+        [route(p, bool(saved.get(p)), record, scale) for p in runtimes]
 
 
 def choose(images: int, done: int, routes: Sequence[Route]) -> tuple[Route, str]:
