@@ -52,6 +52,7 @@ def test_a_slow_machines_records_scale_the_priors_it_has_no_record_for():
     torch_route, float_route = route.routes_for("float32", ["openvino/float"], {}, record)
     assert float_route.images_per_s == pytest.approx(0.8) and float_route.start_s == pytest.approx(250.0)
     assert not float_route.recorded and torch_route.recorded
+    assert route.pace({"torch/float32": {"images_per_s": 40.0, "load_s": 1.0}}) == 1.0  # never above the priors
 
 
 def test_small_runs_repeated_convert_once_their_sum_repays_it():

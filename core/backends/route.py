@@ -86,12 +86,13 @@ class Route:
 
 def pace(record: Mapping[str, Any]) -> float:
     """How fast this machine runs against the machine of ``PRIORS``: the geometric mean, over the
-    paths it recorded images/s for, of recorded / prior images/s (1.0 without records). A missing
-    figure is its prior scaled by it, so a slow (or busy) machine's measured PyTorch rate is not
-    weighed against a fast machine's OpenVINO prior."""
+    paths it recorded images/s for, of recorded / prior images/s, at most 1.0 (1.0 without records).
+    A missing figure is its prior scaled by it, so a slow (or busy) machine's measured PyTorch rate
+    is not weighed against a fast machine's OpenVINO prior; a faster machine (or a smaller model)
+    keeps the priors: a fast PyTorch run does not prove a conversion cheaper."""
     ratios = [float(r["images_per_s"]) / PRIORS[p][0] for p, r in record.items()
               if p in PRIORS and isinstance(r, dict) and (r.get("images_per_s") or 0) > 0]
-    return float(math.prod(ratios) ** (1 / len(ratios))) if ratios else 1.0
+    return min(1.0, float(math.prod(ratios) ** (1 / len(ratios)))) if ratios else 1.0
 
 
 def route(path: str, saved: bool, record: Mapping[str, Any], scale: float = 1.0) -> Route:
