@@ -165,9 +165,12 @@ def _backend_renderables(b: dict) -> list:
         rows.append(("ONNX Runtime", Text(f"not installed ({ort.get('install')})", style="dim")))
     else:
         rows.append(("ONNX Runtime", ort.get("error") or f"{ort.get('version')} [{', '.join(ort.get('providers') or [])}]"))
-    for key, label in (("classify", "auto picks"), ("classify_int8", "auto, --quantize int8")):
+    for key, label in (("classify", "auto, by device"), ("classify_int8", "auto, --quantize int8")):
         a = (b.get("auto") or {}).get(key) or {}
         rows.append((label, f"{a.get('backend') or '-'}: {a.get('reason')}"))
+    for size, a in ((b.get("auto") or {}).get("sized") or {}).items():
+        pick = a.get("error") or f"{a.get('backend')}{' int8' if a.get('int8') else ''}: {a.get('reason')}"
+        rows.append((f"auto, {int(size):,} photos", pick))
     conv = b.get("conversions") or {}
     rows.append(("conversions", f"{conv.get('count', 0)} saved, {_size(conv.get('bytes'))} (+ "
                                 f"{_size(conv.get('compiled_bytes'))} compiled) in {conv.get('folder')}; "

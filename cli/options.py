@@ -104,7 +104,8 @@ TrustOpt = Annotated[bool, typer.Option("--trust-remote-code", rich_help_panel=M
                                         help="Allow a model's own Python code (off by default).")]
 QuantizeOpt = Annotated[Optional[Quantize], typer.Option("--quantize", case_sensitive=False, rich_help_panel=MODEL,
                                                          help=f"{_spelled(QUANTIZE)}: classify: the backend's int8 "
-                                                              "(OpenVINO NNCF, ONNX Runtime dynamic); caption: "
+                                                              "(OpenVINO NNCF, ONNX Runtime dynamic; none: never, "
+                                                              "not even --backend auto's checked int8); caption: "
                                                               "torch's dynamic int8 (CPU only).")]
 ImageSizeOpt = Annotated[Optional[int], typer.Option("--image-size", min=16, max=4096, metavar="PIXELS",
                                                      rich_help_panel=MODEL, show_default="the model's", help=(

@@ -155,11 +155,14 @@ def start_line(plan: dict) -> str:
     """``wwts classify: 20 images · model M · device cpu · dtype float32 · threads 2 · batch size 8``
     from the plan ``engine.start`` passes to its ``loading`` callback (or ``Run.info()``); with
     ``--quantize int8`` the dtype reads ``float32 + int8 Linear layers``."""
-    dtype = plan["dtype"] + (f" + {plan['quantize']} Linear layers" if plan.get("quantize") else "")
+    int8 = plan.get("quantize") == "int8"
+    dtype = plan["dtype"] + (f" + {plan['quantize']} Linear layers" if int8 else "")
     if plan.get("backend") not in (None, "torch"):  # OpenVINO / ONNX Runtime: their own device names
-        dtype = f"{plan['dtype']}{' + int8' if plan.get('quantize') else ''} · backend {plan['backend']}"
-    return (f"wwts {plan['task']}: {plan['images']} images · model {plan['model']} · device {plan['device']} · "
+        dtype = f"{plan['dtype']}{' + int8' if int8 else ''} · backend {plan['backend']}"
+    line = (f"wwts {plan['task']}: {plan['images']} images · model {plan['model']} · device {plan['device']} · "
             f"dtype {dtype} · threads {plan['threads']} · batch size {plan['batch_size']}")
+    # the size rule's pick and reason (``backends.size_rule``): why this run converts, or does not
+    return line + (f" · {plan['route']}" if plan.get("route") else "")
 
 
 def cpu_note(plan: dict) -> str | None:
@@ -167,8 +170,8 @@ def cpu_note(plan: dict) -> str | None:
     figure: the progress bar and the summary show the speed measured on this machine."""
     if not str(plan["device"]).lower().startswith("cpu"):  # torch says cpu, OpenVINO CPU
         return None
-    int8 = "" if plan.get("quantize") else (" --quantize int8 may be faster on this CPU: `make bench` measures "
-                                            "it and its agreement with float32.")
+    int8 = "" if plan.get("quantize") or plan.get("route") else (
+        " --quantize int8 may be faster on this CPU: `make bench` measures it and its agreement with float32.")
     return ("CPU mode: slower than a GPU." + int8 + " With an NVIDIA GPU install a CUDA build of torch "
             "(https://pytorch.org/get-started/locally/); on an Apple-silicon Mac use --device mps.")
 

@@ -23,7 +23,7 @@ TASKS = ("classify", "caption")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 #: Caption languages (``--lang``): each picks a default model and prompt.
 LANGS = ("en", "zh")
-QUANTIZE = (None, "int8")
+QUANTIZE = (None, "int8", "none")  # none: float, never int8 (--backend auto may choose int8)
 #: ``--backend`` choices (``core.backends.select`` documents the ``auto`` rule).
 BACKENDS = ("auto", "torch", "openvino", "onnxruntime")
 #: Default zero-shot prompt template; Chinese-CLIP's own zero-shot templates are of this form
@@ -190,7 +190,8 @@ class RunConfig:
         top_k: classify only, labels per record (capped at ``len(labels)``).
         lang: caption only, ``"en"`` or ``"zh"``; picks the default model and prompt.
         max_new_tokens, min_new_tokens, num_beams, repetition_penalty: caption generation.
-        quantize: ``None`` or ``"int8"`` (dynamic int8 Linear layers, CPU only).
+        quantize: ``None``, ``"int8"`` (dynamic int8 Linear layers, CPU only) or ``"none"`` (float:
+            ``--backend auto`` never chooses int8).
         trust_remote_code: passed to ``from_pretrained``; off by default.
         allow_truncated: decode truncated files as far as they go instead of an error record.
         max_pixels: refuse larger images from their header (``None``: Pillow's limit, ~89 MP).
@@ -278,7 +279,7 @@ class RunConfig:
             if value is not None and value < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
         if self.quantize not in QUANTIZE:
-            raise UsageError(f"unknown quantization {self.quantize!r}; valid: int8")
+            raise UsageError(f"unknown quantization {self.quantize!r}; valid: int8, none")
         if self.ray is not None and not self.ray.strip():
             raise UsageError("--ray needs an address: auto, HOST:PORT or ray://HOST:10001")
         if self.head not in (None, "search", "embed"):

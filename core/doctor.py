@@ -202,9 +202,17 @@ def plan_facts(*, recalibrate: bool = False) -> dict:
 
 def backend_section(plan: dict) -> dict:
     """``core.backends.backend_facts`` for the device the plan section proved (torch imported here)."""
-    from . import backends
+    from pathlib import Path
 
-    return backends.backend_facts(plan.get("device"))
+    from . import backends, models
+    from .config import RunConfig
+
+    name = models.model_for("classify", RunConfig(task="classify", inputs=(Path("."),), labels=("-",)).lang, None)
+    try:
+        key = str(models.resolve(name))  # its folder when on disk: the key of the engine's run records
+    except Exception:  # not cached: the hub id (no records, no saved conversion)
+        key = name
+    return backends.backend_facts(plan.get("device"), key, int(plan.get("threads") or 1))
 
 
 def model_facts(cache_dir: str | None = None, *, check_hub: bool = True, hub_timeout: float = HUB_TIMEOUT_S) -> dict:

@@ -660,6 +660,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--idle-wait", type=float, default=180,
                     help="before each run, wait up to this many seconds for other programs to leave "
                          "the CPUs idle (0: do not wait; default 180)")
+    ap.add_argument("--journey-only", action="store_true",
+                    help="only the seed, pipeline and journey rows (scripts/bench_journey.py)")
+    ap.add_argument("--journey-sizes", default="", help="LARGE,BIG corpus sizes of the journey rows "
+                    "(default 1500,4000; --quick 40,0)")
     args = ap.parse_args(argv)
     only_gate = args.agreement_only
     with_caption = not (args.skip_caption or only_gate)
@@ -735,6 +739,10 @@ def main(argv: list[str] | None = None) -> int:
     ov_store_plan = store_rows(classify, work / "store-openvino-int8", "openvino-int8",
                                tuple(variant_args("openvino", "auto", True)), work / "conversion-caches" / "openvino-int8",
                                photos=distinct)
+    from bench_journey import journey_lines, journey_rows
+
+    large, big = (int(x) for x in (args.journey_sizes or ("40,0" if args.quick else "1500,4000")).split(","))
+    journey_plan = journey_rows(classify, work, cls_dir, large=large, big=big)
     c_seed = Row(f"seed caption (generate 1 image/call, {CAPTION_TOKENS} tokens)",
                  [python, seed_py, "--mode", "caption", "--model", str(blip), "--max-new-tokens",
                   str(CAPTION_TOKENS), str(cap_dir)])
@@ -747,9 +755,11 @@ def main(argv: list[str] | None = None) -> int:
                    "--quantize", "int8")
     if only_gate:
         plan = [w_fp, w_bf, w_q8, *backend_plan]
+    elif args.journey_only:
+        plan = [(seed, None), (pipe, None), *journey_plan]
     else:
         plan = [(seed, None), (pipe, None), w_first, w_def, w_fp, w_bf, w_q8, *backend_plan, *store_plan,
-                *ov_store_plan, *prompt_plan]
+                *ov_store_plan, *prompt_plan, *journey_plan]
         if with_caption:
             from bench_caption import caption_backend_lines, caption_backend_rows, caption_store_lines, caption_store_rows
 
@@ -768,6 +778,9 @@ def main(argv: list[str] | None = None) -> int:
                                f"others kept {row.others or 0:.2f} CPUs busy")
         print(f"  {status}", file=sys.stderr, flush=True)
     rows = [r for r, _ in plan]
+    if args.journey_only:  # the journey's table and target lines, nothing else (no report file)
+        print(table(rows, seed, pipe, None) + "\n\n" + "\n".join(journey_lines(journey_plan, seed, pipe, work)))
+        return 0
     w_def, w_fp, w_bf, w_q8, c_def, c_fp, c_bf, c_q8 = (x[0] for x in (w_def, w_fp, w_bf, w_q8, c_def, c_fp,
                                                                        c_bf, c_q8))
 
@@ -837,6 +850,7 @@ def main(argv: list[str] | None = None) -> int:
         ov_cached = next(r for r, _ in backend_plan if r.name == "wwts classify openvino-int8: conversion cached")
         checks += store_checks(ov_store_plan, ov_cached, compare_classify, "openvino-int8")
         checks += ensemble_lines([r for r, _ in prompt_plan])
+        checks += journey_lines(journey_plan, seed, pipe, work)
         try:
             checks += hashing_lines(sorted(cls_dir.glob("*.jpg")), clip)
         except Exception as exc:  # the timing rows stand without it

@@ -23,7 +23,7 @@ neither.
 """
 
 from ..lazy import lazy_exports
-from .tower import LazyTower, RuntimeTower, Tower, l2_normalize, normalized, tower_name
+from .tower import LazyTower, RuntimeTower, Tower, l2_normalize, normalized, quantized, tower_name
 from .build import build_towers, export_path, export_towers, load_export, model_folder, plan_backend, save_facts
 from .export import Conversion, cache_root, clear_conversions, list_conversions
 from .facts import backend_facts
@@ -32,7 +32,7 @@ from .select import (BACKENDS, INSTALL, BackendChoice, auto_backend, auto_backen
                      is_x86)
 
 __all__ = [
-    "LazyTower", "RuntimeTower", "Tower", "l2_normalize", "normalized", "tower_name", "build_towers",
+    "LazyTower", "RuntimeTower", "Tower", "l2_normalize", "normalized", "quantized", "tower_name", "build_towers",
     "export_path", "export_towers", "load_export", "plan_backend", "save_facts", "TorchTower", "as_features",
     "backend_facts", "Conversion", "cache_root", "clear_conversions", "list_conversions", "onnxruntime_providers",
     "openvino_device_names", "openvino_devices", "resolve_openvino_device", "BACKENDS", "INSTALL", "BackendChoice",

@@ -28,7 +28,8 @@ ENV_BACKEND = "WWTS_BACKEND"
 
 def plan_backend(backend: str, device: str, *, task: str, dtype: str = "auto", int8: bool = False,
                  threads: int | None = None, paths: Sequence[Path] = (),
-                 torch_device: Callable[[], str] = lambda: "cpu", reason: str = "") -> BackendChoice:
+                 torch_device: Callable[[], str] = lambda: "cpu", reason: str = "", model: str = "",
+                 int8_allowed: bool = True) -> BackendChoice:
     """The backend of a run and its device, checked before the model loads.
 
     Args:
@@ -42,6 +43,10 @@ def plan_backend(backend: str, device: str, *, task: str, dtype: str = "auto", i
         torch_device: proves the torch device for ``device`` and returns its type; called only by
             the ``auto`` rule, never for ``--backend openvino`` (which must not touch CUDA).
         reason: why this backend, when the caller knows (default: ``--backend NAME``).
+        model: the model folder (or hub id) of a classify run: ``--backend auto`` on a CPU then
+            weighs converting against the run's size (``route``, ``size_rule``); empty: it does not.
+        int8_allowed: the size rule may choose int8 (not with ``--dtype float32`` or
+            ``--quantize none``).
 
     ``--backend auto`` takes the backend named by the environment variable ``WWTS_BACKEND``
     when it is set (a machine-wide preference; caption ignores one other than torch), else
@@ -73,12 +78,53 @@ def plan_backend(backend: str, device: str, *, task: str, dtype: str = "auto", i
         name, reason, text = backend, reason or "--backend " + backend, backend
     choice = BackendChoice(name, reason, device=device, dtype=dtype, int8=int8, threads=threads,
                            calibration_paths=tuple(paths[:300]) if int8 else (), text="" if text == name else text)
-    if name == "openvino":
+    if backend == "auto" and model and task == "classify" and not int8 and device.lower() in ("auto", "cpu") \
+            and (name == "openvino" or text == "openvino"):  # a CPU that OpenVINO would run
+        choice = size_rule(choice, model, len(paths), paths, int8_allowed=int8_allowed and dtype == "auto")
+    if choice.name == "openvino":
         return replace(choice, device=devices.resolve_openvino_device(device))
-    if name == "onnxruntime":
+    if choice.name == "onnxruntime":
         label, providers = devices.resolve_ort_providers(device)
         return replace(choice, device=label, providers=providers)
     return choice
+
+
+def size_rule(choice: BackendChoice, model: str, images: int, paths: Sequence[Path], *,
+              int8_allowed: bool) -> BackendChoice:
+    """``choice`` (``--backend auto``'s pick for a classify run on this CPU) with the route of
+    ``route.choose``: PyTorch at once, a saved conversion, or a conversion (float or int8) that this
+    model's photos on this machine repay. Routes from this machine's records (``hardware.speeds``);
+    int8 only when allowed, NNCF is installed and the gate never refused it here; an int8 never
+    checked here gets ``gate`` photos. The reason says the pick and why."""
+    import importlib.util
+
+    from ..hardware import cpu_dtype_without_torch, model_record
+    from . import int8_gate, route
+
+    threads = choice.threads or 1
+    record = model_record(model, threads)
+    verdict = record["int8"].get("passed")
+    amx = devices.cpu_has_amx()
+    runtimes = [] if amx else ["openvino/float"]  # select's rule 4: torch bf16 beats OpenVINO f32 on AMX
+    if int8_allowed and verdict is not False and importlib.util.find_spec("nncf") is not None:
+        runtimes.append("openvino/int8")
+    saved = {path: load_export(model, "openvino", path.endswith("int8")) is not None for path in runtimes}
+    if verdict is None:
+        saved["openvino/int8"] = False  # never checked here: the gate runs (the saved tower is reused)
+    torch_dtype = cpu_dtype_without_torch("auto", 8, threads) or ("bfloat16" if amx else "float32")
+    pick, why = route.choose(images, record["images"], route.routes_for(torch_dtype, runtimes, saved, record["paths"]))
+    reason = f"auto: {why}"
+    if pick.backend == "torch":
+        # label text on OpenVINO where its conversion is saved, or where select's rule puts it (AMX:
+        # torch-free relabelling); else on the loaded torch model, converting nothing
+        text = "openvino" if choice.text == "openvino" or load_export(model, "torch", False) is not None else ""
+        return replace(choice, name="torch", reason=reason, text=text, model=model)
+    calibration, gate = int8_gate.split(paths, 300) if pick.int8 and verdict is None else (tuple(paths[:300]), ())
+    if pick.int8 and verdict is None and not gate:
+        return replace(choice, name="openvino", reason=reason + " (too few photos to check int8: float)",
+                       text="", model=model)
+    return replace(choice, name="openvino", reason=reason, int8=pick.int8, text="", model=model,
+                   calibration_paths=calibration if pick.int8 else (), gate=gate)
 
 
 def model_folder(model: Any) -> str:
@@ -89,7 +135,8 @@ def model_folder(model: Any) -> str:
 
 def build_towers(model: torch.nn.Module, device: torch.device, dtype: torch.dtype, choice: BackendChoice | None,
                  *, tokens: Callable[[], Mapping[str, Any]] | None, input_size: int | None,
-                 prepare: Callable[[Any], torch.Tensor] | None = None) -> tuple[Tower, Tower]:
+                 prepare: Callable[[Any], torch.Tensor] | None = None,
+                 labels: Callable[[], Mapping[str, Any]] | None = None) -> tuple[Tower, Tower]:
     """The image and text towers of a loaded dual encoder on the chosen backend.
 
     Args:
@@ -101,6 +148,8 @@ def build_towers(model: torch.nn.Module, device: torch.device, dtype: torch.dtyp
             called only for a backend that converts).
         input_size: the image side in pixels (recorded with the export, export example).
         prepare: one image → ``pixel_values (1, 3, S, S)`` (OpenVINO int8 calibration).
+        labels: gives a tokenizer output of up to ``int8_gate.GATE_PROMPTS`` of the run's label
+            prompts (the int8 gate's top-1 agreement; called only when ``choice.gate`` is set).
 
     Raises:
         ModelLoadError: the model cannot be converted for the backend (the line suggests
@@ -122,6 +171,8 @@ def build_towers(model: torch.nn.Module, device: torch.device, dtype: torch.dtyp
     if tokens is None:
         raise ValueError("the label tokens are needed to convert the text tower")
     try:
+        if choice.gate:
+            return _gated(model, choice, tokens(), input_size, prepare, labels)
         return _convert(model, choice, tokens(), input_size, prepare)
     except WwtsError:
         raise
@@ -160,6 +211,35 @@ def _convert(model: torch.nn.Module, choice: BackendChoice, tokens: Mapping[str,
 
     return onnxruntime.build(model, folder=folder, providers=choice.providers, dtype=choice.dtype,
                              int8=choice.int8, threads=choice.threads, input_size=input_size, tokens=tokens)
+
+
+def _gated(model: torch.nn.Module, choice: BackendChoice, tokens: Mapping[str, Any], input_size: int | None,
+           prepare: Callable[[Any], torch.Tensor] | None,
+           labels: Callable[[], Mapping[str, Any]] | None) -> tuple[Tower, Tower]:
+    """OpenVINO's towers with the image tower at int8 when the int8 gate passes on the held-out photos
+    ``choice.gate`` (``int8_gate.compare`` against the float conversion, which is made too: it is the
+    fallback), else at float; the verdict is said once and remembered for this model on this machine
+    (``hardware.speeds.record_int8``: a refused int8 is not tried again)."""
+    import numpy as np
+
+    from ..hardware import record_int8
+    from . import int8_gate, openvino
+    from .tower import normalized
+
+    if prepare is None:
+        raise ValueError("the int8 gate needs the image preparation")
+    float_image, text = _convert(model, replace(choice, int8=False), tokens, input_size, prepare)
+    int8_image, _ = _convert(model, choice, tokens, input_size, prepare)
+    pixels = np.concatenate(openvino.calibration_arrays(choice.gate, prepare, input_size))
+    features = normalized(np.asarray(text.encode(labels()))) if labels is not None else None
+    verdict = int8_gate.compare(float_image, int8_image, pixels, features)
+    record_int8(choice.model or model_folder(model), choice.threads or 1, verdict.as_record())
+    if verdict.passed:
+        log.warning("%s: this run and later ones use int8 (remembered for this model on this machine)", verdict.line())
+        return int8_image, text
+    log.warning("%s: this run uses float, and so will later ones (remembered for this model on this machine; "
+                "--quantize int8 still asks for it)", verdict.line())
+    return float_image, text
 
 
 def export_path(folder: str | os.PathLike, backend: str) -> Path:

@@ -312,7 +312,8 @@ def clear_conversions(backend: str | None = None) -> tuple[int, int]:
 def estimate_seconds(runtime: str, precision: str, parameters: int) -> float | None:
     """Seconds a conversion of a tower with ``parameters`` weights will take, scaled from the
     conversions this machine made before (median seconds per parameter of the same runtime and
-    precision); ``None`` without such a history."""
+    precision, of towers within 4x this one's size: a tiny test model's fixed costs per parameter
+    once announced 503 s for a conversion that took 6 s); ``None`` without such a history."""
     rates = sorted(c.seconds / c.parameters for c in list_conversions(runtime)
-                   if c.precision == precision and c.parameters)
+                   if c.precision == precision and c.parameters and parameters / 4 <= c.parameters <= 4 * parameters)
     return rates[len(rates) // 2] * parameters if rates else None

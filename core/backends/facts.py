@@ -12,19 +12,21 @@ from .devices import cpu_has_amx, onnxruntime_providers, openvino_device_names, 
 from .select import INSTALL, auto_backends, installed
 
 
-def backend_facts(torch_device: str | None) -> dict[str, Any]:
+def backend_facts(torch_device: str | None, model: str = "", threads: int = 1) -> dict[str, Any]:
     """Facts about the backends on this machine.
 
     Args:
         torch_device: the device ``--device auto`` proves for torch (``"cpu"``, ``"cuda:0"``;
             from the doctor's plan section, so no device is probed twice).
+        model / threads: the default classify model (its folder when on disk) and the run's
+            threads: on a CPU, ``auto["sized"]`` is ``sized_picks`` for them.
 
     Returns:
         ``{"openvino": {"installed", "version", "devices": [{"name", "full_name",
         "capabilities"}], "install"}, "onnxruntime": {"installed", "version", "providers",
         "install"}, "conversions": {"folder", "count", "bytes", "compiled_bytes", "bundles" (exports with the
         facts a classify run starts from without torch), "items": [...]},
-        "auto": {"classify": {"backend", "reason", "text_backend"}, "classify_int8": {...}}}``; a part that
+        "auto": {"classify": {"backend", "reason", "text_backend"}, "classify_int8": {...}, "sized": {...}}}``; a part that
         fails carries ``"error"``.
     """
     kind = (torch_device or "cpu").split(":")[0]
@@ -41,6 +43,31 @@ def backend_facts(torch_device: str | None) -> dict[str, Any]:
     if preset and preset != "auto":
         auto = {key: {"backend": preset, "reason": f"WWTS_BACKEND={preset}"} for key in auto}
     out["auto"] = auto
+    if kind == "cpu" and not (preset and preset != "auto"):
+        out["auto"]["sized"] = sized_picks(model, threads)
+    return out
+
+
+#: The folder sizes ``wwts doctor`` shows the size rule's pick for (issue 22).
+DOCTOR_SIZES = (100, 10_000)
+
+
+def sized_picks(model: str, threads: int, sizes: tuple[int, ...] = DOCTOR_SIZES) -> dict[str, Any]:
+    """What ``--backend auto`` does for a default classify run of ``model`` (folder or hub id) on
+    this CPU at each folder size: ``{"100": {"backend", "int8", "reason"}, ...}`` (``build.size_rule``
+    from this machine's records; a size that fails carries ``"error"``)."""
+    from pathlib import Path
+
+    from .build import plan_backend
+
+    out: dict[str, Any] = {}
+    for n in sizes:
+        try:
+            c = plan_backend("auto", "auto", task="classify", threads=threads, model=model,
+                             paths=[Path(f"photo-{i}.jpg") for i in range(n)])
+            out[str(n)] = {"backend": c.name, "int8": c.int8, "reason": c.reason}
+        except Exception as exc:
+            out[str(n)] = {"error": describe(exc)}
     return out
 
 

@@ -28,6 +28,10 @@ store), so its speed hardly matters; what matters is that a later run with new l
 are all in the store needs neither torch nor the image tower (``tasks.compiled``): 4.3 s → about
 1 s to re-label the 92 bench photos on the AMX machine (``make bench``).
 
+For a classify run on a CPU that rule 5 (or rule 4's text tower) would send to OpenVINO, the engine
+then applies the size rule (``route``, ``build.size_rule``): convert only when the photos this model
+processes on this machine repay the conversion, else start at once on what finishes first.
+
 A backend asked for by name and not installed is one ``UsageError`` line saying what to install.
 """
 
@@ -70,6 +74,11 @@ class BackendChoice:
         calibration_paths: images NNCF calibrates int8 on (the run's first ones).
         text: the text tower's backend when it differs from ``name`` (``openvino`` beside a torch
             image tower on the CPU, see ``auto_text_backend``); empty: ``name``.
+        gate: held-out photos the int8 gate checks an int8 image tower on against float before
+            the run uses it (``int8_gate``; set when ``--backend auto``'s size rule chose int8 and
+            this model's int8 was never checked on this machine); empty: no check.
+        model: the model's key in this machine's run records (``hardware.speeds``; set by the
+            size rule, so the gate's verdict is remembered); empty: none.
     """
 
     name: str
@@ -81,6 +90,8 @@ class BackendChoice:
     providers: tuple[str, ...] = ()
     calibration_paths: tuple[Path, ...] = field(default=(), compare=False)
     text: str = ""
+    gate: tuple[Path, ...] = field(default=(), compare=False)
+    model: str = ""
 
     @property
     def text_backend(self) -> str:

@@ -62,6 +62,13 @@ def tower_name(backend: str, tower: str, precision: str | None = None) -> str:
     return name + (f"/{precision}" if precision else "")
 
 
+def quantized(encoder: object) -> str | None:
+    """``"int8"`` when ``encoder`` (a tower) runs an int8 conversion (its export entry's precision),
+    else ``None``: what store keys and the run section say besides the precision it computes in."""
+    fields = (getattr(encoder, "manifest", None) or {}).get("fields") or {}
+    return "int8" if fields.get("precision") == "int8" else None
+
+
 def l2_normalize(features: torch.Tensor) -> torch.Tensor:
     """``features (N, D)`` as float32 rows of L2 norm 1 (computed outside autocast, in float32)."""
     import torch

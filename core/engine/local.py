@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .. import hardware as devices
+from ..backends import quantized
 from ..config import RunConfig
 from ..errors import ImageError
 from ..input import DecodePool, Sample
@@ -42,6 +43,8 @@ def task_settings(task: Task) -> dict[str, Any]:
     info["backend"] = getattr(encoder, "backend", None) or getattr(getattr(task, "backend", None), "name", "torch")
     if getattr(encoder, "precision", None):
         info["dtype"] = encoder.precision
+    if task.config.quantize != "int8" and quantized(encoder):  # int8 that --backend auto chose
+        info["quantize"] = quantized(encoder)
     if getattr(task, "backend", None) is not None:
         info["backend_reason"] = task.backend.reason
     return info

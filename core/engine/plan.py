@@ -78,6 +78,35 @@ def _load_compiled(config: RunConfig, backend: backends.BackendChoice, dtype: st
     return task
 
 
+def model_key(config: RunConfig) -> str:
+    """A classify run's model folder (the size rule's key in this machine's run records, and where
+    its saved conversions are found); ``""`` for another task or a model not on disk."""
+    if config.task != "classify":
+        return ""
+    try:
+        return str(models.resolve(models.model_for(config.task, config.lang, config.model)))
+    except Exception:  # not cached, no hub: the run's own load says so
+        return ""
+
+
+def record_run(run: Runner, backend: backends.BackendChoice, converted: bool, threads: int) -> None:
+    """Add a finished local classify run on the CPU to this machine's records (``hardware.speeds``):
+    its photos (those not served by the embedding store), steady images/s and load seconds, under
+    the path it ran (``openvino/int8``, ``torch/float32``...)."""
+    task, stats = run.task, run.stats
+    encoder = getattr(task, "image_encoder", None)
+    if not backend.model or encoder is None or stats.images == 0:
+        return
+    if backend.name == "torch":
+        path = f"torch/{dtype_name(task.dtype)}"
+    else:
+        path = f"{backend.name}/{backends.quantized(encoder) or 'float'}"
+    fresh = max(0, stats.images - stats.cached)
+    devices.record_run(backend.model, threads, path, images=fresh,
+                      images_per_s=stats.steady_images_per_s if stats.cached == 0 else 0.0,
+                      load_s=stats.load_s, converted=converted)
+
+
 def _choose_backend(config: RunConfig, paths: list[Path], threads: int) -> tuple[backends.BackendChoice,
                                                                                   devices.DeviceChoice | None]:
     """The run's backend and, for torch, the proven torch device (``None`` for OpenVINO and ONNX
@@ -95,10 +124,11 @@ def _choose_backend(config: RunConfig, paths: list[Path], threads: int) -> tuple
 
     backend = backends.plan_backend(config.backend, config.device, task=config.task, dtype=config.dtype,
                                     int8=config.quantize == "int8", threads=threads, paths=paths,
-                                    torch_device=torch_device)
+                                    torch_device=torch_device, model=model_key(config),
+                                    int8_allowed=config.quantize != "none")
     if backend.name != "torch" or (not proven and backend.text_backend != "torch"):
         return backend, None
-    if config.task == "caption" and not proven and torch_device() == "cpu" and not proven:
+    if config.task == "caption" and not proven and torch_device() == "cpu":
         return backend, None  # a CPU-only machine (torch_device proved nothing): a run the caption store serves needs no torch
     return backend, proven[-1] if proven else devices.select_device(config.device)
 
@@ -143,7 +173,7 @@ def start(config: RunConfig, *, paths: list[Path] | None = None,
                                       reason=backend.reason)
     else:
         threads = devices.configure_threads(config.threads)  # before dtype: the bf16 check runs on these
-    if config.quantize and choice.device.type != "cpu":
+    if config.quantize == "int8" and choice.device.type != "cpu":
         raise UsageError(f"--quantize {config.quantize} runs on the CPU only; the device here is "
                          f"{choice.device} (use --device cpu, or leave out --quantize)")
     batch_size = config.batch_size or devices.default_batch_size(choice.device, config.task)
@@ -154,12 +184,13 @@ def start(config: RunConfig, *, paths: list[Path] | None = None,
         import torch
 
         # int8 Linear layers take float32 activations: no autocast on top of them.
-        dtype = torch.float32 if config.quantize else devices.select_dtype(choice.device, config.dtype, batch_size)
+        dtype = torch.float32 if config.quantize == "int8" else devices.select_dtype(choice.device, config.dtype, batch_size)
     workers = devices.decode_workers(threads, config.decode_workers, accelerator=choice.device.type != "cpu")
     plan = {"task": config.head or config.task, "images": len(paths),
             "model": models.model_for(config.task, config.lang, config.model), "device": str(choice.device),
             "dtype": dtype_name(dtype), "quantize": config.quantize, "threads": threads,
-            "batch_size": batch_size, "backend": backend.name}
+            "batch_size": batch_size, "backend": backend.name,
+            "route": backend.reason if backend.model else ""}
     if backend.name != "torch":  # the backend's own device name and precision request
         plan.update(device=backend.device, dtype=config.dtype)
     with loading(plan) if loading is not None else nullcontext():
@@ -168,10 +199,12 @@ def start(config: RunConfig, *, paths: list[Path] | None = None,
         if task is None and config.task == "caption" and choice.device is devices.HOST_CPU:
             task = stored_caption_task(config, backend.name, dtype_name(dtype), paths,
                                        lambda: _load_torch(config, choice, dtype, backend, threads)[0])
+        converted = task is None and backend.name != "torch"
         if task is None:
             task, choice = _load_torch(config, choice, dtype, backend, threads)
         load_s = time.perf_counter() - t0
     run = local_runner(config, paths, task, choice, threads, workers, batch_size, load_s, started)
+    run.on_finish = lambda done: record_run(done, backend, converted, threads)
     if backend.name != "torch":
         run.stats.device = backend.device
     return run

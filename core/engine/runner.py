@@ -113,6 +113,8 @@ class Runner:
         self.stats = RunStats(load_s=load_s, batch_size=batch_size, device=device)
         self.stopping = False
         self._dtype = dtype
+        #: called with the runner once its iteration ended (the engine records the run's speed)
+        self.on_finish: Callable[[Runner], None] | None = None
 
     @property
     def total(self) -> int:
@@ -193,3 +195,5 @@ class Runner:
             batches.close()
             self.stats.seconds = time.perf_counter() - t0 - (self.stats.load_s - load0)
             self.stats.batch_size = self.batch_size
+            if self.on_finish is not None:
+                self.on_finish(self)

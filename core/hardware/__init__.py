@@ -26,6 +26,7 @@ from .cpu import (ACCEL_DECODE_CAP, CPU_DECODE_CAP, CPU_FEATURES, configure_thre
                   resolve_threads, running_under_rosetta, torch_threads, usable_cpus)
 from .calibration import torch_version
 from .cpu_dtype import cpu_dtype_without_torch
+from .speeds import model_record, record_int8, record_run
 
 # the modules below import torch: loaded with the first of their names a run asks for (core/lazy.py)
 _DTYPE = ("BF16_MIN_SPEEDUP", "DTYPE_NAMES", "autocast", "cpu_bf16_calibration", "cpu_bf16_speedup", "dtype_reason",
@@ -40,6 +41,8 @@ __getattr__ = lazy_exports(__name__, {**dict.fromkeys(_DTYPE, "dtype"), **dict.f
 
 __all__ = [
     "DeviceChoice", "HOST_CPU", "HostCPU", "accelerator_present", "cpu_dtype_without_torch", "torch_version",
+    # speeds (this machine's run records)
+    "model_record", "record_int8", "record_run",
     # cpu
     "ACCEL_DECODE_CAP", "CPU_DECODE_CAP", "CPU_FEATURES", "configure_threads", "cpu_features", "cpu_flags",
     "cpu_has_native_bf16", "cpu_has_native_fp16", "cpu_model_name", "decode_workers", "physical_cores",

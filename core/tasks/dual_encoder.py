@@ -134,7 +134,8 @@ class DualEncoder:
         backend = text_beside_torch(self, backend, head)
         self.image, self.text = build_towers(
             self.model, device, dtype, backend, input_size=self.image_size, prepare=self.prepare,
-            tokens=lambda: dict(self.tokenize(example[:2], self.facts.get("text_max_length"), False)))
+            tokens=lambda: dict(self.tokenize(example[:2], self.facts.get("text_max_length"), False)),
+            labels=lambda: dict(self.tokenize(example, self.facts.get("text_max_length"), False)))
         if backend is not None and backend.text_backend != "torch":
             save_export(self, backend)
             if getattr(self.text, "backend", "torch") != "torch":

@@ -19,6 +19,7 @@ from typing import Any, Callable, Hashable, Sequence
 import numpy as np
 
 from ..arrays import as_numpy, dtype_name
+from ..backends import quantized
 from ..input import DECODE_RECIPE
 from ..store import TextKey, encode_through
 
@@ -52,8 +53,10 @@ def store_parts(task: Any) -> dict[str, Any]:
     transformers-loaded model and its saved export build the same key; ``pixels: fast-1`` unless
     ``--exact-pixels`` (the exact recipe keeps the keys stores made before the fast one)."""
     facts = task.encoder.facts
+    # an int8 conversion that --backend auto chose keys like --quantize int8: precisions never mix
+    quantize = task.config.quantize if task.config.quantize == "int8" else quantized(task.image_encoder)
     parts = {"model_type": task.encoder.model_type, "dtype": dtype_name(task.dtype),
-             "quantize": task.config.quantize, "backend": encoder_name(task.image_encoder),
+             "quantize": quantize, "backend": encoder_name(task.image_encoder),
              "input_size": task.encoder.image_size,
              "preprocess": facts["image_recipe"], "decode_recipe": DECODE_RECIPE}
     if not task.config.exact_pixels:  # the fast resize and 1x draft: other pixels, another store

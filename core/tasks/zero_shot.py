@@ -81,8 +81,9 @@ class ZeroShotTask(EmbedTask):
         return None if self.label_set.neutral is not None or bias is None else float(bias)
 
     def example_prompts(self) -> list[str]:
-        """The first label prompts: the text tower's export example."""
-        return self.prompts[:2]
+        """The first label prompts (up to 64): the text tower's export example (the first two) and
+        the int8 gate's top-1 prompts (``backends.int8_gate.GATE_PROMPTS``)."""
+        return self.prompts[:64]
 
     def setup(self) -> None:
         """The towers and the store (``EmbedTask.open``), then the label prompts encoded once:
