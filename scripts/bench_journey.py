@@ -21,21 +21,13 @@ Each row's line says the backend and precision it ran and the reason it gave (th
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Callable
 
-MKCORPUS = Path(__file__).resolve().parents[2] / "shared" / "tools" / "mkcorpus.py"
+from bench_decode import corpus  # mkcorpus.py photos, counted recursively (it writes sub-folders)
+
 #: Targets of the issue.
 FIRST_VS_PIPELINE, AGAIN_VS_SEED, AGAIN_VS_PIPELINE, BIG_IPS = 1.3, 5.0, 3.5, 2 * 5.4
-
-
-def corpus(out: Path, n: int, big: float = 0.1) -> Path:
-    """``n`` distinct ``mkcorpus.py`` photos in ``out`` (made once; kept between bench runs)."""
-    if not out.is_dir() or len(list(out.glob("*.jpg"))) < n:
-        subprocess.run([sys.executable, str(MKCORPUS), str(out), str(n), "--big", str(big)], check=True)
-    return out
 
 
 def journey_rows(classify: Callable, work: Path, photos: Path, *, large: int = 1500, big: int = 4000) -> list:
