@@ -142,9 +142,10 @@ def test_caption_auto_rule(monkeypatch, x86, openvino, device, int8, kind, want)
 
 def test_auto_keeps_what_openvino_does_not_run_on_torch(blip, six, tmp_path, monkeypatch):
     """Beams under ``--backend auto`` on a machine whose auto pick is OpenVINO: torch, no error."""
-    from wwts.core.backends import select
+    from wwts.core.backends import build, select
 
     monkeypatch.setattr(select, "auto_caption_backend", lambda *a: ("openvino", "auto: pinned"))
+    monkeypatch.setattr(build, "caption_size_rule", lambda choice, *a: choice)  # six photos would start on torch
     out = tmp_path / "c.json"
     result = CliRunner().invoke(app, ["caption", str(six), "--model", str(blip[0]), "--num-beams", "2",
                                       "--max-new-tokens", "4", "--no-store", "--out", str(out)])

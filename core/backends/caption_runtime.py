@@ -41,6 +41,8 @@ class CaptionRuntime:
     def __init__(self, image: Callable, step: Callable, *, bos: int, eos: int, pad: int) -> None:
         self.image, self.step = image, step
         self.bos, self.eos, self.pad = bos, eos, pad
+        #: This run converted a tower (``build_caption_runtime``): its load seconds are a conversion's.
+        self.converted = False
 
     def generate(self, pixel_values: np.ndarray, input_ids: np.ndarray | None = None, *,
                  max_new_tokens: int) -> np.ndarray:
@@ -97,6 +99,18 @@ def _compiled_call(compiled: Any) -> Callable:
     return call
 
 
+def saved(folder: str) -> bool:
+    """Whether both towers of the weights in model ``folder`` are saved and verify (the size rule's
+    question, asked before the model loads; a corrupt one is removed, as ``export.verified`` does)."""
+    from .openvino import version
+
+    try:
+        where = export.export_dir(folder, "openvino", version())
+    except OSError:
+        return False
+    return all(export.verified(where, f"{name}-float") is not None for name in TOWERS)
+
+
 def saved_towers(model: Any, folder: str, input_size: int) -> dict[str, dict[str, Any]]:
     """The two towers' verified ``export.json`` entries (with ``dir``), converting first those that
     are missing, stale or corrupt (announced in one line each).
@@ -149,9 +163,12 @@ def build_caption_runtime(model: Any, folder: str, input_size: int, *, device: s
     """
     from .openvino import PRECISION_HINTS, compile_model
 
+    before = CONVERSIONS["caption"]
     entries = saved_towers(model, folder, input_size)
     hint = PRECISION_HINTS.get(dtype, "f32")
     image, step = (_compiled_call(compile_model(Path(entries[n]["dir"]) / "model.xml", device, hint, threads))
                    for n in TOWERS)
     text = model.config.text_config
-    return CaptionRuntime(image, step, bos=text.bos_token_id, eos=text.sep_token_id, pad=text.pad_token_id)
+    runtime = CaptionRuntime(image, step, bos=text.bos_token_id, eos=text.sep_token_id, pad=text.pad_token_id)
+    runtime.converted = CONVERSIONS["caption"] != before
+    return runtime
