@@ -63,6 +63,7 @@ def x86_cpu(monkeypatch):
     monkeypatch.setattr(hardware, "cpu_dtype_without_torch", lambda *a: "float32")
 
 
+@pytest.mark.own_conversions
 def test_plan_backend_sizes_a_caption_run(x86_cpu, blip_folder, tmp_path):
     paths = [tmp_path / f"p{i}.jpg" for i in range(5_000)]
     small = plan_backend("auto", "auto", task="caption", threads=2, paths=paths[:6], model=str(blip_folder))
@@ -81,6 +82,7 @@ def _caption(folder, images, out):
     return json.loads(out.read_text(encoding="utf-8"))["run"]
 
 
+@pytest.mark.own_conversions
 def test_caption_runs_are_recorded_and_their_sum_converts(x86_cpu, blip_folder, six, tmp_path):
     first = _caption(blip_folder, six, tmp_path / "a.json")
     assert first["backend"] == "torch" and "finishes 6 photos first" in first["backend_reason"]

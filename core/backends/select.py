@@ -225,7 +225,7 @@ def check_request(backend: str, task: str, int8: bool) -> None:
         UsageError: one line saying what to use instead.
     """
     if task == "caption" and backend == "openvino":
-        require(backend)
+        require(backend, int8=int8)
         return
     if task != "classify" and backend not in ("auto", "torch"):
         raise UsageError(f"--backend {backend}: {task} runs on torch only (--backend torch or auto)")

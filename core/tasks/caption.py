@@ -169,7 +169,8 @@ class CaptionTask(Task):
                              "--num-beams, --min-new-tokens and --repetition-penalty run on --backend torch")
         self.runtime = backends.build_caption_runtime(
             self.model, backends.model_folder(self.model), self.input_size or 384,
-            device=self.backend.device, dtype=self.backend.dtype, threads=self.backend.threads)
+            device=self.backend.device, dtype=self.backend.dtype, threads=self.backend.threads,
+            int8=self.backend.int8)
 
     # -- set-up helpers
 
