@@ -135,36 +135,72 @@ def saved(folder: str) -> bool:
     return all(export.verified(where, f"{name}-float") is not None for name in TOWERS)
 
 
-def saved_towers(model: Any, folder: str, input_size: int, int8: bool = False) -> dict[str, dict[str, Any]]:
-    """The two towers' verified ``export.json`` entries (with ``dir``), converting first those that
-    are missing, stale or corrupt (announced in one line each); with ``int8``, the ``INT8_TOWERS``
-    as their NNCF int8-weight copies (``caption-image-int8``...: made from the float ones, saved in
-    the same export).
+def saved_towers(model: Any, folder: str, input_size: int, int8: bool = False,
+                 runtime: str = "openvino") -> dict[str, dict[str, Any]]:
+    """The two towers' verified ``export.json`` entries (with ``dir``) in the model's ``runtime``
+    export (``openvino``, or ``onnxruntime``: ``model.onnx`` from ``torch.onnx.export``), converting
+    first those that are missing, stale or corrupt (announced in one line each); with ``int8``
+    (OpenVINO), the ``INT8_TOWERS`` as their NNCF int8-weight copies (``caption-step-int8``: made
+    from the float ones, saved in the same export).
 
     Raises:
-        OSError: ``folder`` is not a model folder; whatever ``openvino.convert_model`` or
-            ``nncf.compress_weights`` raise.
+        OSError: ``folder`` is not a model folder; whatever ``openvino.convert_model``,
+            ``torch.onnx.export`` or ``nncf.compress_weights`` raise.
     """
-    from .openvino import version
-
-    where = export.export_dir(folder, "openvino", version())
+    version = _version(runtime)
+    where = export.export_dir(folder, runtime, version)
     entries = {}
     for name in TOWERS:
         fields = {"tower": name, "precision": "float", "input_size": input_size, "family": "blip"}
         entry = export.verified(where, f"{name}-float", fields)
         if entry is None:
-            log.warning("converting BLIP's %s tower for OpenVINO (first run only; saved in %s)", name, export.cache_root())
-            entry = export.build_tower(where, f"{name}-float", fields, _writer(model, name, input_size),
-                                       weights_folder=folder, version=version())
+            log.warning("converting BLIP's %s tower for %s (first run only; saved in %s)", name,
+                        "OpenVINO" if runtime == "openvino" else "ONNX Runtime", export.cache_root())
+            write = (_writer if runtime == "openvino" else _onnx_writer)(model, name, input_size)
+            entry = export.build_tower(where, f"{name}-float", fields, write, weights_folder=folder, version=version)
         if int8 and name in INT8_TOWERS:
             fields = {**fields, "precision": "int8", "scheme": INT8_SCHEME}
             float_dir, entry = Path(entry["dir"]), export.verified(where, f"{name}-int8", fields)
             if entry is None:
                 log.warning("compressing BLIP's %s tower's weights to int8 with NNCF (first run only)", name)
                 entry = export.build_tower(where, f"{name}-int8", fields, _int8_writer(float_dir, name),
-                                           weights_folder=folder, version=version())
+                                           weights_folder=folder, version=version)
         entries[name] = entry
     return entries
+
+
+def _version(runtime: str) -> str:
+    """The installed ``runtime``'s version (it keys the export)."""
+    if runtime == "openvino":
+        from .openvino import version
+    else:
+        from .onnxruntime import version
+    return version()
+
+
+def _onnx_writer(model: Any, name: str, input_size: int) -> Callable[[Path], dict]:
+    """Writes tower ``name`` as ``model.onnx`` with ``torch.onnx.export``'s TorchScript exporter
+    (``dynamo=False``: it traces the decoder step's cache tensors as ``convert_model`` does), the
+    batch and cache-length axes dynamic (``caption_towers.DYNAMIC_AXES``)."""
+    def write(tmp: Path) -> dict:
+        import torch
+
+        from .caption_towers import DYNAMIC_AXES, OUTPUTS, BlipDecoderStep, BlipImageTower, examples
+
+        t0 = time.perf_counter()
+        image_example, step_example = examples(model, input_size)
+        module = BlipImageTower(model) if name == "caption-image" else BlipDecoderStep(model)
+        example = image_example if name == "caption-image" else step_example
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module.eval(), tuple(example.values()), str(tmp / "model.onnx"),
+                              input_names=list(example), output_names=list(OUTPUTS[name]),
+                              dynamic_axes={k: v for k, v in DYNAMIC_AXES.items() if k in example or k in OUTPUTS[name]},
+                              dynamo=False, opset_version=17)
+        CONVERSIONS["caption"] += 1
+        log.warning("%s tower ready for ONNX Runtime in %.1f s", name, time.perf_counter() - t0)
+        return {}
+    return write
 
 
 def _int8_writer(float_dir: Path, name: str) -> Callable[[Path], dict]:
@@ -206,21 +242,31 @@ def _writer(model: Any, name: str, input_size: int) -> Callable[[Path], dict]:
 
 
 def build_caption_runtime(model: Any, folder: str, input_size: int, *, device: str = "CPU", dtype: str = "auto",
-          threads: int | None = None, int8: bool = False) -> CaptionRuntime:
-    """BLIP's ``CaptionRuntime`` on OpenVINO ``device`` (converted or loaded from the export, compiled;
-    ``int8``: with ``INT8_TOWERS``' weights in int8).
+          threads: int | None = None, int8: bool = False, runtime: str = "openvino",
+          providers: tuple = ()) -> CaptionRuntime:
+    """BLIP's ``CaptionRuntime`` on OpenVINO ``device`` (``int8``: with ``INT8_TOWERS``' weights in
+    int8), or on ONNX Runtime's ``providers`` (``runtime="onnxruntime"``, float32): converted or
+    loaded from the export, compiled.
 
     Raises:
-        OSError: ``folder`` is not a model folder; whatever the exporter or OpenVINO raise.
+        OSError: ``folder`` is not a model folder; whatever the exporter or the runtime raise.
     """
-    from .openvino import PRECISION_HINTS, compile_model
-
     before = CONVERSIONS["caption"]
-    entries = saved_towers(model, folder, input_size, int8)
-    hint = PRECISION_HINTS.get(dtype, "f32")
-    image, step = (_compiled_call(compile_model(Path(entries[n]["dir"]) / "model.xml", device, hint, threads))
-                   for n in TOWERS)
+    entries = saved_towers(model, folder, input_size, int8, runtime)
+    if runtime == "onnxruntime":
+        from .onnxruntime import check_dtype, session
+
+        check_dtype(dtype)
+        image_s, step_s = (session(Path(entries[n]["dir"]) / "model.onnx", providers, threads) for n in TOWERS)
+        image: Callable = lambda pixels: tuple(image_s.run(None, {"pixel_values": pixels}))  # noqa: E731
+        step: Callable = lambda feeds: tuple(step_s.run(None, feeds))  # noqa: E731
+    else:
+        from .openvino import PRECISION_HINTS, compile_model
+
+        hint = PRECISION_HINTS.get(dtype, "f32")
+        image, step = (_compiled_call(compile_model(Path(entries[n]["dir"]) / "model.xml", device, hint, threads))
+                       for n in TOWERS)
     text = model.config.text_config
-    runtime = CaptionRuntime(image, step, bos=text.bos_token_id, eos=text.sep_token_id, pad=text.pad_token_id)
-    runtime.converted = CONVERSIONS["caption"] != before
-    return runtime
+    built = CaptionRuntime(image, step, bos=text.bos_token_id, eos=text.sep_token_id, pad=text.pad_token_id)
+    built.converted = CONVERSIONS["caption"] != before
+    return built

@@ -218,7 +218,7 @@ def auto_backends(device: str, task: str, int8: bool, *, torch_device: Callable[
 
 
 def check_request(backend: str, task: str, int8: bool) -> None:
-    """Refuse combinations no backend runs: another backend for caption, and torch int8 for
+    """Refuse combinations no backend runs: ONNX Runtime int8 for caption, and torch int8 for
     classify (retired: ``torch.ao.quantization.quantize_dynamic`` is deprecated in torch 2.13).
 
     Raises:
@@ -226,6 +226,12 @@ def check_request(backend: str, task: str, int8: bool) -> None:
     """
     if task == "caption" and backend == "openvino":
         require(backend, int8=int8)
+        return
+    if task == "caption" and backend == "onnxruntime":
+        if int8:
+            raise UsageError("--backend onnxruntime runs captions at float32: --quantize int8 for captions runs "
+                             "on --backend openvino (NNCF int8 weights) or torch")
+        require(backend)
         return
     if task != "classify" and backend not in ("auto", "torch"):
         raise UsageError(f"--backend {backend}: {task} runs on torch only (--backend torch or auto)")

@@ -102,7 +102,7 @@ def record_run(run: Runner, backend: backends.BackendChoice, converted: bool, th
     if backend.name == "torch" or runtime is None:
         path = f"torch/{dtype_name(task.dtype)}"
     elif encoder is None:
-        path, converted = f"openvino/{'int8' if backend.int8 else 'float'}", bool(runtime.converted)
+        path, converted = f"{backend.name}/{'int8' if backend.int8 else 'float'}", bool(runtime.converted)
     else:
         path = f"{backend.name}/{backends.quantized(encoder) or 'float'}"
     fresh = max(0, stats.images - stats.cached)
