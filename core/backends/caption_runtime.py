@@ -27,10 +27,11 @@ log = logging.getLogger(__name__)
 TOWERS = ("caption-image", "caption-step")
 #: The towers ``--quantize int8`` runs with int8 weights, and how (``nncf.compress_weights``:
 #: per-output-channel asymmetric int8 weights, activations stay float; no calibration data). The
-#: decoder step only: measured on full-size random-weight BLIP (4 bench photos x 20 tokens, 2-core
-#: AMD EPYC Zen 4, busy), int8 step: 2/4 captions equal torch float32's, token overlap 0.85, 12.9 s
-#: against OpenVINO f32's 16.0 s; both towers int8: 1/4, 0.54, 13.5 s; the vision tower only: 1/4,
-#: 0.55, 14.8 s (``agreement``).
+#: decoder step only: measured on full-size random-weight BLIP (exif-samples photos x 20 tokens,
+#: 2-core AMD EPYC Zen 4, busy; ``agreement``), int8 step: 5/8 captions equal torch float32's, token
+#: overlap 0.86, 36.3 s against OpenVINO f32's 50.3 s (4 photos: 2/4, 0.85, 12.9 s against 16.0 s);
+#: both towers int8: 2/8, 0.60, 62.4 s (4 photos: 1/4, 0.54, 13.5 s); the vision tower only
+#: (4 photos): 1/4, 0.55, 14.8 s.
 INT8_TOWERS = ("caption-step",)
 INT8_SCHEME = "nncf-weights-int8-asym"
 #: Conversions made in this process (read by tests).
