@@ -106,7 +106,8 @@ QuantizeOpt = Annotated[Optional[Quantize], typer.Option("--quantize", case_sens
                                                          help=f"{_spelled(QUANTIZE)}: classify: the backend's int8 "
                                                               "(OpenVINO NNCF, ONNX Runtime dynamic; none: never, "
                                                               "not even --backend auto's checked int8); caption: "
-                                                              "torch's dynamic int8 (CPU only).")]
+                                                              "torch's dynamic int8 (CPU only), with --backend "
+                                                              "openvino NNCF int8 weights of BLIP's decoder.")]
 ImageSizeOpt = Annotated[Optional[int], typer.Option("--image-size", min=16, max=4096, metavar="PIXELS",
                                                      rich_help_panel=MODEL, show_default="the model's", help=(
     "Run the image tower at this input size (e.g. 160, 192) with interpolated position embeddings: "

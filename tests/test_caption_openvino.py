@@ -142,11 +142,54 @@ def test_caption_auto_rule(monkeypatch, x86, openvino, device, int8, kind, want)
 
 def test_auto_keeps_what_openvino_does_not_run_on_torch(blip, six, tmp_path, monkeypatch):
     """Beams under ``--backend auto`` on a machine whose auto pick is OpenVINO: torch, no error."""
-    from wwts.core.backends import select
+    from wwts.core.backends import build, select
 
     monkeypatch.setattr(select, "auto_caption_backend", lambda *a: ("openvino", "auto: pinned"))
+    monkeypatch.setattr(build, "caption_size_rule", lambda choice, *a: choice)  # six photos would start on torch
     out = tmp_path / "c.json"
     result = CliRunner().invoke(app, ["caption", str(six), "--model", str(blip[0]), "--num-beams", "2",
                                       "--max-new-tokens", "4", "--no-store", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert all(r["caption"] is not None for r in json.loads(out.read_text(encoding="utf-8"))["results"])
+
+
+@pytest.mark.own_conversions
+def test_int8_weights_are_saved_beside_the_float_towers_and_their_agreement_measured(blip, capsys):
+    """``--quantize int8`` on OpenVINO: NNCF int8 weights of the decoder step, in its own entry of the
+    same export, reused on the next run; the agreement with torch float32 is printed (a tiny random
+    BLIP's logits are near ties, so its numbers say little about a trained model's: see the README)."""
+    import openvino as ov
+
+    folder, model, processor = blip
+    before = caption_runtime.CONVERSIONS["caption"]
+    runtime = caption_runtime.build_caption_runtime(model, str(folder), TINY_IMAGE_SIZE, int8=True)
+    entries = caption_runtime.saved_towers(model, str(folder), TINY_IMAGE_SIZE, int8=True)
+    assert {Path(e["dir"]).name for e in entries.values()} == {"caption-image-float", "caption-step-int8"}
+    assert (Path(entries["caption-step"]["dir"]).parent / "caption-step-float").is_dir()
+    step = ov.Core().read_model(Path(entries["caption-step"]["dir"]) / "model.xml")
+    assert any(op.get_output_element_type(0) == ov.Type.u8 for op in step.get_ops() if op.get_type_name() == "Constant")
+    made = caption_runtime.CONVERSIONS["caption"]
+    assert made - before == 3  # the float pair, then the int8 decoder step made from it
+    caption_runtime.build_caption_runtime(model, str(folder), TINY_IMAGE_SIZE, int8=True)
+    assert caption_runtime.CONVERSIONS["caption"] == made  # reused
+    pixels = _pixels(processor, 8)
+    with torch.inference_mode():
+        reference = blip_greedy(model, pixels, max_new_tokens=10).numpy()
+    got = runtime.generate(pixels.numpy(), max_new_tokens=10)
+    exact, overlap = caption_runtime.agreement(reference, got, model.config.text_config.sep_token_id)
+    assert caption_runtime.agreement(reference, reference, model.config.text_config.sep_token_id) == (1.0, 1.0)
+    assert 0.0 <= exact <= 1.0 and 0.0 < overlap <= 1.0
+    with capsys.disabled():
+        print(f"\ntiny BLIP, OpenVINO int8 weights vs torch float32, 8 images x 10 tokens: "
+              f"exact captions {exact:.2f}, token overlap {overlap:.2f}")
+
+
+def test_caption_int8_on_openvino_end_to_end(blip, six, tmp_path):
+    out = tmp_path / "c.json"
+    result = CliRunner().invoke(app, ["caption", str(six), "--model", str(blip[0]), "--backend", "openvino",
+                                      "--quantize", "int8", "--max-new-tokens", "4", "--store", str(tmp_path / "s"),
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(out.read_text(encoding="utf-8"))
+    assert doc["run"]["backend"] == "openvino" and doc["run"]["quantize"] == "int8"
+    assert all(r["caption"] is not None for r in doc["results"])

@@ -81,6 +81,8 @@ def plan_backend(backend: str, device: str, *, task: str, dtype: str = "auto", i
     if backend == "auto" and model and task == "classify" and not int8 and device.lower() in ("auto", "cpu") \
             and (name == "openvino" or text == "openvino"):  # a CPU that OpenVINO would run
         choice = size_rule(choice, model, len(paths), paths, int8_allowed=int8_allowed and dtype == "auto")
+    elif backend == "auto" and model and task == "caption" and name == "openvino":  # BLIP greedy on this CPU
+        choice = caption_size_rule(choice, model, len(paths))
     if choice.name == "openvino":
         return replace(choice, device=devices.resolve_openvino_device(device))
     if choice.name == "onnxruntime":
@@ -125,6 +127,24 @@ def size_rule(choice: BackendChoice, model: str, images: int, paths: Sequence[Pa
                        text="", model=model)
     return replace(choice, name="openvino", reason=reason, int8=pick.int8, text="", model=model,
                    calibration_paths=calibration if pick.int8 else (), gate=gate)
+
+
+def caption_size_rule(choice: BackendChoice, model: str, images: int) -> BackendChoice:
+    """``choice`` (``--backend auto``'s OpenVINO pick for BLIP's greedy captions on this CPU) with
+    the route of ``route.choose`` between PyTorch (float32, or bf16 where ``select_dtype``'s rule
+    takes it here) and OpenVINO float (saved, or converted when this model's photos on this machine
+    repay converting BLIP's two towers), from this machine's caption records and
+    ``route.CAPTION_PRIORS``. The reason says the pick and why."""
+    from ..hardware import cpu_dtype_without_torch, model_record
+    from . import caption_runtime, route
+
+    threads = choice.threads or 1
+    record = model_record(model, threads)
+    torch_dtype = cpu_dtype_without_torch("auto", 8, threads) or ("bfloat16" if devices.cpu_has_amx() else "float32")
+    routes = route.routes_for(torch_dtype, ["openvino/float"], {"openvino/float": caption_runtime.saved(model)},
+                              record["paths"], priors=route.CAPTION_PRIORS)
+    pick, why = route.choose(images, record["images"], routes)
+    return replace(choice, name=pick.backend, reason=f"auto: {why}", model=model)
 
 
 def model_folder(model: Any) -> str:

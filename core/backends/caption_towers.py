@@ -85,6 +85,15 @@ class BlipDecoderStep(torch.nn.Module):
                 torch.stack([layer.values for layer in layers]))
 
 
+#: Output names of each tower (for ``torch.onnx.export``) and the axes that vary: the batch (B),
+#: the self-attention cache length (T) and the mask's length (T + 1).
+OUTPUTS = {"caption-image": ("keys", "values"), "caption-step": ("logits", "new_keys", "new_values")}
+DYNAMIC_AXES = {"pixel_values": {0: "B"}, "keys": {1: "B"}, "values": {1: "B"}, "input_ids": {0: "B"},
+                "position_ids": {0: "B"}, "attention_mask": {0: "B", 1: "T1"}, "past_keys": {1: "B", 3: "T"},
+                "past_values": {1: "B", 3: "T"}, "cross_keys": {1: "B"}, "cross_values": {1: "B"},
+                "logits": {0: "B"}, "new_keys": {1: "B", 3: "T1"}, "new_values": {1: "B", 3: "T1"}}
+
+
 def examples(model: Any, size: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Example inputs of the two towers (batch 2, a past of 2 slots) for tracing."""
     text = model.config.text_config

@@ -14,9 +14,9 @@ the conversion and calibration when not saved) and images/s after it. ``choose``
 
 The figures are this machine's records (``hardware.speeds``: each classify run records its load
 seconds and steady images/s per path) and, for a path never run here, ``PRIORS`` scaled by how fast
-this machine ran the paths it recorded against them (``pace``). A caller that
-adds another kind of run (captions) gives its own routes to ``choose``; ``routes_for`` builds a
-classify run's.
+this machine ran the paths it recorded against them (``pace``). A caption run passes
+``CAPTION_PRIORS`` instead (``build.caption_size_rule``): its records are kept under the caption
+model's own key, so each kind of run is weighed against its own figures.
 """
 
 from __future__ import annotations
@@ -40,12 +40,22 @@ PRIORS: dict[str, tuple[float, float, float]] = {
     "onnxruntime/int8": (12.0, 1.5, 60.0),
 }
 
+#: The same for BLIP's greedy captions (``images/s`` = photos captioned per second, 20 new tokens),
+#: from issue 24: torch float32 24 photos in 37.5 s whole process on the 2-core VNNI Xeon (about
+#: 0.7 photos/s once loaded), torch bf16 18.1 s on the AMX VM (about 1.8); OpenVINO f32 2.2x torch
+#: float32 with the same tokens, and converting BLIP's two towers 267 s (2-core AMD EPYC Zen 4, busy).
+CAPTION_PRIORS: dict[str, tuple[float, float, float]] = {
+    "torch/float32": (0.7, 8.0, 8.0),
+    "torch/bfloat16": (1.8, 8.0, 8.0),
+    "openvino/float": (1.5, 10.0, 280.0),
+}
+
 NAMES = {"torch": "PyTorch", "openvino": "OpenVINO", "onnxruntime": "ONNX Runtime"}
 
 
 @dataclass(frozen=True)
 class Route:
-    """One way to run a classify run on this CPU.
+    """One way to run a classify (or caption) run on this CPU.
 
     Attributes:
         backend: ``torch``, ``openvino`` or ``onnxruntime``.
@@ -84,23 +94,26 @@ class Route:
         return self.start_s + images / self.images_per_s
 
 
-def pace(record: Mapping[str, Any]) -> float:
+def pace(record: Mapping[str, Any], priors: Mapping[str, tuple[float, float, float]] | None = None) -> float:
     """How fast this machine runs against the machine of ``PRIORS``: the geometric mean, over the
     paths it recorded images/s for, of recorded / prior images/s, at most 1.0 (1.0 without records).
     A missing figure is its prior scaled by it, so a slow (or busy) machine's measured PyTorch rate
     is not weighed against a fast machine's OpenVINO prior; a faster machine (or a smaller model)
     keeps the priors: a fast PyTorch run does not prove a conversion cheaper."""
-    ratios = [float(r["images_per_s"]) / PRIORS[p][0] for p, r in record.items()
-              if p in PRIORS and isinstance(r, dict) and (r.get("images_per_s") or 0) > 0]
+    priors = PRIORS if priors is None else priors
+    ratios = [float(r["images_per_s"]) / priors[p][0] for p, r in record.items()
+              if p in priors and isinstance(r, dict) and (r.get("images_per_s") or 0) > 0]
     return min(1.0, float(math.prod(ratios) ** (1 / len(ratios)))) if ratios else 1.0
 
 
-def route(path: str, saved: bool, record: Mapping[str, Any], scale: float = 1.0) -> Route:
+def route(path: str, saved: bool, record: Mapping[str, Any], scale: float = 1.0,
+          priors: Mapping[str, tuple[float, float, float]] | None = None) -> Route:
     """The ``Route`` of ``path`` (``openvino/int8``...) from this machine's record of the model
     (``hardware.speeds.model_record``'s ``paths``), each missing figure from ``PRIORS`` at this
-    machine's ``pace`` (``scale``: images/s times it, seconds divided by it)."""
+    machine's ``pace`` (``scale``: images/s times it, seconds divided by it); ``priors``: the run
+    kind's (default ``PRIORS``, read at each call; ``CAPTION_PRIORS``)."""
     backend, precision = path.split("/")
-    rate, load, convert = PRIORS[path]
+    rate, load, convert = (PRIORS if priors is None else priors)[path]
     mine = record.get(path) or {}
     start = mine.get("load_s") if saved or backend == "torch" else mine.get("convert_s")
     return Route(backend, precision, float(start if start is not None else (load if saved else convert) / scale),
@@ -109,13 +122,14 @@ def route(path: str, saved: bool, record: Mapping[str, Any], scale: float = 1.0)
 
 
 def routes_for(torch_precision: str, runtimes: Sequence[str], saved: Mapping[str, bool],
-               record: Mapping[str, Any]) -> list[Route]:
+               record: Mapping[str, Any], priors: Mapping[str, tuple[float, float, float]] | None = None) -> list[Route]:
     """A classify run's routes on this CPU: PyTorch at ``torch_precision`` and each of ``runtimes``
     (``openvino/float``, ``openvino/int8``, ``onnxruntime/int8``: what is installed and allowed),
-    ``saved`` saying which of those have a saved conversion here."""
-    scale = pace(record)
-    return [route(f"torch/{torch_precision}", True, record, scale)] + \
-        [route(p, bool(saved.get(p)), record, scale) for p in runtimes]
+    ``saved`` saying which of those have a saved conversion here; a caption run's with
+    ``CAPTION_PRIORS``."""
+    scale = pace(record, priors)
+    return [route(f"torch/{torch_precision}", True, record, scale, priors)] + \
+        [route(p, bool(saved.get(p)), record, scale, priors) for p in runtimes]
 
 
 def choose(images: int, done: int, routes: Sequence[Route]) -> tuple[Route, str]:

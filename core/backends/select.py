@@ -31,6 +31,7 @@ are all in the store needs neither torch nor the image tower (``tasks.compiled``
 For a classify run on a CPU that rule 5 (or rule 4's text tower) would send to OpenVINO, the engine
 then applies the size rule (``route``, ``build.size_rule``): convert only when the photos this model
 processes on this machine repay the conversion, else start at once on what finishes first.
+A caption run that rule 1 sends to OpenVINO gets the same rule (``build.caption_size_rule``).
 
 A backend asked for by name and not installed is one ``UsageError`` line saying what to install.
 """
@@ -174,8 +175,8 @@ def auto_caption_backend(device: str, int8: bool, torch_device: Callable[[], str
     installed and the run is a float one, else torch. Measured (issue 24, 2-core AMD EPYC Zen 4,
     busy machine, BLIP-base, 4 bench photos x 20 tokens, one process): OpenVINO f32 117.7 s against
     torch float32's 263.6 s (the same tokens). The task keeps torch for what OpenVINO does not run
-    (other families, beams: ``CaptionTask.setup``). One function, for the coordinator to join with
-    classify's size rule."""
+    (other families, beams: ``CaptionTask.setup``); ``build.caption_size_rule`` then weighs the
+    conversion against the run's size, as for classify."""
     if int8 or not installed("openvino") or not is_x86() or device.lower() not in ("auto", "cpu"):
         return "torch", "auto: caption runs on PyTorch"
     if torch_device() != "cpu":
@@ -217,13 +218,19 @@ def auto_backends(device: str, task: str, int8: bool, *, torch_device: Callable[
 
 
 def check_request(backend: str, task: str, int8: bool) -> None:
-    """Refuse combinations no backend runs: another backend for caption, and torch int8 for
+    """Refuse combinations no backend runs: ONNX Runtime int8 for caption, and torch int8 for
     classify (retired: ``torch.ao.quantization.quantize_dynamic`` is deprecated in torch 2.13).
 
     Raises:
         UsageError: one line saying what to use instead.
     """
     if task == "caption" and backend == "openvino":
+        require(backend, int8=int8)
+        return
+    if task == "caption" and backend == "onnxruntime":
+        if int8:
+            raise UsageError("--backend onnxruntime runs captions at float32: --quantize int8 for captions runs "
+                             "on --backend openvino (NNCF int8 weights) or torch")
         require(backend)
         return
     if task != "classify" and backend not in ("auto", "torch"):

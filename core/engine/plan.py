@@ -79,9 +79,9 @@ def _load_compiled(config: RunConfig, backend: backends.BackendChoice, dtype: st
 
 
 def model_key(config: RunConfig) -> str:
-    """A classify run's model folder (the size rule's key in this machine's run records, and where
-    its saved conversions are found); ``""`` for another task or a model not on disk."""
-    if config.task != "classify":
+    """A classify or caption run's model folder (the size rule's key in this machine's run records,
+    and where its saved conversions are found); ``""`` for another task or a model not on disk."""
+    if config.task not in ("classify", "caption"):
         return ""
     try:
         return str(models.resolve(models.model_for(config.task, config.lang, config.model)))
@@ -90,15 +90,19 @@ def model_key(config: RunConfig) -> str:
 
 
 def record_run(run: Runner, backend: backends.BackendChoice, converted: bool, threads: int) -> None:
-    """Add a finished local classify run on the CPU to this machine's records (``hardware.speeds``):
-    its photos (those not served by the embedding store), steady images/s and load seconds, under
-    the path it ran (``openvino/int8``, ``torch/float32``...)."""
+    """Add a finished local classify or caption run on the CPU to this machine's records
+    (``hardware.speeds``): its photos (those not served by the embedding or caption store), steady
+    images/s and load seconds, under the path it ran (``openvino/int8``, ``torch/float32``...); a
+    caption run's load counts as a conversion only when it converted BLIP's towers."""
     task, stats = run.task, run.stats
     encoder = getattr(task, "image_encoder", None)
-    if not backend.model or encoder is None or stats.images == 0:
+    runtime = getattr(task, "runtime", False)  # caption: BLIP's OpenVINO towers, None on torch
+    if not backend.model or (encoder is None and runtime is False) or stats.images == 0:
         return
-    if backend.name == "torch":
+    if backend.name == "torch" or runtime is None:
         path = f"torch/{dtype_name(task.dtype)}"
+    elif encoder is None:
+        path, converted = f"{backend.name}/{'int8' if backend.int8 else 'float'}", bool(runtime.converted)
     else:
         path = f"{backend.name}/{backends.quantized(encoder) or 'float'}"
     fresh = max(0, stats.images - stats.cached)

@@ -149,10 +149,11 @@ class CaptionTask(Task):
         self.runtime: Any = None
 
     def setup(self) -> None:
-        """Open the caption store (once) and, on ``--backend openvino``, convert or load BLIP's towers.
+        """Open the caption store (once) and, on ``--backend openvino`` or ``onnxruntime``, convert or
+        load BLIP's towers.
 
         Raises:
-            UsageError: ``--backend openvino`` for another family than BLIP, or with beams,
+            UsageError: such a backend for another family than BLIP, or with beams,
                 ``--min-new-tokens`` or ``--repetition-penalty`` (those run on torch).
         """
         on = self.backend.name if self.backend is not None else "torch"
@@ -162,14 +163,15 @@ class CaptionTask(Task):
                                    "or setting (OpenVINO runs BLIP's greedy captions)")
         if not self._store_opened:
             self.store, self._store_opened = open_caption_store(self.config, on, dtype_name(self.dtype)), True
-        if on != "openvino" or self.runtime is not None:
+        if on not in ("openvino", "onnxruntime") or self.runtime is not None:
             return
         if not self.own_greedy:
-            raise UsageError("--backend openvino runs BLIP's greedy captions only; other caption families, "
+            raise UsageError(f"--backend {on} runs BLIP's greedy captions only; other caption families, "
                              "--num-beams, --min-new-tokens and --repetition-penalty run on --backend torch")
         self.runtime = backends.build_caption_runtime(
             self.model, backends.model_folder(self.model), self.input_size or 384,
-            device=self.backend.device, dtype=self.backend.dtype, threads=self.backend.threads)
+            device=self.backend.device, dtype=self.backend.dtype, threads=self.backend.threads,
+            int8=self.backend.int8, runtime=on, providers=self.backend.providers)
 
     # -- set-up helpers
 
