@@ -662,11 +662,13 @@ def main(argv: list[str] | None = None) -> int:
                          "the CPUs idle (0: do not wait; default 180)")
     ap.add_argument("--journey-only", action="store_true",
                     help="only the seed, pipeline and journey rows (scripts/bench_journey.py)")
+    ap.add_argument("--caption-only", action="store_true",
+                    help="only the caption rows: the seed's generate, each backend, the default, float32 and the store")
     ap.add_argument("--journey-sizes", default="", help="LARGE,BIG corpus sizes of the journey rows "
                     "(default 1500,4000; --quick 40,0)")
     args = ap.parse_args(argv)
     only_gate = args.agreement_only
-    with_caption = not (args.skip_caption or only_gate)
+    with_caption = not (args.skip_caption or only_gate) or args.caption_only
 
     python = sys.executable
     compile_package()
@@ -757,6 +759,16 @@ def main(argv: list[str] | None = None) -> int:
         plan = [w_fp, w_bf, w_q8, *backend_plan]
     elif args.journey_only:
         plan = [(seed, None), (pipe, None), *journey_plan]
+    elif args.caption_only:
+        from bench_caption import caption_backend_lines, caption_backend_rows, caption_store_lines, caption_store_rows
+
+        caption_cache = work / "conversion-caches" / "caption-openvino"
+        caption_backend_plan = caption_backend_rows(caption, caption_cache)
+        c_def[0].cmd = ["env", f"XDG_CACHE_HOME={caption_cache}", *c_def[0].cmd]
+        caption_store_plan = caption_store_rows(caption, work / "caption-store", CAPTION_TOKENS)
+        for row, _ in caption_store_plan:
+            row.cmd = ["env", f"XDG_CACHE_HOME={caption_cache}", *row.cmd]
+        plan = [(c_seed, None), *caption_backend_plan, c_def, c_fp, *caption_store_plan]
     else:
         plan = [(seed, None), (pipe, None), w_first, w_def, w_fp, w_bf, w_q8, *backend_plan, *store_plan,
                 *ov_store_plan, *prompt_plan, *journey_plan]
@@ -780,6 +792,16 @@ def main(argv: list[str] | None = None) -> int:
     rows = [r for r, _ in plan]
     if args.journey_only:  # the journey's table and target lines, nothing else (no report file)
         print(table(rows, seed, pipe, None) + "\n\n" + "\n".join(journey_lines(journey_plan, seed, pipe, work)))
+        return 0
+    if args.caption_only:  # the caption rows and their target lines, nothing else (no report file)
+        c_def, c_fp = c_def[0], c_fp[0]
+        c_seed.agreement = "reference" if not c_seed.error else ""
+        for r in (c_def, c_fp):
+            if not r.error and not c_seed.error:
+                r.agreement = f"captions = seed {compare_captions(r, c_seed)}"
+        print(table(rows, None, None, c_seed) + "\n\n" + "\n".join(
+            caption_backend_lines(caption_backend_plan, c_seed, c_fp) + caption_store_lines(caption_store_plan)
+            + caption_backend_lines([(c_def, None)], c_seed, c_fp)))
         return 0
     w_def, w_fp, w_bf, w_q8, c_def, c_fp, c_bf, c_q8 = (x[0] for x in (w_def, w_fp, w_bf, w_q8, c_def, c_fp,
                                                                        c_bf, c_q8))

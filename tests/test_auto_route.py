@@ -67,11 +67,13 @@ def test_small_runs_repeated_convert_once_their_sum_repays_it():
 
 @pytest.fixture
 def cpu(monkeypatch, request):
-    """Pin the CPU facts the rule reads: AMX or not (parametrised), no accelerator."""
+    """Pin the CPU facts the rule reads: AMX or not (parametrised), an int8 dot-product instruction
+    (VNNI), no accelerator."""
     from wwts.core import hardware
     from wwts.core.backends import devices
 
     monkeypatch.setattr(devices, "cpu_has_amx", lambda: getattr(request, "param", False))
+    monkeypatch.setattr(devices, "cpu_has_int8_dot", lambda: True)
     monkeypatch.setattr(hardware, "accelerator_present", lambda: False)
 
 
@@ -92,6 +94,35 @@ def test_plan_backend_sizes_the_run(cpu, tiny_clip, tmp_path):
     speeds.record_int8(str(tiny_clip), 2, {"passed": False})
     again = plan_backend("auto", "auto", task="classify", threads=2, paths=paths, model=str(tiny_clip))
     assert not again.int8
+
+
+needs_ort = pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None or not is_x86(),
+                               reason="ONNX Runtime's dynamic int8 on an x86 CPU")
+
+
+@needs_ort
+def test_without_an_int8_dot_product_instruction_int8_is_onnxruntimes(cpu, monkeypatch, tiny_clip, tmp_path):
+    """An AVX2-only CPU (no VNNI, no AMX) runs OpenVINO's int8 about as fast as float: a large
+    folder's int8 route is ONNX Runtime's dynamic int8 (gated as OpenVINO's), and the reason says why."""
+    from wwts.core.backends import devices
+
+    monkeypatch.setattr(devices, "cpu_has_int8_dot", lambda: False)
+    paths = [tmp_path / f"p{i}.jpg" for i in range(10_000)]
+    large = plan_backend("auto", "auto", task="classify", threads=2, paths=paths, model=str(tiny_clip))
+    assert (large.name, large.int8, len(large.gate)) == ("onnxruntime", True, 32)
+    assert large.providers and "this CPU has no VNNI or AMX int8 instructions" in large.reason
+    small = plan_backend("auto", "auto", task="classify", threads=2, paths=paths[:100], model=str(tiny_clip))
+    assert small.name == "torch" and "no VNNI" not in small.reason
+
+
+def test_the_int8_dot_product_instructions_are_read_from_the_cpu_flags(monkeypatch):
+    from wwts.core import hardware
+    from wwts.core.backends import devices
+
+    for flags, want in ((frozenset({"avx2"}), False), (frozenset({"avx2", "avx512f", "avx512_vnni"}), True),
+                        (frozenset({"avx2", "avx_vnni"}), True), (frozenset({"avx2", "amx_int8"}), True)):
+        monkeypatch.setattr(hardware, "cpu_features", lambda f=flags: hardware.cpu.cpu_features(f))
+        assert devices.cpu_has_int8_dot() is want, flags
 
 
 def _photos(sample_images: Path, folder: Path, count: int) -> Path:
@@ -153,6 +184,21 @@ def test_an_agreeing_int8_is_kept_and_the_store_keeps_precisions_apart(int8_pays
     again, _ = _run(tiny_clip, photos, **store)
     assert again.info()["quantize"] == "int8" and again.stats.cached == len(records)
     assert not again.task.image_encoder.backend == "torch"
+
+
+@needs_ort
+@pytest.mark.own_conversions
+def test_onnxruntime_int8_goes_through_the_same_gate(int8_pays, monkeypatch, tiny_clip, sample_images, tmp_path):
+    from wwts.core.backends import devices
+
+    monkeypatch.setattr(devices, "cpu_has_int8_dot", lambda: False)
+    monkeypatch.setattr(route, "PRIORS", {**route.PRIORS, "onnxruntime/int8": (1000.0, 1.0, 1.0)})
+    photos = _photos(sample_images, tmp_path / "photos", 24)
+    run, records = _run(tiny_clip, photos)
+    assert all(r.error is None for r in records) and run.info()["backend"] == "onnxruntime"
+    verdict = speeds.model_record(str(tiny_clip), run.threads)["int8"]
+    assert verdict["passed"] is True and verdict["photos"] == 6, verdict
+    assert run.info()["quantize"] == "int8" and run.task.image_encoder.manifest["fields"]["precision"] == "int8"
 
 
 @needs_nncf

@@ -108,14 +108,19 @@ def size_rule(choice: BackendChoice, model: str, images: int, paths: Sequence[Pa
     verdict = record["int8"].get("passed")
     amx = devices.cpu_has_amx()
     runtimes = [] if amx else ["openvino/float"]  # select's rule 4: torch bf16 beats OpenVINO f32 on AMX
-    if int8_allowed and verdict is not False and importlib.util.find_spec("nncf") is not None:
-        runtimes.append("openvino/int8")
-    saved = {path: load_export(model, "openvino", path.endswith("int8")) is not None for path in runtimes}
+    # int8: OpenVINO's NNCF static int8 where the CPU multiplies int8 in one instruction (VNNI, AMX);
+    # else ONNX Runtime's dynamic int8, whose AVX2 kernels still beat float (devices.INT8_DOT_FEATURES)
+    fast_int8 = devices.cpu_has_int8_dot()
+    int8_path, needs = ("openvino/int8", "nncf") if fast_int8 else ("onnxruntime/int8", "onnxruntime")
+    if int8_allowed and verdict is not False and importlib.util.find_spec(needs) is not None:
+        runtimes.append(int8_path)
+    saved = {path: load_export(model, path.split("/")[0], path.endswith("int8")) is not None for path in runtimes}
     if verdict is None:
-        saved["openvino/int8"] = False  # never checked here: the gate runs (the saved tower is reused)
+        saved[int8_path] = False  # never checked here: the gate runs (a saved tower is reused)
     torch_dtype = cpu_dtype_without_torch("auto", 8, threads) or ("bfloat16" if amx else "float32")
     pick, why = route.choose(images, record["images"], route.routes_for(torch_dtype, runtimes, saved, record["paths"]))
-    reason = f"auto: {why}"
+    reason = f"auto: {why}" + ("" if fast_int8 or not pick.int8 else
+                               " (ONNX Runtime's dynamic int8: this CPU has no VNNI or AMX int8 instructions)")
     if pick.backend == "torch":
         # label text on OpenVINO where its conversion is saved, or where select's rule puts it (AMX:
         # torch-free relabelling); else on the loaded torch model, converting nothing
@@ -125,7 +130,7 @@ def size_rule(choice: BackendChoice, model: str, images: int, paths: Sequence[Pa
     if pick.int8 and verdict is None and not gate:
         return replace(choice, name="openvino", reason=reason + " (too few photos to check int8: float)",
                        text="", model=model)
-    return replace(choice, name="openvino", reason=reason, int8=pick.int8, text="", model=model,
+    return replace(choice, name=pick.backend, reason=reason, int8=pick.int8, text="", model=model,
                    calibration_paths=calibration if pick.int8 else (), gate=gate)
 
 
@@ -236,7 +241,7 @@ def _convert(model: torch.nn.Module, choice: BackendChoice, tokens: Mapping[str,
 def _gated(model: torch.nn.Module, choice: BackendChoice, tokens: Mapping[str, Any], input_size: int | None,
            prepare: Callable[[Any], torch.Tensor] | None,
            labels: Callable[[], Mapping[str, Any]] | None) -> tuple[Tower, Tower]:
-    """OpenVINO's towers with the image tower at int8 when the int8 gate passes on the held-out photos
+    """The runtime's towers (OpenVINO NNCF or ONNX Runtime dynamic int8) with the image tower at int8 when the int8 gate passes on the held-out photos
     ``choice.gate`` (``int8_gate.compare`` against the float conversion, which is made too: it is the
     fallback), else at float; the verdict is said once and remembered for this model on this machine
     (``hardware.speeds.record_int8``: a refused int8 is not tried again)."""
