@@ -18,6 +18,29 @@ from wwts.core.hardware import speeds  # noqa: E402
 from tests.tiny_caption_models import build_tiny_blip  # noqa: E402
 
 
+#: Simulated figures of a machine where OpenVINO captions faster than torch (the shipped priors,
+#: measured on an AVX2-only CPU, keep captions on torch: ``test_the_shipped_priors_caption_on_torch``).
+FASTER_OPENVINO = {"torch/float32": (0.7, 8.0, 8.0), "torch/bfloat16": (1.8, 8.0, 8.0),
+                   "openvino/float": (1.5, 10.0, 280.0)}
+
+
+@pytest.fixture(autouse=True)
+def faster_openvino(monkeypatch):
+    monkeypatch.setattr(route, "CAPTION_PRIORS", FASTER_OPENVINO)
+
+
+def test_the_shipped_priors_caption_on_torch(monkeypatch):
+    monkeypatch.undo()
+    routes = route.routes_for("float32", ["openvino/float"], {"openvino/float": False}, {},
+                              priors=route.CAPTION_PRIORS)
+    assert route.choose(100_000, 0, routes)[0].path == "torch/float32"
+    # a saved conversion that this machine recorded faster is taken
+    record = {"openvino/float": {"images_per_s": 2.0, "load_s": 5.0}, "torch/float32": {"images_per_s": 0.7, "load_s": 8.0}}
+    routes = route.routes_for("float32", ["openvino/float"], {"openvino/float": True}, record,
+                              priors=route.CAPTION_PRIORS)
+    assert route.choose(24, 0, routes)[0].path == "openvino/float"
+
+
 def _routes(torch_precision: str = "float32", record: dict | None = None, saved: bool = False) -> list:
     return route.routes_for(torch_precision, ["openvino/float"], {"openvino/float": saved}, record or {},
                             priors=route.CAPTION_PRIORS)

@@ -41,13 +41,16 @@ PRIORS: dict[str, tuple[float, float, float]] = {
 }
 
 #: The same for BLIP's greedy captions (``images/s`` = photos captioned per second, 20 new tokens),
-#: from issue 24: torch float32 24 photos in 37.5 s whole process on the 2-core VNNI Xeon (about
-#: 0.7 photos/s once loaded), torch bf16 18.1 s on the AMX VM (about 1.8); OpenVINO f32 2.2x torch
-#: float32 with the same tokens, and converting BLIP's two towers 267 s (2-core AMD EPYC Zen 4, busy).
+#: from issue 24 (torch float32 24 photos in 37.5 s whole process on the 2-core VNNI Xeon, about 0.7
+#: photos/s once loaded; torch bf16 18.1 s on the AMX VM, about 1.8) and ``make bench`` on a quiet
+#: 2-core AMD EPYC VM exposing AVX2 only (2026-12-07, full-size random-weight BLIP, 24 photos):
+#: OpenVINO f32 from a saved conversion 57.5-62.8 s against torch float32's 43.6 s (the same tokens),
+#: converting 30 s more. OpenVINO is slower there, so on the priors ``auto`` captions on PyTorch; a
+#: machine where an OpenVINO caption run measured faster (its records) converts when the photos repay it.
 CAPTION_PRIORS: dict[str, tuple[float, float, float]] = {
     "torch/float32": (0.7, 8.0, 8.0),
     "torch/bfloat16": (1.8, 8.0, 8.0),
-    "openvino/float": (1.5, 10.0, 280.0),
+    "openvino/float": (0.5, 10.0, 40.0),
 }
 
 NAMES = {"torch": "PyTorch", "openvino": "OpenVINO", "onnxruntime": "ONNX Runtime"}
