@@ -744,7 +744,8 @@ def main(argv: list[str] | None = None) -> int:
     from bench_journey import journey_lines, journey_rows
 
     large, big = (int(x) for x in (args.journey_sizes or ("40,0" if args.quick else "1500,4000")).split(","))
-    journey_plan = journey_rows(classify, work, cls_dir, large=large, big=big)
+    # the journey's corpora are made when its rows are built: only for the runs that use them
+    journey_plan = [] if only_gate or args.caption_only else journey_rows(classify, work, cls_dir, large=large, big=big)
     c_seed = Row(f"seed caption (generate 1 image/call, {CAPTION_TOKENS} tokens)",
                  [python, seed_py, "--mode", "caption", "--model", str(blip), "--max-new-tokens",
                   str(CAPTION_TOKENS), str(cap_dir)])
@@ -755,33 +756,28 @@ def main(argv: list[str] | None = None) -> int:
                    "--dtype", "bfloat16")
     c_q8 = caption(f"wwts caption --quantize int8 ({CAPTION_TOKENS} tokens)", "wwts-caption-int8.json",
                    "--quantize", "int8")
-    if only_gate:
-        plan = [w_fp, w_bf, w_q8, *backend_plan]
-    elif args.journey_only:
-        plan = [(seed, None), (pipe, None), *journey_plan]
-    elif args.caption_only:
+    caption_backend_plan: list = []
+    caption_store_plan: list = []
+    if with_caption:
         from bench_caption import caption_backend_lines, caption_backend_rows, caption_store_lines, caption_store_rows
 
+        # OpenVINO's rows first: the default row then finds its conversion saved
         caption_cache = work / "conversion-caches" / "caption-openvino"
         caption_backend_plan = caption_backend_rows(caption, caption_cache)
         c_def[0].cmd = ["env", f"XDG_CACHE_HOME={caption_cache}", *c_def[0].cmd]
         caption_store_plan = caption_store_rows(caption, work / "caption-store", CAPTION_TOKENS)
         for row, _ in caption_store_plan:
             row.cmd = ["env", f"XDG_CACHE_HOME={caption_cache}", *row.cmd]
+    if only_gate:
+        plan = [w_fp, w_bf, w_q8, *backend_plan]
+    elif args.journey_only:
+        plan = [(seed, None), (pipe, None), *journey_plan]
+    elif args.caption_only:
         plan = [(c_seed, None), *caption_backend_plan, c_def, c_fp, *caption_store_plan]
     else:
         plan = [(seed, None), (pipe, None), w_first, w_def, w_fp, w_bf, w_q8, *backend_plan, *store_plan,
                 *ov_store_plan, *prompt_plan, *journey_plan]
         if with_caption:
-            from bench_caption import caption_backend_lines, caption_backend_rows, caption_store_lines, caption_store_rows
-
-            # OpenVINO's rows first: the default row (auto: OpenVINO on an x86 CPU) then finds its conversion saved
-            caption_cache = work / "conversion-caches" / "caption-openvino"
-            caption_backend_plan = caption_backend_rows(caption, caption_cache)
-            c_def[0].cmd = ["env", f"XDG_CACHE_HOME={caption_cache}", *c_def[0].cmd]
-            caption_store_plan = caption_store_rows(caption, work / "caption-store", CAPTION_TOKENS)
-            for row, _ in caption_store_plan:
-                row.cmd = ["env", f"XDG_CACHE_HOME={caption_cache}", *row.cmd]
             plan += [(c_seed, None), *caption_backend_plan, c_def, c_fp, c_bf, c_q8, *caption_store_plan]
     for row, out in plan:
         print(f"running {row.name} ...", file=sys.stderr, flush=True)

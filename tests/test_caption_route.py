@@ -35,7 +35,8 @@ def test_the_shipped_priors_caption_on_torch(monkeypatch):
                               priors=route.CAPTION_PRIORS)
     assert route.choose(100_000, 0, routes)[0].path == "torch/float32"
     # a saved conversion that this machine recorded faster is taken
-    record = {"openvino/float": {"images_per_s": 2.0, "load_s": 5.0}, "torch/float32": {"images_per_s": 0.7, "load_s": 8.0}}
+    record = {"openvino/float": {"images_per_s": 2.0, "load_s": 5.0},
+              "torch/float32": {"images_per_s": 0.7, "load_s": 8.0}}
     routes = route.routes_for("float32", ["openvino/float"], {"openvino/float": True}, record,
                               priors=route.CAPTION_PRIORS)
     assert route.choose(24, 0, routes)[0].path == "openvino/float"

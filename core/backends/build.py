@@ -242,8 +242,8 @@ def _gated(model: torch.nn.Module, choice: BackendChoice, tokens: Mapping[str, A
            prepare: Callable[[Any], torch.Tensor] | None,
            labels: Callable[[], Mapping[str, Any]] | None) -> tuple[Tower, Tower]:
     """The runtime's towers (OpenVINO NNCF or ONNX Runtime dynamic int8) with the image tower at
-    int8 when the int8 gate passes on the held-out photos ``choice.gate`` (``int8_gate.compare`` against the float conversion, which is made too: it is the
-    fallback), else at float; the verdict is said once and remembered for this model on this machine
+    int8 when the int8 gate passes on the held-out photos ``choice.gate`` (``int8_gate.compare``
+    against the float conversion, which is made too: it is the fallback), else at float; the verdict is said once and remembered for this model on this machine
     (``hardware.speeds.record_int8``: a refused int8 is not tried again)."""
     import numpy as np
 
